@@ -13,7 +13,7 @@ import numpy as np
 import zstandard
 
 from . import dcnn_pb2 as pb
-from . import dtypes, gaps, huffman
+from . import dtypes, gaps, native
 from .errors import ChecksumError, DcnnError, DcnnIOError, FormatError
 from .header import (
     ENCODING_NAMES,
@@ -70,7 +70,9 @@ class Codes:
 class DcnnFile:
     """An open .dcnn file (see :func:`safe_open`)."""
 
-    def __init__(self, path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True, threads: int = 1
+    ) -> None:
         if framework not in FRAMEWORKS:
             raise DcnnError(f"framework must be one of {FRAMEWORKS}, not {framework!r}", rule="usage")
         if not isinstance(path, str | os.PathLike):
@@ -78,6 +80,7 @@ class DcnnFile:
         self.path = os.fspath(path)
         self.framework = framework
         self.verify = verify
+        self.threads = native.check_threads(threads)
         self._map: mmap.mmap | None = None
         try:
             with open(self.path, "rb") as f:
@@ -151,9 +154,9 @@ class DcnnFile:
         """The dense tensor. ``dtype`` converts float tensors (float32, float16, bfloat16)."""
         record = self._record(name)
         try:
-            stored, kind = self._decode_dense(record)
+            kind = dtypes.from_enum(record.dtype)
             out_kind = kind if dtype is None else _checked_out_dtype(kind, dtype)
-            return self._convert(_cast(stored, kind, out_kind), out_kind, device)
+            return self._convert(self._decode_dense(record, out_kind), out_kind, device)
         except DcnnError as exc:
             raise exc.located(path=self.path, tensor=name) from None
 
@@ -225,22 +228,21 @@ class DcnnFile:
             raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
         return data
 
-    def _stream(self, record: pb.Tensor, stream: pb.HuffmanStream) -> np.ndarray:
+    def _coded(self, stream: pb.HuffmanStream) -> native.Stream:
+        """A Huffman stream's section (checksum verified) and fields."""
         has_data = stream.HasField("data")
-        data = self._section(stream.data) if has_data else np.zeros(0, dtype=np.uint8)
-        try:
-            return huffman.decode(
-                data,
-                stream.bit_length,
-                stream.count,
-                np.frombuffer(stream.code_lengths, dtype=np.uint8),
-                stream.chunk_size,
-                np.asarray(stream.chunk_offsets, dtype=np.int64),
-            )
-        except FormatError as exc:
-            if exc.offset is not None and has_data:
-                exc.offset += self.preamble.data_start + stream.data.offset
-            raise
+        return native.Stream(
+            data=self._section(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
+            bit_length=stream.bit_length,
+            count=stream.count,
+            lengths=np.frombuffer(stream.code_lengths, dtype=np.uint8),
+            chunk_size=stream.chunk_size,
+            offsets=np.asarray(stream.chunk_offsets, dtype=np.uint64),
+            origin=self.preamble.data_start + stream.data.offset if has_data else 0,
+        )
+
+    def _stream(self, record: pb.Tensor, stream: pb.HuffmanStream) -> np.ndarray:
+        return native.decode_symbols(self._coded(stream), self.threads)
 
     def _positions(self, record: pb.Tensor) -> np.ndarray:
         positions = gaps.positions_of(self._stream(record, record.gaps))
@@ -263,30 +265,41 @@ class DcnnFile:
         array = data.view(storage)
         return array.reshape(tuple(record.shape))
 
-    def _decode_dense(self, record: pb.Tensor) -> tuple[np.ndarray, str]:
-        """The tensor's stored-form values (bfloat16 as bits) and its dtype name."""
+    def _decode_dense(self, record: pb.Tensor, out_kind: str) -> np.ndarray:
+        """The tensor's values in the stored form of ``out_kind`` (bfloat16 as bits).
+
+        Coded tensors decode straight to ``out_kind``: the codebook is converted first.
+        """
         kind = dtypes.from_enum(record.dtype)
         shape = tuple(record.shape)
         if record.encoding == pb.RAW:
             out = self._raw(record)
-        elif record.encoding == pb.DENSE_CODES:
-            out = _decoded_codebook(record)[self._stream(record, record.codes)].reshape(shape)
+            nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind))) if self.verify else 0
+            out = _cast(out, kind, out_kind)
         else:
-            positions, values, _ = self._decode_entries(record)
-            out = np.zeros(numel_of(record), dtype=values.dtype)
-            out[positions] = values
-            out = out.reshape(shape)
-        if self.verify:
-            nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind)))
-            if nonzeros != record.nonzeros:
-                raise FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros")
-        return out, kind
+            book = _decoded_codebook(record)
+            values = _cast(book, kind, out_kind)
+            flags = dtypes.is_nonzero(book, kind).astype(np.uint8) if self.verify else None
+            if record.encoding == pb.DENSE_CODES:
+                out, nonzeros = native.decode_values(self._coded(record.codes), values, flags, self.threads)
+            else:
+                out, nonzeros = native.decode_sparse(
+                    self._stream(record, record.codes),
+                    self._coded(record.gaps),
+                    numel_of(record),
+                    values,
+                    flags,
+                    self.threads,
+                )
+        if self.verify and nonzeros != record.nonzeros:
+            raise FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros")
+        return out.reshape(shape)
 
     def _decode_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray, str]:
         """Flat positions and stored-form values of the nonzero elements."""
         kind = dtypes.from_enum(record.dtype)
         if record.encoding != pb.SPARSE_CODES:
-            dense, _ = self._decode_dense(record)
+            dense = self._decode_dense(record, kind)
             flat = dense.reshape(-1)
             positions = np.flatnonzero(dtypes.is_nonzero(flat, kind))
             return positions, flat[positions], kind
@@ -324,20 +337,28 @@ class DcnnFile:
         self.close()
 
 
-def safe_open(path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True) -> DcnnFile:
+def safe_open(
+    path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True, threads: int = 1
+) -> DcnnFile:
     """Open a .dcnn file; nothing is decoded until a tensor is asked for.
 
     ``verify`` (default on) checks each section's CRC-32 and declared counts as it is read.
+    ``threads`` > 1 decodes the chunks of large streams on that many threads.
     """
-    return DcnnFile(path, framework, verify)
+    return DcnnFile(path, framework, verify, threads)
 
 
 def load_file(
-    path: str | os.PathLike[str], framework: str = "numpy", dtype: str | None = None, verify: bool = True
+    path: str | os.PathLike[str],
+    framework: str = "numpy",
+    dtype: str | None = None,
+    verify: bool = True,
+    threads: int = 1,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Every tensor of a .dcnn file, dense."""
-    with safe_open(path, framework, verify) as f:
-        return {name: f.get_tensor(name, dtype=dtype) for name in f.keys()}
+    """Every tensor of a .dcnn file, dense (``dtype``, ``device``: see DcnnFile.get_tensor)."""
+    with safe_open(path, framework, verify, threads) as f:
+        return {name: f.get_tensor(name, dtype=dtype, device=device) for name in f.keys()}
 
 
 def _codebook(record: pb.Tensor) -> np.ndarray:

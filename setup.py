@@ -1,0 +1,13 @@
+"""Build the optional native decoder; everything else is in pyproject.toml.
+
+``optional=True`` lets the install go on without a C compiler: dcformat then decodes
+with its numpy path (the same results, slower).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("dcformat._native", ["dcformat/_native.c"], optional=True, extra_compile_args=["-O3"])
+    ]
+)
