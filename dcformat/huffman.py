@@ -15,6 +15,8 @@ import numpy as np
 from .errors import FormatError
 from .layout import MAX_CODE_LENGTH
 
+# Decoding steps per block of the numpy decoder (see decode).
+_STEP_BLOCK = 64
 _REVERSED_BYTE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint32)
 
 
@@ -224,15 +226,23 @@ def decode(
     padded[: buf.size] = buf
     window = np.ndarray((padded.size - 3,), dtype="<u4", buffer=padded, strides=(1,))
     mask = np.uint32((1 << max_len) - 1)
-    out = np.empty((steps, n_chunks), dtype=out_type)
+    lut_symbol = lut_symbol.astype(out_type)
+    # Steps are decoded a block at a time across all chunks, then moved into the chunk-major
+    # output: no temporary of the stream's size.
+    out = np.empty(n_chunks * steps, dtype=out_type)
+    columns = out.reshape(n_chunks, steps)
+    block = np.empty((min(_STEP_BLOCK, steps), n_chunks), dtype=out_type)
     pos = starts.copy()
-    for step in range(steps):
-        if step == last_count:  # the last chunk is shorter: drop it from the sweep
-            ends_reached = pos[-1]
-            pos = pos[:-1]
-        index = (window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask
-        out[step, : pos.size] = lut_symbol[index]
-        pos += lut_length[index]
+    for first in range(0, steps, _STEP_BLOCK):
+        rows = min(_STEP_BLOCK, steps - first)
+        for row in range(rows):
+            if first + row == last_count:  # the last chunk is shorter: drop it from the sweep
+                ends_reached = pos[-1]
+                pos = pos[:-1]
+            index = (window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask
+            np.take(lut_symbol, index, out=block[row, : pos.size], mode="clip")
+            pos += lut_length[index]
+        columns[:, first : first + rows] = block[:rows].T
     if last_count < steps:
         pos = np.concatenate((pos, [ends_reached]))
     bad = np.flatnonzero(pos != ends)
@@ -243,8 +253,7 @@ def decode(
             rule="huffman-data",
             offset=int(starts[chunk]) // 8,
         )
-    symbols = out.T.reshape(-1)
-    return symbols[:count] if n_chunks > 1 else symbols
+    return out[:count]
 
 
 def _lookup_table(lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
