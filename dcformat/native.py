@@ -34,8 +34,8 @@ except ImportError:  # built without a compiler: the numpy path does the work
 AVAILABLE = _native is not None
 # Below this many symbols a stream is decoded by the calling thread alone.
 MIN_PARALLEL_SYMBOLS = 1 << 18
-# Entries the numpy path scatters at a time (bounds its int64 position temporaries).
-_NUMPY_BLOCK = 1 << 20
+# Entries the numpy path scatters or counts at a time (bounds its int64 temporaries).
+_NUMPY_BLOCK = 1 << 16
 _GROUP = 4  # chunks the native kernel interleaves; thread parts start at multiples of it
 
 
@@ -184,9 +184,12 @@ def _numpy_decode(stream: Stream) -> np.ndarray:
 
 
 def _count_flagged(symbols: np.ndarray, nonzero: np.ndarray | None) -> int:
-    if nonzero is None or symbols.size == 0:
+    """How many symbols ``nonzero`` flags (bincount runs blockwise: it widens to int64)."""
+    if nonzero is None:
         return 0
-    counts = np.bincount(symbols, minlength=nonzero.size)
+    counts = np.zeros(nonzero.size, dtype=np.int64)
+    for start in range(0, symbols.size, _NUMPY_BLOCK):
+        counts += np.bincount(symbols[start : start + _NUMPY_BLOCK], minlength=nonzero.size)
     return int(counts @ nonzero.astype(np.int64))
 
 
@@ -196,9 +199,9 @@ def _numpy_scatter(
     """out[position of entry i] = values[code i], positions = cumsum(gap + 1) - 1, blockwise."""
     previous = -1
     for start in range(0, gap_symbols.size, _NUMPY_BLOCK):
-        block = gap_symbols[start : start + _NUMPY_BLOCK]
-        positions = np.cumsum(block, dtype=np.int64)
-        positions += np.arange(previous + 1, previous + 1 + block.size, dtype=np.int64)
+        positions = np.add(gap_symbols[start : start + _NUMPY_BLOCK], 1, dtype=np.int64)
+        np.cumsum(positions, out=positions)
+        positions += previous
         out[positions] = values[code_symbols[start : start + _NUMPY_BLOCK]]
         previous = int(positions[-1])
 

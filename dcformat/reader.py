@@ -319,7 +319,12 @@ class DcnnFile:
         tensor = torch.from_numpy(array.view(np.int16) if kind == "bfloat16" else array)
         if kind == "bfloat16":
             tensor = tensor.view(torch.bfloat16)
-        return tensor if device is None else tensor.to(device)
+        if device is None:
+            return tensor
+        try:
+            return tensor.to(device)
+        except (RuntimeError, AssertionError, TypeError) as exc:  # torch's errors for unusable devices
+            raise DcnnError(f"cannot place the tensor on device {device!r}: {exc}", rule="usage") from None
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -356,9 +361,17 @@ def load_file(
     threads: int = 1,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Every tensor of a .dcnn file, dense (``dtype``, ``device``: see DcnnFile.get_tensor)."""
+    """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
+    as stored); ``device`` places torch tensors (see DcnnFile.get_tensor)."""
+    if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
+        raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
     with safe_open(path, framework, verify, threads) as f:
-        return {name: f.get_tensor(name, dtype=dtype, device=device) for name in f.keys()}
+        return {
+            name: f.get_tensor(
+                name, dtype=dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None, device=device
+            )
+            for name in f.keys()
+        }
 
 
 def _codebook(record: pb.Tensor) -> np.ndarray:
