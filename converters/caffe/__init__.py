@@ -8,6 +8,7 @@ from converters.caffe.release import (
     ReleaseTensor,
     SparseWeight,
     decode_dense,
+    dense_codes,
     encode_release,
     read_release,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ReleaseTensor",
     "SparseWeight",
     "decode_dense",
+    "dense_codes",
     "encode_release",
     "infer_shapes",
     "parse",

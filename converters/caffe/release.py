@@ -135,13 +135,17 @@ def read_release(data: bytes, layers: Sequence[ReleaseLayer]) -> list[ReleaseTen
     return tensors
 
 
+def dense_codes(tensor: ReleaseTensor) -> np.ndarray:
+    """The code of every weight element, shaped like the weight: 0 where no entry is written."""
+    full = np.zeros(tensor.layer.weight_size, np.uint8)
+    full[tensor.positions] = tensor.codes
+    return full.reshape(tensor.layer.weight_shape)
+
+
 def decode_dense(tensor: ReleaseTensor) -> tuple[np.ndarray, np.ndarray]:
     """The release decoder's output: ``codebook[code]`` at every weight position
     (code 0 where no entry is written), and the bias."""
-    layer = tensor.layer
-    full = np.zeros(layer.weight_size, np.uint8)
-    full[tensor.positions] = tensor.codes
-    return tensor.codebook[full].reshape(layer.weight_shape), tensor.bias.copy()
+    return tensor.codebook[dense_codes(tensor)], tensor.bias.copy()
 
 
 def encode_release(layers: Sequence[ReleaseLayer], weights: Mapping[str, SparseWeight]) -> bytes:
