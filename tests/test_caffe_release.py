@@ -8,12 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dcformat
+from converters.caffe.convert import read_net
 from converters.caffe.prototxt import parse
 from converters.caffe.release import (
     CaffeImportError,
     ReleaseLayer,
     SparseWeight,
     decode_dense,
+    dense_codes,
     encode_release,
     read_release,
 )
@@ -185,7 +188,17 @@ GOLDEN = (
 )
 
 
+GOLDEN_PROTOTXT = """
+input: "x" input_shape { dim: 1 dim: 1 dim: 7 dim: 3 }
+layer { name: "conv1" type: "Convolution" bottom: "x" top: "conv1"
+  convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv1" top: "ip1"
+  inner_product_param { num_output: 2 } }
+"""
+
+
 def test_golden_bytes() -> None:
+    assert release_layers(parse(GOLDEN_PROTOTXT)) == GOLDEN_LAYERS
     data = encode_release(GOLDEN_LAYERS, {"conv1": GOLDEN_CONV, "ip1": GOLDEN_IP})
     assert data == GOLDEN
     conv, ip = read_release(GOLDEN, GOLDEN_LAYERS)
@@ -337,3 +350,84 @@ def test_file_for_another_net_is_rejected() -> None:
 def test_encode_rejects_inconsistent_input(weight: SparseWeight, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         encode_release([ReleaseLayer("ip1", (2, 10), 2)], {"ip1": weight})
+
+
+def _peaked_sparse(layer: ReleaseLayer, rng: np.random.Generator, density: float) -> SparseWeight:
+    """Like a trained layer: codes concentrated on the middle of a sorted codebook."""
+    w = random_sparse(layer, rng, density)
+    n = 2**layer.bits
+    p = np.exp(-np.abs(np.arange(1, n) - n / 2) / (n / 10))
+    return w._replace(codes=rng.choice(np.arange(1, n), w.codes.size, p=p / p.sum()))
+
+
+def _convert(tmp_path, prototxt: str, weights: dict) -> tuple[list, bytes, dict, dict, int]:
+    layers = release_layers(parse(prototxt))
+    data = encode_release(layers, weights)
+    (tmp_path / "net.prototxt").write_text(prototxt)
+    (tmp_path / "model.net").write_bytes(data)
+    tensors = read_net(tmp_path / "model.net", tmp_path / "net.prototxt")
+    dcformat.save_file(tensors, tmp_path / "model.dcnn")
+    loaded = dcformat.load_file(tmp_path / "model.dcnn")
+    return layers, data, tensors, loaded, (tmp_path / "model.dcnn").stat().st_size
+
+
+def _assert_loaded_matches_release(layers: list, data: bytes, loaded: dict) -> None:
+    assert set(loaded) == {f"{la.name}.{kind}" for la in layers for kind in ("weight", "bias")}
+    for t in read_release(data, layers):
+        weight, bias = decode_dense(t)
+        assert same_bits(loaded[f"{t.layer.name}.weight"], weight)
+        assert same_bits(loaded[f"{t.layer.name}.bias"], bias)
+
+
+@pytest.mark.parametrize("prototxt", [ALEXNET_LIKE, SQUEEZENET_FIRE], ids=["alexnet", "fire"])
+def test_convert_to_dcnn_is_bit_exact_and_picks_the_smallest(tmp_path, prototxt: str) -> None:
+    rng = np.random.default_rng(2)
+    layers = release_layers(parse(prototxt))
+    densities = np.linspace(0.05, 0.4, len(layers))
+    weights = {la.name: _peaked_sparse(la, rng, d) for la, d in zip(layers, densities, strict=True)}
+    layers, data, tensors, loaded, dcnn_size = _convert(tmp_path, prototxt, weights)
+    _assert_loaded_matches_release(layers, data, loaded)
+    for t in read_release(data, layers):
+        chosen = tensors[f"{t.layer.name}.weight"]
+        codes = dense_codes(t)
+        alternatives = [
+            dcformat.Raw(t.codebook[codes]),
+            dcformat.Quantized(t.codebook, codes, codes.shape),
+        ]
+        assert dcformat.stored_size(chosen) <= min(map(dcformat.stored_size, alternatives))
+        if isinstance(chosen, dcformat.Quantized) and chosen.sparse:  # fillers dropped
+            assert np.array_equal(chosen.positions, weights[t.layer.name].positions)
+        assert isinstance(tensors[f"{t.layer.name}.bias"], dcformat.Raw)
+    if prototxt is ALEXNET_LIKE:
+        assert all(tensors[f"{name}.weight"].sparse for name in ("conv1", "conv2", "conv3"))
+        assert dcnn_size < 0.9 * len(data)
+
+
+@pytest.mark.parametrize(
+    "zero", [0.5, -0.0, np.frombuffer(b"\x01\x00\xc0\x7f", "<f4")[0]], ids=["half", "neg0", "nan"]
+)
+def test_convert_codebook_zero_not_positive_zero_stays_exact(tmp_path, zero: float) -> None:
+    codebook = GOLDEN_IP.codebook.copy()
+    codebook[0] = zero
+    weights = {"conv1": GOLDEN_CONV, "ip1": GOLDEN_IP._replace(codebook=codebook)}
+    layers, data, tensors, loaded, _ = _convert(tmp_path, GOLDEN_PROTOTXT, weights)
+    _assert_loaded_matches_release(layers, data, loaded)
+    weight = tensors["ip1.weight"]
+    assert not (isinstance(weight, dcformat.Quantized) and weight.sparse)
+
+
+def test_convert_negative_zero_entry_stays_exact(tmp_path) -> None:
+    codebook = GOLDEN_IP.codebook.copy()
+    codebook[5] = -0.0  # used by the entry at position 17
+    weights = {"conv1": GOLDEN_CONV, "ip1": GOLDEN_IP._replace(codebook=codebook)}
+    layers, data, _, loaded, _ = _convert(tmp_path, GOLDEN_PROTOTXT, weights)
+    _assert_loaded_matches_release(layers, data, loaded)
+    assert np.signbit(loaded["ip1.weight"].reshape(-1)[17])
+
+
+def test_convert_errors_name_the_file(tmp_path) -> None:
+    _, data = _alexnet_file()
+    (tmp_path / "net.prototxt").write_text(ALEXNET_LIKE)
+    (tmp_path / "model.net").write_bytes(data[:-1])
+    with pytest.raises(CaffeImportError, match=r"model\.net: layer 'fc8': indices needs"):
+        read_net(tmp_path / "model.net", tmp_path / "net.prototxt")
