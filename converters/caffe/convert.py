@@ -22,20 +22,25 @@ def _sparse_is_exact(codebook: np.ndarray, codes: np.ndarray) -> bool:
 
 
 def lossless_weight(tensor: ReleaseTensor) -> dcformat.Quantized | dcformat.Raw:
-    """The smallest exact encoding of a layer's decoded weight: sparse codes (fillers dropped,
-    dcformat inserts its own), dense codes, or raw float32."""
+    """The smallest exact encoding of a layer's decoded weight (by ``dcformat.stored_size``):
+    raw float32, sparse codes (fillers dropped, dcformat inserts its own) or dense codes."""
     shape = tensor.layer.weight_shape
     all_codes = dense_codes(tensor)
+    best: dcformat.Quantized | dcformat.Raw = dcformat.Raw(tensor.codebook[all_codes])
+    best_size = dcformat.stored_size(best)
     real = tensor.codes != 0
-    codes = tensor.codes[real]
-    candidates: list[dcformat.Quantized | dcformat.Raw] = [
-        dcformat.Quantized(tensor.codebook, all_codes, shape),
-        dcformat.Raw(tensor.codebook[all_codes]),
-    ]
-    if _sparse_is_exact(tensor.codebook, codes):
-        positions = tensor.positions[real]
-        candidates.insert(0, dcformat.Quantized(tensor.codebook, codes, shape, positions=positions))
-    return min(candidates, key=dcformat.stored_size)
+    if _sparse_is_exact(tensor.codebook, tensor.codes[real]):
+        sparse = dcformat.Quantized(
+            tensor.codebook, tensor.codes[real], shape, positions=tensor.positions[real]
+        )
+        if (size := dcformat.stored_size(sparse)) <= best_size:
+            best, best_size = sparse, size
+    # Dense codes spend at least one Huffman bit per element: encode them only if that can win.
+    if tensor.layer.weight_size // 8 < best_size:
+        dense = dcformat.Quantized(tensor.codebook, all_codes, shape)
+        if (size := dcformat.stored_size(dense)) <= best_size:
+            best = dense
+    return best
 
 
 def read_net(
