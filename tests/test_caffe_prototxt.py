@@ -126,9 +126,10 @@ def _dump(msg: dict) -> str:
 
 
 def _types(msg: dict) -> list:
-    return [
-        [_types(v) if isinstance(v, dict) else type(v) for v in values] for values in msg.values()
-    ]
+    def one_type(value: object) -> object:
+        return _types(value) if isinstance(value, dict) else type(value)
+
+    return [[one_type(v) for v in values] for values in msg.values()]
 
 
 @given(_messages)

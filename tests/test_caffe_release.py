@@ -137,9 +137,8 @@ def test_round_trip_is_exact(prototxt: str) -> None:
     rng = np.random.default_rng(0)
     layers = release_layers(parse(prototxt))
     densities = np.linspace(0.01, 0.6, len(layers))  # sparse layers force many fillers
-    weights = {
-        layer.name: random_sparse(layer, rng, d) for layer, d in zip(layers, densities, strict=True)
-    }
+    pairs = zip(layers, densities, strict=True)
+    weights = {layer.name: random_sparse(layer, rng, d) for layer, d in pairs}
     data = encode_release(layers, weights)
     tensors = read_release(data, layers)
     reference = reference_decode(data, layers)

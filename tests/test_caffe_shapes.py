@@ -222,10 +222,8 @@ def test_legacy_layers_with_enum_types() -> None:
 
 
 def test_concat_on_other_axis() -> None:
-    net = (
-        'input: "a" input: "b" input_shape { dim: 2 dim: 3 } input_shape { dim: 2 dim: 5 }\n'
-        + _layer("cat", "Concat", "a b", "cat", "concat_param { axis: -1 }")
-    )
+    inputs = 'input: "a" input: "b" input_shape { dim: 2 dim: 3 } input_shape { dim: 2 dim: 5 }\n'
+    net = inputs + _layer("cat", "Concat", "a b", "cat", "concat_param { axis: -1 }")
     assert infer_shapes(parse(net)).blobs["cat"] == (2, 8)
 
 
