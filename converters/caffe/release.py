@@ -15,11 +15,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dcformat.errors import DcnnError
+
 MAX_GAP = 15  # largest relative index a 4-bit field holds
 
 
-class CaffeImportError(ValueError):
+class CaffeImportError(DcnnError, ValueError):
     """A Caffe release file or prototxt that cannot be imported."""
+
+    rule = "caffe-import"
 
 
 @dataclass(frozen=True)
