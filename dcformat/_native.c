@@ -20,8 +20,12 @@
 #define MAX_LEN 16
 #define ROOT_BITS 11
 #define SUB_FLAG 0x80000000u
-#define GROUP 4       /* chunks decoded interleaved */
-#define STEPS 8       /* three-symbol steps between bounds checks */
+#ifndef GROUP
+#define GROUP 4 /* chunks decoded interleaved */
+#endif
+#ifndef STEPS
+#define STEPS 8 /* three-symbol steps between bounds checks */
+#endif
 #define MAX_ALPHABET 65536
 
 #if defined(__GNUC__)

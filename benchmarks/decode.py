@@ -1,0 +1,119 @@
+"""Decode speed of one large sparse tensor: dcnn (native and numpy paths) against zstd.
+
+The tensor has ``--entries`` stored entries (10M by default) at ``--density`` (10%) with 5-bit
+codes, like a pruned and quantized layer. Timed: ``safe_open(...).get_tensor`` (section reads,
+CRC-32 checks, both Huffman streams, the scatter into a fresh zeroed array, the nonzeros check)
+against zstd decompression of a level-19 frame of the same tensor's raw float32 bytes into a
+fresh buffer. Symbols/s counts the symbols of both streams (codes and gaps, fillers included).
+
+    python benchmarks/decode.py [--entries N] [--density D] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import measure, memcpy_fresh, memcpy_warm, print_table, warm_memory, zstd_frames
+
+import dcformat
+from dcformat import native
+
+
+def sparse_tensor(entries: int, density: float, seed: int = 0) -> tuple[dcformat.Quantized, int]:
+    """A (rows, 1000) tensor with ``entries`` kept weights, quantized to a 32-value codebook."""
+    rng = np.random.default_rng(seed)
+    cols = 1000
+    rows = max(1, round(entries / density / cols))
+    numel = rows * cols
+    keep = rng.random(numel, dtype=np.float32) < density
+    positions = np.flatnonzero(keep)
+    book = np.concatenate(([0.0], np.sort(rng.normal(0, 0.05, 31)))).astype(np.float32)
+    # Central values are the common ones, as k-means on pruned weights gives.
+    codes = np.clip(np.abs(rng.normal(0, 8, positions.size)).astype(np.int64) + 1, 1, 31)
+    return dcformat.Quantized(book, codes, (rows, cols), positions=positions), numel
+
+
+def with_env(no_native: bool, fn):
+    def run():
+        old = os.environ.get("DCNN_NO_NATIVE")
+        os.environ["DCNN_NO_NATIVE"] = "1" if no_native else "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["DCNN_NO_NATIVE"]
+            else:
+                os.environ["DCNN_NO_NATIVE"] = old
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=10_000_000)
+    parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    tensor, numel = sparse_tensor(args.entries, args.density)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sparse.dcnn"
+        dcformat.save_file({"w": tensor}, path)
+        f = dcformat.safe_open(path)
+        info = f.info("w")
+        record = f.header.tensors[0]
+        symbols = record.codes.count + record.gaps.count
+        dense = f.get_tensor("w")
+        frame = zstd_frames({"w": dense})["w"]
+        warm_memory(4 * dense.nbytes)
+        print(f"dcformat native extension: {'built' if native.AVAILABLE else 'NOT built'}")
+        print(
+            f"tensor {info.shape} float32, {info.nonzeros:,} nonzeros ({info.nonzeros / numel:.1%}), "
+            f"{info.entries:,} entries (fillers included), index_bits {info.index_bits}, "
+            f"{symbols:,} Huffman symbols; dense {dense.nbytes / 1e6:,.1f} MB, "
+            f"dcnn sections {info.stored_bytes / 1e6:.2f} MB, zstd-19 frame {len(frame) / 1e6:.2f} MB"
+        )
+        files = {threads: dcformat.safe_open(path, threads=threads) for threads in (1, 2)}
+        decompressor = zstandard.ZstdDecompressor()
+        methods = {}
+        timed = {}
+        if native.AVAILABLE:
+            methods["dcnn native"] = with_env(False, lambda: files[1].get_tensor("w"))
+            methods["dcnn native, threads=2"] = with_env(False, lambda: files[2].get_tensor("w"))
+            timed["dcnn native"] = timed["dcnn native, threads=2"] = "get_tensor"
+        methods["dcnn numpy path"] = with_env(True, lambda: files[1].get_tensor("w"))
+        timed["dcnn numpy path"] = "get_tensor, DCNN_NO_NATIVE=1"
+        methods["zstd -19 (decompress)"] = lambda: decompressor.decompress(frame)
+        timed["zstd -19 (decompress)"] = "decompress only"
+        methods["memcpy (fresh pages)"] = memcpy_fresh(dense)
+        timed["memcpy (fresh pages)"] = "copy into new array"
+        methods["memcpy (warm)"] = memcpy_warm(dense)
+        timed["memcpy (warm)"] = "copy into mapped array"
+        times = measure(methods, args.rounds)
+        rates = {
+            name: f"{symbols / min(times[name]) / 1e6:,.0f}" for name in methods if name.startswith("dcnn")
+        }
+        print_table(
+            f"Sparse tensor decode, {numel / 1e6:.0f}M elements, best of {args.rounds}",
+            dense.nbytes,
+            times,
+            timed,
+            "zstd -19 (decompress)",
+            rates,
+            "M symbols/s",
+        )
+        for f_ in (*files.values(), f):
+            f_.close()
+
+
+if __name__ == "__main__":
+    main()

