@@ -150,6 +150,8 @@ class _Part:
 def _prologue(stream: Stream) -> int | None:
     """Checks before decoding; the symbol of a one-symbol stream, else None."""
     buf = stream.data
+    if buf.size != -(-stream.bit_length // 8):  # the header checks catch this; a guard for callers
+        raise FormatError(f"{buf.size} data bytes for {stream.bit_length} bits", rule="huffman-data")
     tail = stream.bit_length & 7
     if stream.count and tail and buf[-1] >> tail:
         raise FormatError(

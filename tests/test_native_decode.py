@@ -488,3 +488,13 @@ if native.AVAILABLE:  # the kernels themselves; the numpy path has no counterpar
         ):
             with pytest.raises(ValueError):
                 _native.scatter(*bad)
+
+
+def test_data_size_must_match_bit_length(path_mode) -> None:
+    symbols = np.array([0, 1, 1, 0, 1, 1, 1, 0, 0])
+    stream = make_stream(symbols, np.array([4, 5]), 4)
+    short = native.Stream(stream.data[:-1], stream.bit_length, 9, stream.lengths, 4, stream.offsets)
+    results = both(path_mode, lambda: native.decode_values(short, np.arange(2, dtype=np.float32), None))
+    assert results[0][:3] == ("error", "FormatError", "huffman-data")
+    for r in results[1:]:
+        assert_same(results[0], r)
