@@ -65,9 +65,9 @@ def unzstd_all(frames: Mapping[str, bytes], dtypes: Mapping[str, np.dtype], shap
     }
 
 
-def memcpy_fresh(source: np.ndarray) -> Callable[[], np.ndarray]:
-    """Copy into newly allocated memory: what any loader pays to produce new arrays."""
-    return lambda: source.copy()
+def memcpy_fresh(arrays: list[np.ndarray]) -> Callable[[], list[np.ndarray]]:
+    """Copy each array into newly allocated memory: what any loader pays to produce new arrays."""
+    return lambda: [a.copy() for a in arrays]
 
 
 def memcpy_warm(source: np.ndarray) -> Callable[[], np.ndarray]:

@@ -94,7 +94,7 @@ def main() -> None:
         timed["dcnn numpy path"] = "get_tensor, DCNN_NO_NATIVE=1"
         methods["zstd -19 (decompress)"] = lambda: decompressor.decompress(frame)
         timed["zstd -19 (decompress)"] = "decompress only"
-        methods["memcpy (fresh pages)"] = memcpy_fresh(dense)
+        methods["memcpy (fresh pages)"] = memcpy_fresh([dense])
         timed["memcpy (fresh pages)"] = "copy into new array"
         methods["memcpy (warm)"] = memcpy_warm(dense)
         timed["memcpy (warm)"] = "copy into mapped array"
