@@ -248,7 +248,7 @@ def decode(
                 ends_reached = pos[-1]
                 pos = pos[:-1]
             index = (window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask
-            np.take(lut_symbol, index, out=block[row, : pos.size], mode="clip")
+            lut_symbol.take(index, out=block[row, : pos.size], mode="clip")
             pos += lut_length[index]
         columns[:, first : first + rows] = block[:rows].T
     if last_count < steps:
