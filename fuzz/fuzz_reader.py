@@ -4,11 +4,14 @@ python fuzz/fuzz_reader.py [libFuzzer flags] [CORPUS_DIR ...] [--torch]
 
 The first corpus directory (default fuzz/corpus) receives new inputs; spec/vectors,
 spec/vectors/invalid and fuzz/seeds are added as seeds when present. ``--torch`` also
-reads every input with framework="torch". What is done with each input: harness.py.
+reads every input with framework="torch". Half the mutations are libFuzzer's byte-level
+ones, half change one header field and fix the checksums (harness.mutate_file), so that
+they reach the checks behind the CRCs. What is done with each input: harness.py.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import atheris
 with atheris.instrument_imports(include=["dcformat"]):
     import dcformat  # noqa: F401  (instrumented before harness imports it)
 
-from harness import Target  # after the instrumented import
+from harness import Target, mutate_file  # after the instrumented import
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +37,21 @@ def corpus_args(argv: list[str]) -> list[str]:
     return [argv[0], *flags, *dirs]
 
 
+def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+    """libFuzzer's custom mutator: a header mutation or a byte-level one, half and half."""
+    rng = random.Random(seed)
+    if rng.random() < 0.5:
+        mutated = mutate_file(data, rng)
+        if mutated is not None and len(mutated) <= max_size:
+            return mutated
+    return atheris.Mutate(data, max_size)
+
+
 def main() -> None:
     frameworks = ("numpy", "torch") if "--torch" in sys.argv else ("numpy",)
     argv = [a for a in sys.argv if a != "--torch"]
     target = Target(frameworks)
-    atheris.Setup(corpus_args(argv), target)
+    atheris.Setup(corpus_args(argv), target, custom_mutator=mutate)
     atheris.Fuzz()
 
 
