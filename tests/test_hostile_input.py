@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import tempfile
 import time
 import tracemalloc
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -42,6 +43,17 @@ harness = _load("harness")
 SAMPLES = _load("make_seeds").sample_files()
 
 
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """A directory for the many small files these tests write: tmpfs where there is one
+    (rewriting a file on a disk file system can cost a flush per write)."""
+    if not Path("/dev/shm").is_dir():
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
+        yield Path(directory)
+
+
 def check(path: Path, data: bytes) -> bool:
     """Exercise one input (raising on anything but a DcnnError) in bounded time; True if valid."""
     path.write_bytes(data)
@@ -52,20 +64,20 @@ def check(path: Path, data: bytes) -> bool:
     return valid
 
 
-def test_samples_are_valid(tmp_path: Path) -> None:
+def test_samples_are_valid(scratch: Path) -> None:
     for name, data in SAMPLES.items():
-        assert check(tmp_path / f"{name}.dcnn", data), name
+        assert check(scratch / f"{name}.dcnn", data), name
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_truncation_at_every_offset(tmp_path: Path, name: str) -> None:
+def test_truncation_at_every_offset(scratch: Path, name: str) -> None:
     data = SAMPLES[name]
     for n in range(len(data)):
-        assert not check(tmp_path / "t.dcnn", data[:n]), n
+        assert not check(scratch / "t.dcnn", data[:n]), n
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_byte_substitutions(tmp_path: Path, name: str) -> None:
+def test_byte_substitutions(scratch: Path, name: str) -> None:
     rng = random.Random(f"substitute {name}")
     data = SAMPLES[name]
     valid = 0
@@ -73,27 +85,27 @@ def test_byte_substitutions(tmp_path: Path, name: str) -> None:
         mutated = bytearray(data)
         for _ in range(rng.randint(1, 4)):
             mutated[rng.randrange(len(mutated))] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)])
-        assert mutated == data or not check(tmp_path / "s.dcnn", bytes(mutated))
+        assert mutated == data or not check(scratch / "s.dcnn", bytes(mutated))
         repaired = harness.repair_checksums(bytes(mutated))
         if repaired is not None:
-            valid += check(tmp_path / "r.dcnn", repaired)
+            valid += check(scratch / "r.dcnn", repaired)
     assert valid < 150  # most substitutions behind repaired checksums still break a rule
 
 
-def test_splices_of_two_files(tmp_path: Path) -> None:
+def test_splices_of_two_files(scratch: Path) -> None:
     rng = random.Random("splice")
     names = sorted(SAMPLES)
     for _ in range(300):
         a, b = SAMPLES[rng.choice(names)], SAMPLES[rng.choice(names)]
         spliced = a[: rng.randrange(len(a) + 1)] + b[rng.randrange(len(b) + 1) :]
-        check(tmp_path / "s.dcnn", spliced)
+        check(scratch / "s.dcnn", spliced)
         repaired = harness.repair_checksums(spliced)
         if repaired is not None:
-            check(tmp_path / "r.dcnn", repaired)
+            check(scratch / "r.dcnn", repaired)
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_header_mutations(tmp_path: Path, seed: int) -> None:
+def test_header_mutations(scratch: Path, seed: int) -> None:
     rng = random.Random(seed)
     names = sorted(SAMPLES)
     rejected = 0
@@ -101,7 +113,7 @@ def test_header_mutations(tmp_path: Path, seed: int) -> None:
         data = SAMPLES[rng.choice(names)]
         for _ in range(rng.choice([1, 1, 2, 3])):
             data = harness.mutate_file(data, rng) or data
-        rejected += not check(tmp_path / "h.dcnn", data)
+        rejected += not check(scratch / "h.dcnn", data)
     assert rejected > 150
 
 
@@ -264,9 +276,9 @@ def build(sample: str, edit: Edit) -> bytes:
 
 
 @pytest.mark.parametrize("case", sorted(RULE_CASES))
-def test_rule_reported(tmp_path: Path, case: str) -> None:
+def test_rule_reported(scratch: Path, case: str) -> None:
     sample, edit, rule = RULE_CASES[case]
-    path = tmp_path / f"{case}.dcnn"
+    path = scratch / f"{case}.dcnn"
     assert not check(path, build(sample, edit))
     tracemalloc.start()
     try:
@@ -305,7 +317,7 @@ def _with_preamble(data: bytes, **fields: int) -> bytes:
         ("zip_file", "magic"),
     ],
 )
-def test_preamble_and_header_rules(tmp_path: Path, case: str, rule: str) -> None:
+def test_preamble_and_header_rules(scratch: Path, case: str, rule: str) -> None:
     data = SAMPLES["raw"]
     if case == "header_length_2_32":
         data = _with_preamble(data, length=2**32 - 1)
@@ -319,14 +331,14 @@ def test_preamble_and_header_rules(tmp_path: Path, case: str, rule: str) -> None
         data = b""
     else:
         data = b"PK\x03\x04" + bytes(100)
-    path = tmp_path / "p.dcnn"
+    path = scratch / "p.dcnn"
     assert not check(path, data)
     assert [p.rule for p in dcformat.validate(path).problems] == [rule]
 
 
-def test_huge_empty_matrix(tmp_path: Path) -> None:
+def test_huge_empty_matrix(scratch: Path) -> None:
     """An empty tensor may have 2^33 rows; as CSR that would be a 64 GiB row index."""
-    path = tmp_path / "rows.dcnn"
+    path = scratch / "rows.dcnn"
     assert check(path, build("raw", _set("empty", "shape", [2**33, 0])))
     with dcformat.safe_open(path) as f:
         assert f.get_tensor("empty").shape == (2**33, 0)
@@ -341,17 +353,17 @@ def invalid_vectors() -> list[Path]:
 
 
 @pytest.mark.parametrize("vector", invalid_vectors(), ids=lambda p: p.stem)
-def test_regression_vectors(tmp_path: Path, vector: Path) -> None:
+def test_regression_vectors(scratch: Path, vector: Path) -> None:
     rule = (vector.with_suffix(".expected")).read_text().splitlines()[0]
-    assert not check(tmp_path / vector.name, vector.read_bytes())
+    assert not check(scratch / vector.name, vector.read_bytes())
     assert [p.rule for p in dcformat.validate(vector).problems] == [rule]
 
 
 @pytest.mark.parametrize(
     "vector", sorted((ROOT / "spec" / "vectors").glob("fuzz_*.dcnn")), ids=lambda p: p.stem
 )
-def test_valid_regression_vectors(tmp_path: Path, vector: Path) -> None:
-    assert check(tmp_path / vector.name, vector.read_bytes())
+def test_valid_regression_vectors(scratch: Path, vector: Path) -> None:
+    assert check(scratch / vector.name, vector.read_bytes())
     expected = np.load(vector.with_suffix(".npz"))
     loaded = dcformat.load_file(vector)
     assert sorted(loaded) == sorted(expected.files)
