@@ -1,9 +1,9 @@
 """Corruption is detected: every single-bit flip and every truncation of a valid file.
 
-A flip in the preamble or header is caught when the file is opened; a flip in a section
-when that tensor is read (CRC-32 catches every single-bit error), the other tensors still
-reading correctly; a flip in alignment padding by validate's padding check. validate
-reports each, under the rule the damage breaks.
+A flip in the preamble, header or header padding is caught when the file is opened; a flip
+in a section, or in the padding after it, when that tensor is read (CRC-32 catches every
+single-bit error; padding must be zero), the other tensors still reading correctly.
+validate reports each, under the rule the damage breaks and with the tensor it hit.
 """
 
 from __future__ import annotations
@@ -49,33 +49,27 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
 PARTS = 4  # each sample's bits are split over this many tests, for pytest-xdist
 
 
-def regions(data: bytes) -> list[tuple[int, int, str | None]]:
-    """(start, stop, what) covering the file: "magic", "preamble", "header", "padding", or a
-    section as the name of its tensor."""
+def regions(data: bytes) -> list[tuple[int, int, str, str | None]]:
+    """(start, stop, kind, tensor) covering the file. kind is "magic", "preamble", "header",
+    "padding" or "section"; tensor names whose section, or padding after one, it is."""
     _, raw, _ = harness.split_file(data)
     header = harness.parse_header(raw)
     data_start = align_up(PREAMBLE_SIZE + len(raw))
-    out = [
-        (0, 8, "magic"),
-        (8, PREAMBLE_SIZE, "preamble"),
-        (PREAMBLE_SIZE, PREAMBLE_SIZE + len(raw), "header"),
-    ]
-    end = PREAMBLE_SIZE + len(raw)
+    out = [(0, 8, "magic", None), (8, PREAMBLE_SIZE, "preamble", None)]
+    out += [(PREAMBLE_SIZE, PREAMBLE_SIZE + len(raw), "header", None)]
+    out += [(PREAMBLE_SIZE + len(raw), data_start, "padding", None)]
+    end, owner = data_start, None
     for tensor in header.tensors:
         for section in sections_of(tensor):
             start = data_start + section.offset
-            out.append((end, start, "padding"))
-            out.append((start, start + section.length, f"tensor:{tensor.name}"))
-            end = start + section.length
-    out.append((end, max(end, data_start), "padding"))  # a file without sections
-    assert max(end, data_start) == len(data)
+            out.append((end, start, "padding", owner))
+            out.append((start, start + section.length, "section", tensor.name))
+            end, owner = start + section.length, tensor.name
+    assert end == len(data)
     return [r for r in out if r[0] < r[1]]
 
 
-def expected_rule(what: str) -> str:
-    return {"magic": "magic", "preamble": "preamble-crc", "header": "header-crc", "padding": "padding"}.get(
-        what, "section-crc"
-    )
+RULES = {"magic": "magic", "preamble": "preamble-crc", "header": "header-crc", "padding": "padding"}
 
 
 @pytest.mark.parametrize("part", range(PARTS))
@@ -84,7 +78,8 @@ def test_every_bit_flip_is_detected(scratch: Path, name: str, part: int) -> None
     data = SAMPLES[name]
     good = dcformat.load_file(_write(scratch / "good.dcnn", data))
     path = scratch / "flipped.dcnn"
-    for start, stop, what in regions(data):
+    for start, stop, kind, tensor in regions(data):
+        rule = RULES.get(kind, "section-crc")
         for bit in range(start * 8, stop * 8):
             if bit % PARTS != part:
                 continue
@@ -92,26 +87,25 @@ def test_every_bit_flip_is_detected(scratch: Path, name: str, part: int) -> None
             flipped[bit // 8] ^= 1 << (bit % 8)
             _write(path, bytes(flipped))
             problems = dcformat.validate(path).problems
-            tensor = what.removeprefix("tensor:") if what.startswith("tensor:") else None
-            assert [(p.rule, p.tensor) for p in problems] == [(expected_rule(what), tensor)], (bit, what)
-            if what in ("magic", "preamble", "header"):
+            assert [(p.rule, p.tensor) for p in problems] == [(rule, tensor)], (bit, kind)
+            if tensor is None:
                 with pytest.raises(dcformat.DcnnError) as error:
                     dcformat.safe_open(path)
-                assert error.value.rule == expected_rule(what)
-            elif tensor is not None:
-                with dcformat.safe_open(path) as f:
-                    with pytest.raises(dcformat.ChecksumError) as error:
-                        f.get_tensor(tensor)
-                    assert error.value.rule == "section-crc" and error.value.tensor == tensor
-                    other = next((n for n in f.keys() if n != tensor), None)
-                    if other is not None:
-                        assert np.array_equal(f.get_tensor(other), good[other], equal_nan=True)
+                assert error.value.rule == rule
+                continue
+            with dcformat.safe_open(path) as f:
+                with pytest.raises(dcformat.FormatError) as error:
+                    f.get_tensor(tensor)
+                assert (error.value.rule, error.value.tensor) == (rule, tensor)
+                other = next((n for n in f.keys() if n != tensor), None)
+                if other is not None:
+                    assert np.array_equal(f.get_tensor(other), good[other], equal_nan=True)
 
 
 def test_regions_cover_sections_and_padding() -> None:
-    """The flip test above goes through sections, header padding and padding between sections."""
-    kinds = {what.split(":")[0] for data in SAMPLES.values() for _, _, what in regions(data)}
-    assert kinds == {"magic", "preamble", "header", "padding", "tensor"}
+    """The flip test above goes through sections, header padding and padding after sections."""
+    kinds = {(kind, tensor is None) for data in SAMPLES.values() for _, _, kind, tensor in regions(data)}
+    assert {("padding", True), ("padding", False), ("section", False), ("header", True)} <= kinds
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
