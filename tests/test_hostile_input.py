@@ -11,7 +11,10 @@ validator agree. The long-running, coverage-guided counterpart is fuzz/fuzz_read
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -358,3 +361,25 @@ def test_spec_vectors_through_the_whole_api(scratch: Path, vector: Path) -> None
     """Valid vectors read consistently everywhere; invalid ones (fuzzing's regressions among
     them, see spec/vectors/generate.py) fail everywhere, with DcnnErrors only."""
     assert check(scratch / vector.name, vector.read_bytes()) == (vector.parent == VECTORS)
+
+
+def test_validate_cli_one_line_per_problem(scratch: Path) -> None:
+    """dcnn-validate on every rule case at once: exit status 1, one line each naming its rule,
+    nothing on stderr."""
+    paths = []
+    for case, (sample, edit, _) in sorted(RULE_CASES.items()):
+        paths.append(scratch / f"{case}.dcnn")
+        paths[-1].write_bytes(build(sample, edit))
+    package_root = str(Path(dcformat.__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "dcformat.cli", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": package_root},
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(paths)
+    for path, line in zip(paths, lines, strict=True):
+        assert line.startswith(f"{path}: ") and line.endswith(f"[{RULE_CASES[path.stem][2]}]"), line
