@@ -92,7 +92,7 @@ def test_byte_substitutions(scratch: Path, name: str) -> None:
         repaired = harness.repair_checksums(bytes(mutated))
         if repaired is not None:
             valid += check(scratch / "r.dcnn", repaired)
-    assert valid < 150  # most substitutions behind repaired checksums still break a rule
+    assert valid < 50  # most substitutions behind repaired checksums still break a rule (11 to 22 valid)
 
 
 def test_splices_of_two_files(scratch: Path) -> None:
@@ -117,7 +117,7 @@ def test_header_mutations(scratch: Path, seed: int) -> None:
         for _ in range(rng.choice([1, 1, 2, 3])):
             data = harness.mutate_file(data, rng) or data
         rejected += not check(scratch / "h.dcnn", data)
-    assert rejected > 150
+    assert rejected > 200  # 253 to 268: most single-field changes break a rule
 
 
 # -- each rule, broken on purpose -------------------------------------------------------------
