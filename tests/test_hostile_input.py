@@ -25,6 +25,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import zstandard
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
@@ -164,6 +165,16 @@ def _zstd_append(extra: Callable[[bytes], bytes]) -> Edit:
     return edit
 
 
+def _zstd_bomb(header: pb.Header, area: bytearray) -> None:
+    """A frame of 64 MiB of zeros (2 KB compressed) whose header claims the 2048 bytes expected."""
+    raw = _tensor(header, "z").raw
+    frame = bytearray(zstandard.ZstdCompressor().compress(bytes(64 << 20)))
+    assert frame[4] == 0x80  # descriptor: 4-byte content size after the window byte, no dictionary
+    frame[6:10] = (2048).to_bytes(4, "little")
+    area[raw.offset :] = frame
+    raw.length = len(frame)
+
+
 def _chunk_offsets(fn: Callable[[list[int]], list[int]]) -> Edit:
     def edit(header: pb.Header, area: bytearray) -> None:
         codes = _tensor(header, "d").codes
@@ -266,6 +277,7 @@ RULE_CASES: dict[str, tuple[str, Edit, str]] = {
     "bool_value_2": ("raw", _bool_byte, "bool-value"),
     "zstd_trailing_bytes": ("zstd", _zstd_append(lambda frame: b"junk"), "zstd"),
     "zstd_two_frames": ("zstd", _zstd_append(lambda frame: frame), "zstd"),
+    "zstd_bomb": ("zstd", _zstd_bomb, "zstd"),
     "zstd_skippable_frame": ("zstd", _zstd_append(lambda frame: b"\x50\x2a\x4d\x18\x00\x00\x00\x00"), "zstd"),
 }
 
