@@ -238,19 +238,19 @@ def _mutate_tensor_list(header: pb.Header, rng: random.Random) -> None:
 
 
 class Target:
-    """Writes each input to one scratch file (in /dev/shm when there is one) and exercises it."""
+    """Writes each input to a scratch file (in /dev/shm when there is one), exercises it and
+    removes the file again (libFuzzer ends the process without running Python's exit hooks)."""
 
     def __init__(self, frameworks: tuple[str, ...] = ("numpy",)) -> None:
-        scratch = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, self.path = tempfile.mkstemp(suffix=".dcnn", dir=scratch)
-        os.close(fd)
+        scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        self.path = scratch / f"dcnn-fuzz-{os.getpid()}.dcnn"
         self.frameworks = frameworks
 
     def __call__(self, data: bytes) -> None:
         for variant in (data, repair_checksums(data)):
             if variant is not None:
-                Path(self.path).write_bytes(variant)
-                exercise(self.path, self.frameworks)
-
-    def close(self) -> None:
-        os.unlink(self.path)
+                self.path.write_bytes(variant)
+                try:
+                    exercise(self.path, self.frameworks)
+                finally:
+                    self.path.unlink()
