@@ -123,11 +123,13 @@ def check_tensor(tensor: pb.Tensor) -> None:
         raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
     if len(tensor.shape) > MAX_RANK:
         raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
-    numel = 1
+    # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).
+    span = 1
     for d in tensor.shape:
-        numel *= d
-        if numel > MAX_ELEMENTS:
+        span *= max(d, 1)
+        if span > MAX_ELEMENTS:
             raise LimitError(f"shape {list(tensor.shape)} exceeds {MAX_ELEMENTS} elements", rule="shape")
+    numel = numel_of(tensor)
     dtype = dtypes.from_enum(tensor.dtype)
     if dtype is None:
         raise FormatError(f"unknown dtype {tensor.dtype}", rule="dtype")
@@ -239,6 +241,12 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
     offsets = np.asarray(stream.chunk_offsets, dtype=np.uint64)
     if offsets.size and (offsets[0] == 0 or np.any(offsets[1:] <= offsets[:-1]) or offsets[-1] >= bits):
         raise FormatError(f"{what}: chunk offsets out of order or out of range", rule="huffman-chunks")
+    if np.count_nonzero(lengths) == 1:  # one bit per symbol fixes the offsets; decoding never reads them
+        starts = np.arange(1, offsets.size + 1, dtype=np.uint64) * np.uint64(stream.chunk_size)
+        if not np.array_equal(offsets, starts):
+            raise FormatError(
+                f"{what}: one-symbol chunk j must start at bit j * chunk_size", rule="huffman-chunks"
+            )
     length = stream.data.length if stream.HasField("data") else 0
     if length != -(-bits // 8):
         raise FormatError(f"{what}: {length} data bytes for {bits} bits", rule="huffman-data")

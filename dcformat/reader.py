@@ -15,7 +15,7 @@ import zstandard
 
 from . import dcnn_pb2 as pb
 from . import dtypes, gaps, native
-from .errors import ChecksumError, DcnnError, DcnnIOError, FormatError
+from .errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
 from .header import (
     ENCODING_NAMES,
     Preamble,
@@ -26,7 +26,7 @@ from .header import (
     read_preamble,
     sections_of,
 )
-from .layout import PREAMBLE_SIZE, align_up
+from .layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
 from .tensors import Source
 
 FRAMEWORKS = ("numpy", "torch")
@@ -175,6 +175,13 @@ class DcnnFile:
         shape = tuple(record.shape)
         rows = shape[0] if len(shape) >= 2 else 1
         cols = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) >= 2 else numel_of(record)
+        if cols == 0 and rows > EXPANSION_SLACK // 8:  # the row index of an empty matrix is all there is
+            raise LimitError(
+                f"an empty matrix of {rows} rows exceeds the expansion limit",
+                rule="expansion",
+                path=self.path,
+                tensor=name,
+            )
         row, col = np.divmod(positions, max(cols, 1))
         if self.framework == "torch":
             import torch
@@ -275,6 +282,8 @@ class DcnnFile:
         data = self._section(record.raw)
         if record.compression == pb.COMPRESSION_ZSTD:
             data = np.frombuffer(_unzstd(data, numel * storage.itemsize), dtype=np.uint8).copy()
+        if kind == "bool" and np.any(data > 1):
+            raise FormatError("a bool element is not the byte 0 or 1", rule="bool-value")
         array = data.view(storage)
         return array.reshape(tuple(record.shape))
 
@@ -415,9 +424,12 @@ def _unzstd(data: np.ndarray, expected: int) -> bytes:
             raise FormatError(
                 f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
             )
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        out = frame.decompress(data)
     except zstandard.ZstdError as exc:
         raise FormatError(f"zstd data does not decompress: {exc}", rule="zstd") from None
+    if not frame.eof or frame.unused_data:
+        raise FormatError("the section is not exactly one zstd frame", rule="zstd")
     if len(out) != expected:
         raise FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd")
     return out

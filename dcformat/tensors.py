@@ -123,11 +123,12 @@ class Source:
 def _check_shape(shape: tuple[int, ...]) -> int:
     if len(shape) > MAX_RANK:
         raise EncodeError(f"rank {len(shape)} exceeds the maximum {MAX_RANK}")
-    numel = 1
+    numel = span = 1
     for d in shape:
         if d < 0:
             raise EncodeError(f"negative dimension in shape {shape}")
         numel *= d
-    if numel > MAX_ELEMENTS:
-        raise EncodeError(f"{numel} elements exceed the maximum {MAX_ELEMENTS}")
+        span *= max(d, 1)  # the reader bounds empty tensors' shapes too
+    if span > MAX_ELEMENTS:
+        raise EncodeError(f"shape {shape} exceeds the maximum of {MAX_ELEMENTS} elements")
     return numel

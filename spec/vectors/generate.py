@@ -110,6 +110,7 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
         {"k1024": dcformat.Quantized(rng.normal(size=1024).astype(np.float16), skewed, (3000,))},
         {},
     )
+    out["empty_huge_rows"] = ({"rows": np.zeros((2**33, 0), np.float32)}, {})
     out["metadata_source"] = (
         {"w": np.ones((2, 2), np.float32)},
         {
@@ -350,6 +351,12 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("section_crc", "section-crc", ("sparse_codes", lambda d: _flip_bit(d, len(d) * 8 - 1)))
     add("trailing_bytes", "file-size", ("sparse_codes", lambda d: d + b"\x00"))
     add("dirty_padding", "padding", ("raw_dtypes", _dirty_header_padding))
+    # Found by fuzzing (fuzz/README.md): each crashed the reader or was read as valid.
+    add("empty_huge_dim", "shape", _header("raw_dtypes", lambda p: _set_shape(p, "empty", [0, 2**63])))
+    add("bool_value_2", "bool-value", _header("raw_dtypes", _bool_value_2))
+    add("zstd_trailing_bytes", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, b"junk")))
+    add("zstd_two_frames", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, None)))
+    add("one_symbol_chunk_offsets", "huffman-chunks", _header("one_symbol", _one_symbol_offsets))
     return v
 
 
@@ -433,6 +440,26 @@ def _gaps_past_end(p: Parsed) -> None:
     count = 71
     _stream_bits(p, "b1", "gaps", [1] * count, [1, 1])
     _stream_bits(p, "b1", "codes", [0] * count, [1] + [0] * 31)
+
+
+def _bool_value_2(p: Parsed) -> None:
+    t = _first(p, "bool")
+    data = bytearray(p.data_of(t, "raw"))
+    data[0] = 2  # was True (1): still nonzero, so only the value rule breaks
+    p.set_data(t, "raw", bytes(data))
+
+
+def _extend_zstd(p: Parsed, extra: bytes | None) -> None:
+    """Append bytes, or (None) a second copy of the frame, to the zstd section."""
+    t = _first(p, "blocks")
+    frame = p.data_of(t, "raw")
+    p.set_data(t, "raw", frame + (frame if extra is None else extra))
+
+
+def _one_symbol_offsets(p: Parsed) -> None:
+    s = _first(p, "dense_constant").codes  # 50 one-bit symbols: chunks of 16 start at 16, 32, 48
+    s.chunk_size = 16
+    s.chunk_offsets.extend([16, 33, 48])
 
 
 def _misalign(data: bytes) -> bytes:
