@@ -62,9 +62,7 @@ def test_training_moves_centroids_keeps_codes_and_zeros() -> None:
     zeros = torch.from_numpy(w == 0)
     quantizer = TrainedQuantizer(model, {"0.weight": shared})
     others = [p for n, p in model.named_parameters() if n != "0.weight"]
-    opt = torch.optim.SGD(
-        quantizer.parameters() + others, lr=0.05, momentum=0.9, weight_decay=0.1
-    )
+    opt = torch.optim.SGD(quantizer.parameters() + others, lr=0.05, momentum=0.9, weight_decay=0.1)
     x, y = batch(3)
     losses = []
     with quantizer.enforce():

@@ -171,9 +171,7 @@ class CompressionConfig:
         if not floating:
             raise ValueError(f"a rule forces compression of {name!r}, which is not floating point")
         kind: Kind = "conv" if len(shape) >= 3 else "fc"
-        plan = TensorPlan(
-            name, kind, self.conv_bits if kind == "conv" else self.fc_bits, self.init
-        )
+        plan = TensorPlan(name, kind, self.conv_bits if kind == "conv" else self.fc_bits, self.init)
         for rule in matched:
             if rule.bits is not None:
                 plan = replace(plan, bits=rule.bits)
