@@ -1,0 +1,74 @@
+"""The one error hierarchy of dcformat: everything it raises on bad input is a DcnnError."""
+
+from __future__ import annotations
+
+
+class DcnnError(Exception):
+    """Root of every error dcformat raises for bad input, files or arguments.
+
+    ``rule`` names the spec rule that was broken (see spec/dcnn-format.md, "Rules");
+    ``path``, ``tensor`` and ``offset`` locate the problem when known.
+    """
+
+    rule = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rule: str | None = None,
+        path: str | None = None,
+        tensor: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.message = message
+        if rule is not None:
+            self.rule = rule
+        self.path = path
+        self.tensor = tensor
+        self.offset = offset
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(str(self.path))
+        if self.tensor is not None:
+            where.append(f"tensor {self.tensor!r}")
+        if self.offset is not None:
+            where.append(f"byte {self.offset}")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message} [{self.rule}]" if prefix else f"{self.message} [{self.rule}]"
+
+    def located(self, *, path: str | None = None, tensor: str | None = None) -> DcnnError:
+        """Return this error with its location filled in where it was unknown."""
+        if path is not None and self.path is None:
+            self.path = path
+        if tensor is not None and self.tensor is None:
+            self.tensor = tensor
+        self.args = (self._text(),)
+        return self
+
+
+class FormatError(DcnnError):
+    """The file breaks a rule of the format spec."""
+
+
+class ChecksumError(FormatError):
+    """A checksum does not match: the file is corrupted."""
+
+
+class VersionError(FormatError):
+    """The file's major version is not one this reader implements."""
+
+
+class LimitError(FormatError):
+    """The file exceeds a reader limit (sizes, counts, expansion)."""
+
+
+class EncodeError(DcnnError, ValueError):
+    """A tensor given to the writer cannot be encoded as asked."""
+
+
+class DcnnIOError(DcnnError, OSError):
+    """The file cannot be opened, read or written."""

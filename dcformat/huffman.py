@@ -1,0 +1,271 @@
+"""Canonical Huffman coding, as spec section 6 defines it.
+
+A table is a code length per symbol. Codes are assigned canonically (RFC 1951
+section 3.2.2) and written into an LSB-first bitstream, most significant code bit
+first. Streams are cut into chunks of ``chunk_size`` symbols whose starting bit
+offsets are recorded, so decoding runs across all chunks at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FormatError
+from .layout import MAX_CODE_LENGTH
+
+_REVERSED_BYTE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint32)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A coded stream: its bytes, exact bit length and the bit offsets of chunks 1..n-1."""
+
+    data: bytes
+    bit_length: int
+    chunk_offsets: np.ndarray  # uint64
+
+
+def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Length-limited Huffman code lengths (uint8, one per symbol) for symbol frequencies.
+
+    Unused symbols get 0; a single used symbol gets length 1. Lengths never exceed
+    ``max_length`` and, with two or more used symbols, form a complete code.
+    """
+    freqs = np.asarray(freqs, dtype=np.int64)
+    lengths = np.zeros(freqs.size, dtype=np.uint8)
+    used = np.flatnonzero(freqs)
+    if used.size == 0:
+        return lengths
+    if used.size == 1:
+        lengths[used[0]] = 1
+        return lengths
+    if used.size > 1 << max_length:
+        raise ValueError(f"{used.size} symbols cannot be coded in {max_length} bits")
+    order = used[np.lexsort((used, freqs[used]))]  # ascending frequency, then symbol
+    depths = _huffman_depths(freqs[order].tolist())
+    bl_count = np.bincount(depths, minlength=max(depths) + 1).tolist()
+    if len(bl_count) - 1 > max_length:
+        bl_count = _limit_lengths(bl_count, max_length)
+    # Shortest lengths go to the most frequent symbols: `order` is least frequent first.
+    sorted_lengths = np.repeat(np.arange(len(bl_count)), bl_count)[::-1]
+    lengths[order] = sorted_lengths
+    return lengths
+
+
+def _huffman_depths(weights: list[int]) -> list[int]:
+    """Leaf depths of a Huffman tree over ascending weights (two-queue construction)."""
+    n = len(weights)
+    weight = weights + [0] * (n - 1)
+    parent = [0] * (2 * n - 1)
+    leaf, node = 0, n
+    for new in range(n, 2 * n - 1):
+        children = []
+        for _ in range(2):
+            if leaf < n and (node >= new or weight[leaf] <= weight[node]):
+                children.append(leaf)
+                leaf += 1
+            else:
+                children.append(node)
+                node += 1
+        weight[new] = weight[children[0]] + weight[children[1]]
+        parent[children[0]] = parent[children[1]] = new
+    depth = [0] * (2 * n - 1)
+    for i in range(2 * n - 3, -1, -1):
+        depth[i] = depth[parent[i]] + 1
+    return depth[:n]
+
+
+def _limit_lengths(bl_count: list[int], max_length: int) -> list[int]:
+    """Move leaves deeper than max_length up, keeping the code complete (JPEG Annex K.3)."""
+    count = list(bl_count)
+    for i in range(len(count) - 1, max_length, -1):
+        while count[i] > 0:
+            j = i - 2
+            while count[j] == 0:
+                j -= 1
+            count[i] -= 2
+            count[i - 1] += 1
+            count[j + 1] += 2
+            count[j] -= 1
+    return count[: max_length + 1]
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """The canonical code of each symbol (uint32; 0 for unused symbols), RFC 1951 rule."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    bl_count = np.bincount(lengths, minlength=MAX_CODE_LENGTH + 1)
+    bl_count[0] = 0
+    next_code = np.zeros(bl_count.size, dtype=np.int64)
+    code = 0
+    for bits in range(1, bl_count.size):
+        code = (code + int(bl_count[bits - 1])) << 1
+        next_code[bits] = code
+    used = np.flatnonzero(lengths)
+    ranked = used[np.argsort(lengths[used], kind="stable")]  # by length, then symbol
+    ranked_lengths = lengths[ranked]
+    first_of_length = np.searchsorted(ranked_lengths, ranked_lengths, side="left")
+    codes = np.zeros(lengths.size, dtype=np.uint32)
+    codes[ranked] = next_code[ranked_lengths] + (np.arange(ranked.size) - first_of_length)
+    return codes
+
+
+def _reverse(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Reverse the low ``lengths`` bits of each code (codes of up to 16 bits)."""
+    codes = codes.astype(np.uint32)
+    rev16 = (_REVERSED_BYTE[codes & 0xFF] << 8) | _REVERSED_BYTE[(codes >> 8) & 0xFF]
+    return (rev16 >> (16 - lengths.astype(np.uint32))).astype(np.uint32)
+
+
+def check_table(lengths: np.ndarray, count: int) -> None:
+    """Raise FormatError unless ``lengths`` is a valid table for a stream of ``count`` symbols."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size and int(lengths.max()) > MAX_CODE_LENGTH:
+        raise FormatError(
+            f"code length {int(lengths.max())} exceeds the maximum {MAX_CODE_LENGTH}",
+            rule="huffman-table",
+        )
+    used = int(np.count_nonzero(lengths))
+    if used == 0:
+        if count:
+            raise FormatError(f"a stream of {count} symbols has an empty table", rule="huffman-table")
+        return
+    if used == 1:
+        if int(lengths.max()) != 1:
+            raise FormatError("a one-symbol table must give that symbol length 1", rule="huffman-table")
+        return
+    kraft = int(np.sum(np.left_shift(1, MAX_CODE_LENGTH - lengths[lengths > 0])))
+    if kraft > 1 << MAX_CODE_LENGTH:
+        raise FormatError("over-subscribed table (Kraft sum above 1)", rule="huffman-table")
+    if kraft < 1 << MAX_CODE_LENGTH:
+        raise FormatError("incomplete table (Kraft sum below 1)", rule="huffman-table")
+
+
+def encoded_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:
+    """Bits a stream with these symbol frequencies takes under these code lengths."""
+    return int(np.dot(np.asarray(freqs, dtype=np.int64), np.asarray(lengths, dtype=np.int64)))
+
+
+def encode(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> Stream:
+    """Huffman-code ``symbols`` with the table ``lengths``; chunk starts every chunk_size symbols."""
+    symbols = np.asarray(symbols).ravel().astype(np.intp, copy=False)
+    lengths = np.asarray(lengths, dtype=np.uint8)
+    if np.count_nonzero(lengths) == 1:  # one symbol: code "0" of length 1
+        bit_length = symbols.size
+        offsets = np.arange(chunk_size, symbols.size, chunk_size, dtype=np.uint64)
+        return Stream(bytes(-(-bit_length // 8)), bit_length, offsets)
+    reversed_codes = _reverse(canonical_codes(lengths), lengths)
+    sym_lengths = lengths[symbols].astype(np.uint64)
+    ends = np.cumsum(sym_lengths)
+    bit_length = int(ends[-1]) if ends.size else 0
+    starts = ends - sym_lengths
+    offsets = starts[chunk_size::chunk_size]
+    return Stream(pack_bits(reversed_codes[symbols], starts, bit_length), bit_length, offsets)
+
+
+def pack_bits(values: np.ndarray, starts: np.ndarray, bit_length: int) -> bytes:
+    """Write each value (at most 32 bits) at its bit offset of an LSB-first stream.
+
+    ``starts`` (uint64) must be non-decreasing and the values must not overlap.
+    """
+    values = values.astype(np.uint64)
+    shift = starts & np.uint64(63)
+    word = starts >> np.uint64(6)
+    words = np.zeros(-(-bit_length // 64) + 1, dtype="<u8")
+    if values.size:
+        first = np.flatnonzero(word[1:] != word[:-1]) + 1
+        first = np.concatenate(([0], first))
+        words[word[first]] = np.bitwise_or.reduceat(values << shift, first)
+        # A code crossing a word boundary spills its high bits into the next word;
+        # at most one code crosses each boundary.
+        spill = np.flatnonzero(shift + np.uint64(32) > np.uint64(64))
+        spill = spill[(values[spill] >> (np.uint64(64) - shift[spill])) != 0]
+        words[word[spill] + np.uint64(1)] |= values[spill] >> (np.uint64(64) - shift[spill])
+    return words.view(np.uint8)[: -(-bit_length // 8)].tobytes()
+
+
+def decode(
+    data: bytes | memoryview | np.ndarray,
+    bit_length: int,
+    count: int,
+    lengths: np.ndarray,
+    chunk_size: int,
+    chunk_offsets: np.ndarray,
+) -> np.ndarray:
+    """Decode ``count`` symbols (uint16 for alphabets up to 65536) from a chunked stream.
+
+    The header checks (table, sizes, offsets in range and in order) come first, in
+    the reader; this checks what only decoding can: every chunk ends exactly where
+    the next begins, the stream ends at ``bit_length`` and the padding bits are zero.
+    """
+    lengths = np.asarray(lengths, dtype=np.uint8)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    out_type = np.uint16 if lengths.size <= 1 << 16 else np.uint32
+    if count == 0:
+        return np.zeros(0, dtype=out_type)
+    _check_padding(buf, bit_length)
+    used = np.flatnonzero(lengths)
+    if used.size == 1:
+        if bit_length != count or buf.any():
+            raise FormatError(
+                "a one-symbol stream must be all zero bits, one per symbol", rule="huffman-data"
+            )
+        return np.full(count, used[0], dtype=out_type)
+    max_len = int(lengths.max())
+    lut_symbol, lut_length = _lookup_table(lengths, max_len)
+    starts = np.concatenate(([0], np.asarray(chunk_offsets, dtype=np.int64)))
+    ends = np.concatenate((starts[1:], [bit_length]))
+    n_chunks = starts.size
+    last_count = count - (n_chunks - 1) * chunk_size
+    steps = chunk_size if n_chunks > 1 else last_count
+    # A corrupt chunk may run past the end: pad so every read stays in the buffer.
+    padded = np.zeros(buf.size + 2 * steps + 8, dtype=np.uint8)
+    padded[: buf.size] = buf
+    window = np.ndarray((padded.size - 3,), dtype="<u4", buffer=padded, strides=(1,))
+    mask = np.uint32((1 << max_len) - 1)
+    out = np.empty((steps, n_chunks), dtype=out_type)
+    pos = starts.copy()
+    for step in range(steps):
+        if step == last_count:  # the last chunk is shorter: drop it from the sweep
+            ends_reached = pos[-1]
+            pos = pos[:-1]
+        index = (window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask
+        out[step, : pos.size] = lut_symbol[index]
+        pos += lut_length[index]
+    if last_count < steps:
+        pos = np.concatenate((pos, [ends_reached]))
+    bad = np.flatnonzero(pos != ends)
+    if bad.size:
+        chunk = int(bad[0])
+        raise FormatError(
+            f"chunk {chunk} ends at bit {int(pos[chunk])}, expected bit {int(ends[chunk])}",
+            rule="huffman-data",
+            offset=int(starts[chunk]) // 8,
+        )
+    symbols = out.T.reshape(-1)
+    return symbols[:count] if n_chunks > 1 else symbols
+
+
+def _lookup_table(lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symbol and length for every max_len-bit peek of an LSB-first stream."""
+    used = np.flatnonzero(lengths)
+    used_lengths = lengths[used].astype(np.int64)
+    reversed_codes = _reverse(canonical_codes(lengths)[used], used_lengths).astype(np.int64)
+    repeats = np.left_shift(1, max_len - used_lengths)
+    group = np.repeat(np.arange(used.size), repeats)
+    within = np.arange(group.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    index = reversed_codes[group] + (within << used_lengths[group])
+    lut_symbol = np.zeros(1 << max_len, dtype=np.uint32)
+    lut_length = np.zeros(1 << max_len, dtype=np.int64)
+    lut_symbol[index] = used[group]
+    lut_length[index] = used_lengths[group]
+    return lut_symbol, lut_length
+
+
+def _check_padding(buf: np.ndarray, bit_length: int) -> None:
+    tail = bit_length & 7
+    if tail and buf[-1] >> tail:
+        raise FormatError(
+            "padding bits after the stream are not zero", rule="huffman-data", offset=buf.size - 1
+        )

@@ -1,0 +1,382 @@
+"""Read .dcnn files: map the file, check the header, decode only the tensors asked for."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from . import dcnn_pb2 as pb
+from . import dtypes, gaps, huffman
+from .errors import ChecksumError, DcnnError, DcnnIOError, FormatError
+from .header import (
+    ENCODING_NAMES,
+    Preamble,
+    check_layout,
+    check_tensor,
+    numel_of,
+    parse_header,
+    read_preamble,
+    sections_of,
+)
+from .layout import PREAMBLE_SIZE
+from .tensors import Source
+
+FRAMEWORKS = ("numpy", "torch")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says of one tensor; nothing is decoded to produce it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    encoding: str
+    entries: int  # stored entries (codes, fillers included) or elements for RAW
+    nonzeros: int
+    weight_bits: int  # bits of a codebook index (ceil log2 K), or of a RAW element
+    index_bits: int  # SPARSE_CODES only, else 0
+    stored_bytes: int  # bytes of its sections
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def dense_bytes(self) -> int:
+        return self.numel * dtypes.itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class Codes:
+    """The compressed form of a coded tensor, for engines that compute on it.
+
+    Sparse tensors give the positions of their stored entries, fillers left out.
+    """
+
+    codebook: np.ndarray
+    codes: np.ndarray
+    positions: np.ndarray | None
+    shape: tuple[int, ...]
+
+
+class DcnnFile:
+    """An open .dcnn file (see :func:`safe_open`)."""
+
+    def __init__(self, path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True) -> None:
+        if framework not in FRAMEWORKS:
+            raise DcnnError(f"framework must be one of {FRAMEWORKS}, not {framework!r}", rule="usage")
+        if not isinstance(path, str | os.PathLike):
+            raise DcnnError(f"path must be a str or os.PathLike, not {type(path).__name__}", rule="usage")
+        self.path = os.fspath(path)
+        self.framework = framework
+        self.verify = verify
+        self._map: mmap.mmap | None = None
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size:
+                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise DcnnIOError(f"cannot open: {exc.strerror or exc}", path=self.path) from None
+        try:
+            self.size = size
+            head = self._map[:PREAMBLE_SIZE] if self._map is not None else b""
+            self.preamble: Preamble = read_preamble(head, size)
+            self.header = parse_header(self._map[: self.preamble.data_start], self.preamble)
+            self._tensors: dict[str, pb.Tensor] = {}
+            for record in self.header.tensors:
+                if record.name in self._tensors:
+                    raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
+                try:
+                    check_tensor(record)
+                except DcnnError as exc:
+                    raise exc.located(tensor=record.name) from None
+                self._tensors[record.name] = record
+            check_layout(self.header, self.preamble.data_start, size)
+        except DcnnError as exc:
+            self.close()
+            raise exc.located(path=self.path) from None
+
+    # -- header queries -------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Tensor names, in file order."""
+        return list(self._tensors)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.header.metadata)
+
+    def source(self) -> Source:
+        src = self.header.source
+        return Source(src.format, src.skeleton, dict(src.attributes))
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return self.preamble.major, self.preamble.minor
+
+    @property
+    def producer(self) -> str:
+        return self.header.producer
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._record(name)
+        if t.encoding == pb.RAW:
+            entries, weight_bits = numel_of(t), 8 * dtypes.itemsize(dtypes.from_enum(t.dtype))
+        else:
+            k = len(t.codebook.values) // dtypes.itemsize(dtypes.from_enum(t.codebook.dtype))
+            entries, weight_bits = t.codes.count, max(1, (k - 1).bit_length())
+        return TensorInfo(
+            name=name,
+            shape=tuple(t.shape),
+            dtype=dtypes.from_enum(t.dtype),
+            encoding=ENCODING_NAMES[t.encoding],
+            entries=entries,
+            nonzeros=t.nonzeros,
+            weight_bits=weight_bits,
+            index_bits=t.index_bits,
+            stored_bytes=sum(s.length for s in sections_of(t)),
+        )
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def get_tensor(self, name: str, dtype: str | None = None, device: str | None = None) -> Any:
+        """The dense tensor. ``dtype`` converts float tensors (float32, float16, bfloat16)."""
+        record = self._record(name)
+        try:
+            stored, kind = self._decode_dense(record)
+            out_kind = kind if dtype is None else _checked_out_dtype(kind, dtype)
+            return self._convert(_cast(stored, kind, out_kind), out_kind, device)
+        except DcnnError as exc:
+            raise exc.located(path=self.path, tensor=name) from None
+
+    def get_sparse(self, name: str, layout: str = "csr") -> Any:
+        """A 2-D sparse matrix (rank > 2 flattened to (shape[0], rest)) built from the
+        positions: scipy.sparse for numpy, torch sparse for torch."""
+        if layout not in ("csr", "coo"):
+            raise DcnnError(f"layout must be 'csr' or 'coo', not {layout!r}", rule="usage")
+        record = self._record(name)
+        try:
+            positions, stored, kind = self._decode_entries(record)
+        except DcnnError as exc:
+            raise exc.located(path=self.path, tensor=name) from None
+        values = _cast(stored, kind, kind)
+        shape = tuple(record.shape)
+        rows = shape[0] if len(shape) >= 2 else 1
+        cols = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) >= 2 else numel_of(record)
+        row, col = np.divmod(positions, max(cols, 1))
+        if self.framework == "torch":
+            import torch
+
+            tvalues = self._convert(values, kind, None)
+            index = torch.from_numpy(np.stack([row, col]))
+            coo = torch.sparse_coo_tensor(
+                index, tvalues, (rows, cols), is_coalesced=True, check_invariants=False
+            )
+            return coo if layout == "coo" else coo.to_sparse_csr()
+        import scipy.sparse
+
+        if layout == "coo":
+            return scipy.sparse.coo_matrix((values, (row, col)), shape=(rows, cols))
+        indptr = np.searchsorted(row, np.arange(rows + 1)).astype(np.int64)
+        return scipy.sparse.csr_matrix((values, col, indptr), shape=(rows, cols))
+
+    def get_codes(self, name: str) -> Codes:
+        """Codebook, codes and (sparse) positions of a coded tensor, without decoding values."""
+        record = self._record(name)
+        if record.encoding == pb.RAW:
+            raise DcnnError("a RAW tensor has no codes", rule="usage", path=self.path, tensor=name)
+        try:
+            codes = self._stream(record, record.codes)
+            positions = None
+            if record.encoding == pb.SPARSE_CODES:
+                positions = self._positions(record)
+                keep = codes != 0
+                codes, positions = codes[keep], positions[keep]
+            else:
+                codes = codes.reshape(tuple(record.shape))
+        except DcnnError as exc:
+            raise exc.located(path=self.path, tensor=name) from None
+        return Codes(_codebook(record), codes, positions, tuple(record.shape))
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _record(self, name: str) -> pb.Tensor:
+        try:
+            return self._tensors[name]
+        except (KeyError, TypeError):
+            raise DcnnError(f"no tensor named {name!r}", rule="usage", path=self.path) from None
+
+    def _section(self, section: pb.Section) -> np.ndarray:
+        """A copy of a section's bytes, its checksum verified."""
+        if self._map is None:
+            raise DcnnError("the file is closed", rule="usage", path=self.path)
+        start = self.preamble.data_start + section.offset
+        data = np.empty(section.length, dtype=np.uint8)
+        data[:] = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
+        if self.verify and zlib.crc32(data) != section.crc32:
+            raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
+        return data
+
+    def _stream(self, record: pb.Tensor, stream: pb.HuffmanStream) -> np.ndarray:
+        has_data = stream.HasField("data")
+        data = self._section(stream.data) if has_data else np.zeros(0, dtype=np.uint8)
+        try:
+            return huffman.decode(
+                data,
+                stream.bit_length,
+                stream.count,
+                np.frombuffer(stream.code_lengths, dtype=np.uint8),
+                stream.chunk_size,
+                np.asarray(stream.chunk_offsets, dtype=np.int64),
+            )
+        except FormatError as exc:
+            if exc.offset is not None and has_data:
+                exc.offset += self.preamble.data_start + stream.data.offset
+            raise
+
+    def _positions(self, record: pb.Tensor) -> np.ndarray:
+        positions = gaps.positions_of(self._stream(record, record.gaps))
+        if positions.size and positions[-1] >= numel_of(record):
+            raise FormatError(
+                f"gaps run to position {int(positions[-1])}, past the tensor's {numel_of(record)} elements",
+                rule="positions",
+            )
+        return positions
+
+    def _raw(self, record: pb.Tensor) -> np.ndarray:
+        kind = dtypes.from_enum(record.dtype)
+        storage = dtypes.storage(kind)
+        numel = numel_of(record)
+        if not record.HasField("raw"):
+            return np.zeros(tuple(record.shape), dtype=storage)
+        data = self._section(record.raw)
+        if record.compression == pb.COMPRESSION_ZSTD:
+            data = np.frombuffer(_unzstd(data, numel * storage.itemsize), dtype=np.uint8).copy()
+        array = data.view(storage)
+        return array.reshape(tuple(record.shape))
+
+    def _decode_dense(self, record: pb.Tensor) -> tuple[np.ndarray, str]:
+        """The tensor's stored-form values (bfloat16 as bits) and its dtype name."""
+        kind = dtypes.from_enum(record.dtype)
+        shape = tuple(record.shape)
+        if record.encoding == pb.RAW:
+            out = self._raw(record)
+        elif record.encoding == pb.DENSE_CODES:
+            out = _decoded_codebook(record)[self._stream(record, record.codes)].reshape(shape)
+        else:
+            positions, values, _ = self._decode_entries(record)
+            out = np.zeros(numel_of(record), dtype=values.dtype)
+            out[positions] = values
+            out = out.reshape(shape)
+        if self.verify:
+            nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind)))
+            if nonzeros != record.nonzeros:
+                raise FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros")
+        return out, kind
+
+    def _decode_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray, str]:
+        """Flat positions and stored-form values of the nonzero elements."""
+        kind = dtypes.from_enum(record.dtype)
+        if record.encoding != pb.SPARSE_CODES:
+            dense, _ = self._decode_dense(record)
+            flat = dense.reshape(-1)
+            positions = np.flatnonzero(dtypes.is_nonzero(flat, kind))
+            return positions, flat[positions], kind
+        codes = self._stream(record, record.codes)
+        positions = self._positions(record)
+        values = _decoded_codebook(record)[codes]
+        keep = dtypes.is_nonzero(values, kind)
+        return positions[keep], values[keep], kind
+
+    def _convert(self, array: np.ndarray, kind: str, device: str | None) -> Any:
+        if self.framework == "numpy":
+            if device is not None:
+                raise DcnnError("device applies to framework='torch' only", rule="usage")
+            return dtypes.bfloat16_to_float32(array) if kind == "bfloat16" else array
+        import torch
+
+        tensor = torch.from_numpy(array.view(np.int16) if kind == "bfloat16" else array)
+        if kind == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor if device is None else tensor.to(device)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> DcnnFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def safe_open(path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True) -> DcnnFile:
+    """Open a .dcnn file; nothing is decoded until a tensor is asked for.
+
+    ``verify`` (default on) checks each section's CRC-32 and declared counts as it is read.
+    """
+    return DcnnFile(path, framework, verify)
+
+
+def load_file(
+    path: str | os.PathLike[str], framework: str = "numpy", dtype: str | None = None, verify: bool = True
+) -> dict[str, Any]:
+    """Every tensor of a .dcnn file, dense."""
+    with safe_open(path, framework, verify) as f:
+        return {name: f.get_tensor(name, dtype=dtype) for name in f.keys()}
+
+
+def _codebook(record: pb.Tensor) -> np.ndarray:
+    storage = dtypes.storage(dtypes.from_enum(record.codebook.dtype))
+    return np.frombuffer(record.codebook.values, dtype=storage).copy()
+
+
+def _decoded_codebook(record: pb.Tensor) -> np.ndarray:
+    return dtypes.convert_floats(_codebook(record), dtypes.from_enum(record.dtype))
+
+
+def _unzstd(data: np.ndarray, expected: int) -> bytes:
+    try:
+        params = zstandard.get_frame_parameters(data)
+        if params.content_size != expected:
+            raise FormatError(
+                f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
+            )
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"zstd data does not decompress: {exc}", rule="zstd") from None
+    if len(out) != expected:
+        raise FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd")
+    return out
+
+
+def _checked_out_dtype(kind: str, dtype: str) -> str:
+    if dtype not in dtypes.FLOAT_NAMES or kind not in dtypes.FLOAT_NAMES:
+        raise DcnnError(
+            f"cannot convert {kind} to {dtype!r}: dtype= converts float tensors "
+            f"to one of {dtypes.FLOAT_NAMES}",
+            rule="usage",
+        )
+    return dtype
+
+
+def _cast(stored: np.ndarray, kind: str, out_kind: str) -> np.ndarray:
+    """Stored-form values of ``kind`` converted to the stored form of ``out_kind``."""
+    if out_kind == kind:
+        return stored
+    wide = dtypes.bfloat16_to_float32(stored) if kind == "bfloat16" else stored
+    return dtypes.convert_floats(wide, out_kind)

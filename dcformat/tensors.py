@@ -1,0 +1,133 @@
+"""What the writer takes: tensors stored exactly (Raw) or as codebook indices (Quantized)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dtypes
+from .errors import EncodeError
+from .layout import MAX_ALPHABET, MAX_CODE_LENGTH, MAX_ELEMENTS, MAX_RANK
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A tensor stored exactly: its little-endian bytes, zstd-compressed when that is smaller.
+
+    ``dtype`` is needed only for bfloat16, given as its bits in a uint16 array.
+    ``zstd_level`` None stores the bytes as they are.
+    """
+
+    array: np.ndarray
+    dtype: str | None = None
+    zstd_level: int | None = None
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if self.dtype is None:
+            try:
+                name = dtypes.name_of(array.dtype)
+            except KeyError:
+                raise EncodeError(f"unsupported dtype {array.dtype}") from None
+        else:
+            name = self.dtype
+            if name not in dtypes.DTYPE_NAMES:
+                raise EncodeError(f"unsupported dtype {name!r}")
+            if dtypes.storage(name).itemsize != array.dtype.itemsize or array.dtype.kind not in "uifb":
+                raise EncodeError(f"an array of {array.dtype} cannot hold {name} values")
+        _check_shape(array.shape)
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "dtype", name)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A tensor whose elements are codebook values selected by integer codes.
+
+    Dense codes (``positions`` None): one code per element, ``codes.shape == shape``.
+    Sparse codes: one code per stored entry at the given strictly increasing flat
+    (row-major) ``positions``; every other element is zero. ``codebook[0]`` must then be
+    exactly +0.0, the padding-zero symbol. ``index_bits`` None lets the writer pick it.
+    """
+
+    codebook: np.ndarray
+    codes: np.ndarray
+    shape: tuple[int, ...]
+    positions: np.ndarray | None = None
+    index_bits: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        codebook = np.asarray(self.codebook)
+        if codebook.dtype not in (np.float32, np.float16) or codebook.ndim != 1:
+            raise EncodeError("the codebook must be a 1-D float32 or float16 array")
+        if not 1 <= codebook.size <= MAX_ALPHABET:
+            raise EncodeError(f"the codebook has {codebook.size} values; 1 to {MAX_ALPHABET} allowed")
+        if self.dtype not in dtypes.FLOAT_NAMES:
+            raise EncodeError(f"a quantized tensor decodes to a float dtype, not {self.dtype!r}")
+        shape = tuple(int(d) for d in self.shape)
+        numel = _check_shape(shape)
+        codes = np.asarray(self.codes)
+        if codes.dtype.kind not in "ui":
+            raise EncodeError(f"codes must be integers, not {codes.dtype}")
+        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= codebook.size):
+            raise EncodeError(f"codes must lie in [0, {codebook.size})")
+        positions = self.positions
+        if positions is None:
+            if codes.size != numel:
+                raise EncodeError(f"{codes.size} codes for a tensor of {numel} elements")
+            if self.index_bits is not None:
+                raise EncodeError("index_bits applies to sparse codes only")
+            codes = codes.reshape(-1)
+        else:
+            positions = np.asarray(positions)
+            if positions.dtype.kind not in "ui" or positions.ndim != 1:
+                raise EncodeError("positions must be a 1-D integer array")
+            positions = positions.astype(np.int64)
+            codes = codes.reshape(-1)
+            if positions.size != codes.size:
+                raise EncodeError(f"{positions.size} positions for {codes.size} codes")
+            if positions.size and (positions[0] < 0 or positions[-1] >= numel):
+                raise EncodeError(f"positions must lie in [0, {numel})")
+            if np.any(np.diff(positions) <= 0):
+                raise EncodeError("positions must be strictly increasing")
+            if codebook[:1].view(np.uint16 if codebook.dtype == np.float16 else np.uint32)[0]:
+                raise EncodeError("sparse codes need codebook[0] == +0.0 (the padding zero)")
+            if self.index_bits is not None and not 1 <= self.index_bits <= MAX_CODE_LENGTH:
+                raise EncodeError(f"index_bits must be 1..{MAX_CODE_LENGTH}")
+        object.__setattr__(self, "codebook", codebook)
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "positions", positions)
+
+    @property
+    def sparse(self) -> bool:
+        return self.positions is not None
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is needed to rebuild the source model (e.g. an ONNX graph without weights)."""
+
+    format: str = ""
+    skeleton: bytes = b""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+def _check_shape(shape: tuple[int, ...]) -> int:
+    if len(shape) > MAX_RANK:
+        raise EncodeError(f"rank {len(shape)} exceeds the maximum {MAX_RANK}")
+    numel = 1
+    for d in shape:
+        if d < 0:
+            raise EncodeError(f"negative dimension in shape {shape}")
+        numel *= d
+    if numel > MAX_ELEMENTS:
+        raise EncodeError(f"{numel} elements exceed the maximum {MAX_ELEMENTS}")
+    return numel
