@@ -1,0 +1,75 @@
+"""Data-free compression of one tensor: pruning, weight sharing, the smallest encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters.compress import compress, plan_for
+from converters.errors import ConvertError
+from converters.model_io import Weight
+from converters.settings import SAFE, apply_options
+from dcformat import Quantized, Raw, dtypes, stored_size
+
+rng = np.random.default_rng(0)
+
+
+def run(array: np.ndarray, dtype: str, options=(), **kw) -> tuple[Raw | Quantized, float, Weight]:
+    config = apply_options(SAFE, options, **kw)
+    w = Weight("layer.weight", array, dtype)
+    tensor, error = compress(w, plan_for(config, w), config)
+    return tensor, error, w
+
+
+def test_dense_codes_with_at_most_2_to_the_bits_values_and_their_true_error() -> None:
+    array = rng.normal(size=(96, 128)).astype(np.float32)
+    tensor, error, _ = run(array, "float32", [("bits", "6")])
+    assert isinstance(tensor, Quantized) and not tensor.sparse and tensor.dtype == "float32"
+    assert tensor.codebook.size <= 64
+    decoded = tensor.codebook[tensor.codes].reshape(array.shape)
+    assert error == pytest.approx(np.linalg.norm(array - decoded) / np.linalg.norm(array), rel=1e-6)
+    assert 0 < error < 0.05
+
+
+def test_pruned_tensor_is_stored_sparse_with_exact_zeros() -> None:
+    array = rng.normal(size=(128, 128)).astype(np.float32)
+    tensor, error, _ = run(array, "float32", [("prune", "0.9"), ("bits", "5")])
+    assert isinstance(tensor, Quantized) and tensor.sparse
+    assert tensor.codebook[0] == 0 and tensor.positions.size == pytest.approx(0.1 * array.size, abs=1)
+    flat = array.reshape(-1)
+    assert np.abs(flat[tensor.positions]).min() >= np.quantile(np.abs(array), 0.9) - 1e-6  # largest kept
+    codes = np.zeros(array.size, np.int64)
+    codes[tensor.positions] = tensor.codes
+    assert stored_size(tensor) < stored_size(Quantized(tensor.codebook, codes, array.shape))
+    pruned_only = np.linalg.norm(np.delete(flat, tensor.positions)) / np.linalg.norm(array)
+    assert pruned_only < error < pruned_only + 0.02  # the reported error includes the pruning
+
+
+def test_exact_storage_when_codes_would_cost_more() -> None:
+    array = rng.normal(size=(8, 8)).astype(np.float32)  # 64 values, a 256-entry codebook
+    tensor, error, _ = run(array, "float32", [("include", "layer*")], min_size=1)
+    assert isinstance(tensor, Raw) and error == 0.0
+    assert np.array_equal(tensor.array, array)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_half_and_double_tensors_keep_their_dtype(dtype: str) -> None:
+    values = rng.normal(size=(64, 64)).astype(np.float32)
+    array = dtypes.convert_floats(values, dtype)
+    tensor, error, _ = run(array, dtype, [("bits", "4")])
+    assert isinstance(tensor, Quantized) and tensor.dtype == dtype
+    assert 0 < error < 0.2
+
+
+def test_nan_weights_are_refused() -> None:
+    array = rng.normal(size=(64, 64)).astype(np.float32)
+    array[3, 4] = np.nan
+    with pytest.raises(ConvertError, match="NaN"):
+        run(array, "float32")
+
+
+def test_uncompressed_tensor_is_exact_and_zstd_packed() -> None:
+    ids = np.arange(4096, dtype=np.int64).reshape(1, -1)
+    tensor, error, _ = run(ids, "int64")
+    assert isinstance(tensor, Raw) and tensor.zstd_level is not None and error == 0.0
+    assert stored_size(tensor) < ids.nbytes / 2
