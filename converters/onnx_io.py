@@ -101,6 +101,8 @@ def read_onnx(path: Path) -> ModelInput:
     except Exception as exc:  # protobuf, file and path-safety errors all mean "cannot load"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConvertError(f"cannot load as an ONNX model: {reason}", path=str(path)) from None
+    if not model.ir_version or not model.HasField("graph"):
+        raise ConvertError("not an ONNX model: no IR version or no graph", path=str(path))
     supported = _onnx_dtypes()
     kinds = _kinds(model.graph)
     weights: list[Weight] = []
