@@ -7,7 +7,6 @@ data_offsets; "__metadata__" -> str map), then the tensors' bytes back to back.
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -58,13 +57,13 @@ def read_safetensors(path: Path) -> ModelInput:
         raise _corrupt(path, f"tensors take {end} bytes but the file holds {size - start} after the header")
 
     def weights() -> Iterator[Weight]:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        # read, not mapped: pages of a mapped file would count in the process's memory
+        with open(path, "rb") as f:
             for name, kind, shape, begin, stop in entries:
-                storage = dtypes.storage(kind)
-                array = np.empty(shape, dtype=storage)
-                array.reshape(-1).view(np.uint8)[:] = np.frombuffer(
-                    data, dtype=np.uint8, count=stop - begin, offset=start + begin
-                )
+                array = np.empty(shape, dtype=dtypes.storage(kind))
+                f.seek(start + begin)
+                if f.readinto(array.reshape(-1).view(np.uint8)) != stop - begin:
+                    raise _corrupt(path, f"tensor {name!r} is cut short")
                 yield Weight(name, array, kind)
 
     nbytes = sum(e[4] - e[3] for e in entries)
