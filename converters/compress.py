@@ -111,7 +111,7 @@ def share(flat: np.ndarray, dtype: str, plan: TensorPlan, config: CompressionCon
         ordered = ordered.copy()
     ordered.sort()
     picks = np.linspace(0, flat.size - 1, KMEANS_SAMPLE).round().astype(np.int64)
-    zero = int(np.searchsorted(ordered, 0.0))
+    zero = int(np.searchsorted(ordered, ordered.dtype.type(0)))  # a float64 0.0 would widen the array
     if zero < ordered.size and ordered[zero] == 0:
         picks = np.union1d(picks, [zero])
     sample = ordered[picks]
