@@ -99,9 +99,10 @@ def share(flat: np.ndarray, dtype: str, plan: TensorPlan, config: CompressionCon
     """The pipeline's weight sharing of a flat stored-form tensor (codes flat too), in memory
     bounded for tensors over KMEANS_SAMPLE weights.
 
-    Those are clustered from KMEANS_SAMPLE evenly spaced order statistics (the weights'
-    distribution, at a fixed cost; a zero among them when the tensor has zeros, for the zero
-    symbol); every weight then takes its nearest centroid, as k-means assigns them.
+    Those are clustered from about KMEANS_SAMPLE evenly spaced order statistics (the
+    weights' distribution, at a fixed cost: the extremes among them, and a zero when the
+    tensor has zeros, for the zero symbol); every weight then takes its nearest centroid, as
+    k-means assigns them.
     """
     kmeans = {"init": plan.init, "max_iter": config.kmeans_iters, "seed": config.seed}
     if flat.size <= KMEANS_SAMPLE:
@@ -110,11 +111,11 @@ def share(flat: np.ndarray, dtype: str, plan: TensorPlan, config: CompressionCon
     if np.shares_memory(ordered, flat):  # float32 and float64 come as they are: sort a copy
         ordered = ordered.copy()
     ordered.sort()
-    picks = np.linspace(0, flat.size - 1, KMEANS_SAMPLE).round().astype(np.int64)
+    sample = [ordered[:: -(-flat.size // KMEANS_SAMPLE)], ordered[-1:]]  # evenly ranked, and the max
     zero = int(np.searchsorted(ordered, ordered.dtype.type(0)))  # a float64 0.0 would widen the array
     if zero < ordered.size and ordered[zero] == 0:
-        picks = np.union1d(picks, [zero])
-    sample = ordered[picks]
+        sample.append(ordered[zero : zero + 1])
+    sample = np.concatenate(sample)
     del ordered
     fitted = share_weights(sample, plan.bits, **kmeans)
     centroids = fitted.codebook[1:] if fitted.zero_symbol else fitted.codebook
