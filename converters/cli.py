@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from dcformat import DcnnError, safe_open
 
 from .model_io import replacing
-from .summary import format_table, rows_of, totals
+from .summary import format_table, row, totals
 
 CONVERT_EPILOG = """\
 examples:
@@ -139,7 +139,7 @@ def inspect_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with safe_open(args.file) as dcnn:
-            rows = rows_of(dcnn)
+            infos = [dcnn.info(name) for name in dcnn.keys()]
             source = dcnn.source()
             summary = {
                 "path": args.file,
@@ -151,8 +151,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
                     "skeleton_bytes": len(source.skeleton),
                     "attributes": dict(source.attributes),
                 },
-                "total": totals(rows, dcnn.size),
-                "tensors": [row.to_dict() for row in rows],
+                "total": totals(infos, dcnn.size),
+                "tensors": [row(info) for info in infos],
             }
             size = dcnn.size
     except DcnnError as exc:
@@ -171,5 +171,5 @@ def inspect_main(argv: list[str] | None = None) -> int:
         print(f"  {key}: {value}")
     for key, value in sorted(summary["metadata"].items()):
         print(f"metadata {key}: {value}")
-    print(format_table(rows, size))
+    print(format_table(infos, size))
     return 0

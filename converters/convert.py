@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dcformat import DcnnFile, DcnnIOError, Source, Writer, safe_open
+from dcformat import DcnnFile, DcnnIOError, Source, TensorInfo, Writer, safe_open
 
 from .arrays import from_torch
 from .compress import compress, plan_for
@@ -22,7 +22,7 @@ from .onnx_io import read_onnx, write_onnx
 from .pipeline.config import CompressionConfig
 from .safetensors_io import read_safetensors, write_safetensors
 from .settings import SAFE
-from .summary import TensorRow, format_table, rows_of, totals
+from .summary import format_table, row, totals
 from .torch_io import read_checkpoint, read_module, write_checkpoint
 
 READERS = {
@@ -31,22 +31,23 @@ READERS = {
     ".pth": read_checkpoint,
     ".onnx": read_onnx,
 }
-OUTPUTS = (".safetensors", ".pt", ".pth", ".onnx")
 
 
 @dataclass
 class ConversionReport:
     """What a conversion did: the .dcnn's tensors, its size and the time taken.
 
-    ``config`` is the compression config used (None when decoding a .dcnn).
+    Compressing also gives each tensor's relative RMS error (``errors``, 0.0 when stored
+    exactly) and the config used (``config``); decoding gives neither.
     """
 
     source: str
     destination: str
-    tensors: list[TensorRow]
+    tensors: list[TensorInfo]
     dcnn_bytes: int
     seconds: float
-    config: dict[str, Any] | None = field(default=None)
+    errors: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
 
     @property
     def ratio(self) -> float:
@@ -60,11 +61,11 @@ class ConversionReport:
             "seconds": self.seconds,
             "config": self.config,
             "total": totals(self.tensors, self.dcnn_bytes),
-            "tensors": [row.to_dict() for row in self.tensors],
+            "tensors": [row(info, self.errors.get(info.name)) for info in self.tensors],
         }
 
     def table(self) -> str:
-        return format_table(self.tensors, self.dcnn_bytes)
+        return format_table(self.tensors, self.dcnn_bytes, self.errors)
 
 
 def convert(
@@ -89,7 +90,7 @@ def convert(
     if out == ".dcnn" and into in READERS:
         _check_paths(src_path, dst_path, force)
         return _to_dcnn(READERS[into](src_path), str(src_path), dst_path, config, progress)
-    if into == ".dcnn" and out in OUTPUTS:
+    if into == ".dcnn" and out in READERS:
         _check_paths(src_path, dst_path, force)
         return _from_dcnn(src_path, dst_path, external_data)
     kinds = ", ".join(sorted(READERS))
@@ -144,9 +145,9 @@ def _to_dcnn(
             writer.add(weight.name, tensor)
             bar.update(weight.array.nbytes)
     with safe_open(dst) as dcnn:
-        rows = rows_of(dcnn, errors)
+        infos = [dcnn.info(name) for name in dcnn.keys()]
     seconds = time.perf_counter() - start
-    return ConversionReport(source, str(dst), rows, dst.stat().st_size, seconds, config.to_dict())
+    return ConversionReport(source, str(dst), infos, dst.stat().st_size, seconds, errors, config.to_dict())
 
 
 def _from_dcnn(src: Path, dst: Path, external_data: bool | None) -> ConversionReport:
@@ -162,8 +163,8 @@ def _from_dcnn(src: Path, dst: Path, external_data: bool | None) -> ConversionRe
             write_onnx(dcnn, dst, _stored(dcnn), external_data)
         else:
             write_safetensors(dcnn, dst, _stored(dcnn))
-        rows = rows_of(dcnn)
-    return ConversionReport(str(src), str(dst), rows, src.stat().st_size, time.perf_counter() - start)
+        infos = [dcnn.info(name) for name in dcnn.keys()]
+    return ConversionReport(str(src), str(dst), infos, src.stat().st_size, time.perf_counter() - start)
 
 
 def _stored(dcnn: DcnnFile) -> Callable[[str], np.ndarray]:

@@ -1,97 +1,74 @@
-"""Per-tensor rows and tables: what dcnn-inspect shows, and the summary of a conversion."""
+"""Per-tensor tables and JSON rows: what dcnn-inspect shows, and the summary of a conversion.
+
+Everything comes from the header (``DcnnFile.info``); a conversion adds each tensor's
+relative RMS error, known only while converting.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-from dcformat import DcnnFile, TensorInfo
+from dcformat import TensorInfo
 
 
-@dataclass(frozen=True)
-class TensorRow:
-    """One tensor of a .dcnn file; ``error`` (relative RMS error) is known only at conversion."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    encoding: str
-    numel: int
-    nonzeros: int
-    weight_bits: int
-    index_bits: int
-    stored_bytes: int
-    dense_bytes: int
-    error: float | None = None
-
-    @classmethod
-    def of(cls, info: TensorInfo, error: float | None = None) -> TensorRow:
-        return cls(
-            info.name,
-            info.shape,
-            info.dtype,
-            info.encoding,
-            info.numel,
-            info.nonzeros,
-            info.weight_bits,
-            info.index_bits,
-            info.stored_bytes,
-            info.dense_bytes,
-            error,
-        )
-
-    @property
-    def kept(self) -> float:
-        """Fraction of nonzero elements."""
-        return self.nonzeros / self.numel if self.numel else 1.0
-
-    @property
-    def ratio(self) -> float | None:
-        """Dense bytes over the bytes of the tensor's sections (None when it has none)."""
-        return self.dense_bytes / self.stored_bytes if self.stored_bytes else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "shape": list(self.shape), "kept": self.kept, "ratio": self.ratio}
+def kept(info: TensorInfo) -> float:
+    """Fraction of nonzero elements."""
+    return info.nonzeros / info.numel if info.numel else 1.0
 
 
-def rows_of(dcnn: DcnnFile, errors: Mapping[str, float] | None = None) -> list[TensorRow]:
-    """A row per tensor of an open file, from its header alone."""
-    errors = errors or {}
-    return [TensorRow.of(dcnn.info(name), errors.get(name)) for name in dcnn.keys()]
+def ratio(info: TensorInfo) -> float | None:
+    """Dense bytes over the bytes of the tensor's sections (None when it has none)."""
+    return info.dense_bytes / info.stored_bytes if info.stored_bytes else None
 
 
-def totals(rows: Sequence[TensorRow], file_bytes: int) -> dict[str, Any]:
-    """Dense bytes of all tensors, the whole file's bytes and their ratio."""
-    dense = sum(r.dense_bytes for r in rows)
+def row(info: TensorInfo, error: float | None = None) -> dict[str, Any]:
+    """A tensor as plain data (JSON-ready)."""
     return {
-        "tensors": len(rows),
+        **asdict(info),
+        "shape": list(info.shape),
+        "numel": info.numel,
+        "dense_bytes": info.dense_bytes,
+        "kept": kept(info),
+        "ratio": ratio(info),
+        "error": error,
+    }
+
+
+def totals(infos: Sequence[TensorInfo], file_bytes: int) -> dict[str, Any]:
+    """Dense bytes of all tensors, the whole file's bytes and their ratio."""
+    dense = sum(info.dense_bytes for info in infos)
+    return {
+        "tensors": len(infos),
         "dense_bytes": dense,
         "file_bytes": file_bytes,
         "ratio": dense / file_bytes if file_bytes else None,
     }
 
 
-def format_table(rows: Sequence[TensorRow], file_bytes: int) -> str:
-    """Rows as an aligned text table, with a totals line (the ratio counts the whole file)."""
-    with_error = any(r.error is not None for r in rows)
+def format_table(
+    infos: Sequence[TensorInfo], file_bytes: int, errors: Mapping[str, float] | None = None
+) -> str:
+    """An aligned text table with a totals line (whose ratio counts the whole file)."""
     head = ["tensor", "shape", "dtype", "encoding", "kept", "w.bits", "idx.bits", "bytes", "ratio"]
-    head += ["error"] if with_error else []
+    head += ["error"] if errors else []
     lines = [head]
-    for r in rows:
+    for info in infos:
+        tensor_ratio = ratio(info)
         cells = [
-            r.name,
-            "x".join(map(str, r.shape)) or "scalar",
-            r.dtype,
-            r.encoding,
-            f"{100 * r.kept:.1f}%",
-            str(r.weight_bits),
-            str(r.index_bits) if r.index_bits else "-",
-            f"{r.stored_bytes:,}",
-            "-" if r.ratio is None else f"{r.ratio:.1f}x",
+            info.name,
+            "x".join(map(str, info.shape)) or "scalar",
+            info.dtype,
+            info.encoding,
+            f"{100 * kept(info):.1f}%",
+            str(info.weight_bits),
+            str(info.index_bits) if info.index_bits else "-",
+            f"{info.stored_bytes:,}",
+            "-" if tensor_ratio is None else f"{tensor_ratio:.1f}x",
         ]
-        if with_error:
-            cells.append("-" if r.error is None else f"{r.error:.2e}")
+        if errors:
+            cells.append(f"{errors[info.name]:.2e}")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
 
@@ -103,9 +80,10 @@ def format_table(rows: Sequence[TensorRow], file_bytes: int) -> str:
 
     text = [aligned(line) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
-    t = totals(rows, file_bytes)
-    ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+    t = totals(infos, file_bytes)
+    total_ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
     text.append(
-        f"{t['tensors']} tensors: {t['dense_bytes']:,} bytes dense, {file_bytes:,} bytes in the file, {ratio}"
+        f"{t['tensors']} tensors: {t['dense_bytes']:,} bytes dense, {file_bytes:,} bytes in the file, "
+        f"{total_ratio}"
     )
     return "\n".join(text)
