@@ -14,23 +14,37 @@ from dcformat import dtypes
 
 from .errors import ConvertError
 
-# safetensors dtype codes of the dtypes .dcnn can hold
-SAFETENSORS_DTYPES = {
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F64": "float64",
-    "I8": "int8",
-    "I16": "int16",
-    "I32": "int32",
-    "I64": "int64",
-    "U8": "uint8",
-    "U16": "uint16",
-    "U32": "uint32",
-    "U64": "uint64",
-    "BOOL": "bool",
+# Each dtype .dcnn holds (torch names them the same), by its names in safetensors and ONNX.
+_NAMES = {
+    "float32": ("F32", "FLOAT"),
+    "float16": ("F16", "FLOAT16"),
+    "bfloat16": ("BF16", "BFLOAT16"),
+    "float64": ("F64", "DOUBLE"),
+    "int8": ("I8", "INT8"),
+    "int16": ("I16", "INT16"),
+    "int32": ("I32", "INT32"),
+    "int64": ("I64", "INT64"),
+    "uint8": ("U8", "UINT8"),
+    "uint16": ("U16", "UINT16"),
+    "uint32": ("U32", "UINT32"),
+    "uint64": ("U64", "UINT64"),
+    "bool": ("BOOL", "BOOL"),
 }
-SAFETENSORS_CODES = {name: code for code, name in SAFETENSORS_DTYPES.items()}
+SAFETENSORS_DTYPES = {codes[0]: name for name, codes in _NAMES.items()}
+SAFETENSORS_CODES = {name: codes[0] for name, codes in _NAMES.items()}
+
+
+def onnx_dtypes() -> dict[int, str]:
+    """dtype names by ONNX TensorProto data type."""
+    from onnx import TensorProto
+
+    return {getattr(TensorProto, codes[1]): name for name, codes in _NAMES.items()}
+
+
+def _torch_dtypes() -> dict[Any, str]:
+    import torch
+
+    return {getattr(torch, name): name for name in _NAMES}
 
 
 def float_values(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -38,26 +52,6 @@ def float_values(stored: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return dtypes.bfloat16_to_float32(stored)
     return stored if dtype == "float64" else stored.astype(np.float32, copy=False)
-
-
-def _torch_dtypes() -> dict[Any, str]:
-    import torch
-
-    return {
-        torch.float32: "float32",
-        torch.float16: "float16",
-        torch.bfloat16: "bfloat16",
-        torch.float64: "float64",
-        torch.int8: "int8",
-        torch.int16: "int16",
-        torch.int32: "int32",
-        torch.int64: "int64",
-        torch.uint8: "uint8",
-        torch.uint16: "uint16",
-        torch.uint32: "uint32",
-        torch.uint64: "uint64",
-        torch.bool: "bool",
-    }
 
 
 def from_torch(name: str, tensor: Any) -> tuple[np.ndarray, str]:

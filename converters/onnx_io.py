@@ -20,6 +20,7 @@ import numpy as np
 
 from dcformat import DcnnFile, DcnnIOError, Source, dtypes
 
+from .arrays import onnx_dtypes
 from .errors import ConvertError
 from .model_io import Kind, ModelInput, Weight, check_input
 
@@ -30,26 +31,6 @@ EXTERNAL_DATA_BYTES = 1 << 30  # larger rebuilt models keep their weights in a .
 CONV_OPS = {"Conv": (1,), "ConvTranspose": (1,)}
 FC_OPS = {"Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
-
-
-def _onnx_dtypes() -> dict[int, str]:
-    from onnx import TensorProto as T
-
-    return {
-        T.FLOAT: "float32",
-        T.FLOAT16: "float16",
-        T.BFLOAT16: "bfloat16",
-        T.DOUBLE: "float64",
-        T.INT8: "int8",
-        T.INT16: "int16",
-        T.INT32: "int32",
-        T.INT64: "int64",
-        T.UINT8: "uint8",
-        T.UINT16: "uint16",
-        T.UINT32: "uint32",
-        T.UINT64: "uint64",
-        T.BOOL: "bool",
-    }
 
 
 def _graphs(graph: Any) -> Iterator[Any]:
@@ -103,7 +84,7 @@ def read_onnx(path: Path) -> ModelInput:
         raise ConvertError(f"cannot load as an ONNX model: {reason}", path=str(path)) from None
     if not model.ir_version or not model.HasField("graph"):
         raise ConvertError("not an ONNX model: no IR version or no graph", path=str(path))
-    supported = _onnx_dtypes()
+    supported = onnx_dtypes()
     kinds = _kinds(model.graph)
     weights: list[Weight] = []
     taken: set[str] = set()
@@ -182,7 +163,7 @@ def write_onnx(
     except DecodeError:
         raise ConvertError("the stored ONNX graph does not parse", path=dcnn.path) from None
     names = set(dcnn.keys())
-    supported = _onnx_dtypes()
+    supported = onnx_dtypes()
     total = 0
     for _, tensor, _ in _tensors(model.graph):
         name = _marked_name(tensor)
