@@ -36,7 +36,6 @@ class ModelInput:
     """A model opened for conversion: its tensors come one at a time from ``weights()``."""
 
     weights: Callable[[], Iterator[Weight]]
-    count: int
     nbytes: int
     metadata: Mapping[str, str] = field(default_factory=dict)
     source: Source = field(default_factory=Source)

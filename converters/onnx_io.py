@@ -103,7 +103,7 @@ def read_onnx(path: Path) -> ModelInput:
         weights.append(Weight(unique, array, kind, kinds.get(name)))
         _mark(tensor, unique)
     source = Source("onnx", model.SerializeToString(), {"ir_version": str(model.ir_version)})
-    return ModelInput(lambda: iter(weights), len(weights), sum(w.array.nbytes for w in weights), {}, source)
+    return ModelInput(lambda: iter(weights), sum(w.array.nbytes for w in weights), {}, source)
 
 
 def _array(tensor: Any, kind: str, name: str, path: Path) -> np.ndarray:

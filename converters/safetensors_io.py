@@ -67,7 +67,7 @@ def read_safetensors(path: Path) -> ModelInput:
                 yield Weight(name, array, kind)
 
     nbytes = sum(e[4] - e[3] for e in entries)
-    return ModelInput(weights, len(entries), nbytes, metadata, Source("safetensors"))
+    return ModelInput(weights, nbytes, metadata, Source("safetensors"))
 
 
 def _entry(path: Path, name: str, info: Any) -> tuple[str, str, tuple[int, ...], int, int]:

@@ -93,7 +93,7 @@ def _state_input(
             yield Weight(name, array, dtype, kinds.get(name))
 
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    return ModelInput(weights, len(state), nbytes, {}, source)
+    return ModelInput(weights, nbytes, {}, source)
 
 
 def write_checkpoint(dcnn: DcnnFile, path: Path) -> None:
