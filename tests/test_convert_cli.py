@@ -12,11 +12,15 @@ from safetensors.numpy import save_file as st_save
 import dcformat
 from converters.cli import convert_main, inspect_main
 
-rng = np.random.default_rng(0)
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Fresh random data for each test, whatever the order the tests run in."""
+    return np.random.default_rng(0)
 
 
 @pytest.fixture
-def model(tmp_path: Path) -> Path:
+def model(tmp_path: Path, rng: np.random.Generator) -> Path:
     path = tmp_path / "model.safetensors"
     tensors = {
         "encoder.weight": rng.normal(size=(64, 64)).astype(np.float32),

@@ -15,7 +15,11 @@ from converters.settings import SAFE, apply_options
 from dcformat import Quantized, Raw, dtypes, huffman, stored_size
 from dcformat.encode import encode_tensor
 
-rng = np.random.default_rng(0)
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Fresh random data for each test, whatever the order the tests run in."""
+    return np.random.default_rng(0)
 
 
 def run(array: np.ndarray, dtype: str, options=(), **kw) -> tuple[Raw | Quantized, float]:
@@ -24,7 +28,7 @@ def run(array: np.ndarray, dtype: str, options=(), **kw) -> tuple[Raw | Quantize
     return compress(w, plan_for(config, w), config)
 
 
-def test_dense_codes_with_at_most_2_to_the_bits_values_and_their_true_error() -> None:
+def test_dense_codes_with_at_most_2_to_the_bits_values_and_their_true_error(rng: np.random.Generator) -> None:
     array = rng.normal(size=(96, 128)).astype(np.float32)
     tensor, error = run(array, "float32", [("bits", "6")])
     assert isinstance(tensor, Quantized) and not tensor.sparse and tensor.dtype == "float32"
@@ -34,7 +38,7 @@ def test_dense_codes_with_at_most_2_to_the_bits_values_and_their_true_error() ->
     assert 0 < error < 0.05
 
 
-def test_pruned_tensor_is_stored_sparse_with_exact_zeros() -> None:
+def test_pruned_tensor_is_stored_sparse_with_exact_zeros(rng: np.random.Generator) -> None:
     array = rng.normal(size=(128, 128)).astype(np.float32)
     tensor, error = run(array, "float32", [("prune", "0.9"), ("bits", "5")])
     assert isinstance(tensor, Quantized) and tensor.sparse
@@ -48,7 +52,7 @@ def test_pruned_tensor_is_stored_sparse_with_exact_zeros() -> None:
     assert pruned_only < error < pruned_only + 0.02  # the reported error includes the pruning
 
 
-def test_exact_storage_when_codes_would_cost_more() -> None:
+def test_exact_storage_when_codes_would_cost_more(rng: np.random.Generator) -> None:
     array = rng.normal(size=(8, 8)).astype(np.float32)  # 64 values, a 256-entry codebook
     tensor, error = run(array, "float32", [("include", "layer*")], min_size=1)
     assert isinstance(tensor, Raw) and error == 0.0
@@ -56,7 +60,7 @@ def test_exact_storage_when_codes_would_cost_more() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
-def test_half_and_double_tensors_keep_their_dtype(dtype: str) -> None:
+def test_half_and_double_tensors_keep_their_dtype(dtype: str, rng: np.random.Generator) -> None:
     values = rng.normal(size=(64, 64)).astype(np.float32)
     array = dtypes.convert_floats(values, dtype)
     tensor, error = run(array, dtype, [("bits", "4")])
@@ -64,7 +68,7 @@ def test_half_and_double_tensors_keep_their_dtype(dtype: str) -> None:
     assert 0 < error < 0.2
 
 
-def test_nan_weights_are_refused() -> None:
+def test_nan_weights_are_refused(rng: np.random.Generator) -> None:
     array = rng.normal(size=(64, 64)).astype(np.float32)
     array[3, 4] = np.nan
     with pytest.raises(ConvertError, match="NaN"):
@@ -78,7 +82,9 @@ def test_uncompressed_tensor_is_exact_and_zstd_packed() -> None:
     assert stored_size(tensor) < ids.nbytes / 2
 
 
-def test_large_tensors_take_the_nearest_of_centroids_fitted_on_a_sample(monkeypatch) -> None:
+def test_large_tensors_take_the_nearest_of_centroids_fitted_on_a_sample(
+    monkeypatch, rng: np.random.Generator
+) -> None:
     monkeypatch.setattr(compress_module, "KMEANS_SAMPLE", 16384)
     monkeypatch.setattr(compress_module, "BLOCK", 1000)
     array = rng.laplace(size=(250, 200)).astype(np.float32)
@@ -93,10 +99,10 @@ def test_large_tensors_take_the_nearest_of_centroids_fitted_on_a_sample(monkeypa
     assert np.all(codes[flat != 0] > 0)
     monkeypatch.setattr(compress_module, "KMEANS_SAMPLE", array.size)  # all weights: exact k-means
     _, full_error = run(array, "float32", [("bits", "5")])
-    assert full_error <= error < 1.05 * full_error
+    assert abs(error - full_error) < 0.05 * full_error  # either may find the better local optimum
 
 
-def test_memory_is_a_few_bytes_per_weight(monkeypatch) -> None:
+def test_memory_is_a_few_bytes_per_weight(monkeypatch, rng: np.random.Generator) -> None:
     """Compressing and encoding a large tensor allocates a sorted copy, one-byte codes and the
     coded bytes, not the float64 work arrays of a full k-means or int64 codes."""
     # samples and blocks small against the tensor, so that only per-weight costs count

@@ -20,7 +20,11 @@ from converters.errors import ConvertError
 from converters.onnx_io import read_onnx
 from converters.settings import PAPER, SAFE, apply_options
 
-rng = np.random.default_rng(0)
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Fresh random data for each test, whatever the order the tests run in."""
+    return np.random.default_rng(0)
 
 
 class SmallCNN(nn.Module):
@@ -74,6 +78,7 @@ def const_node(name: str, value: np.ndarray) -> onnx.NodeProto:
 def control_flow_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """y = If(cond, X @ (A + B), X @ C) @ D; A: then-branch initializer, B: then-branch
     Constant, C: else-branch initializer, D: main-graph Constant; a small shape Constant too."""
+    rng = np.random.default_rng(1)
     w = {k: rng.normal(size=(32, 32)).astype(np.float32) for k in "ABCD"}
     then_graph = helper.make_graph(
         [
@@ -114,7 +119,9 @@ def control_flow_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 
 
 @pytest.mark.parametrize("external", [False, True])
-def test_weights_in_subgraphs_and_constants_round_trip(tmp_path: Path, external: bool) -> None:
+def test_weights_in_subgraphs_and_constants_round_trip(
+    tmp_path: Path, external: bool, rng: np.random.Generator
+) -> None:
     model, w = control_flow_model()
     src = tmp_path / "cf.onnx"
     onnx.save_model(model, str(src), save_as_external_data=external, location="cf.weights", size_threshold=0)
@@ -141,7 +148,7 @@ def test_weights_in_subgraphs_and_constants_round_trip(tmp_path: Path, external:
     assert rebuilt.graph.node[1].attribute[0].t.raw_data == np.array([4, 32], np.int64).tobytes()
 
 
-def test_operators_tell_conv_from_fc(tmp_path: Path) -> None:
+def test_operators_tell_conv_from_fc(tmp_path: Path, rng: np.random.Generator) -> None:
     """A rank-3 MatMul weight is fully connected (5 bits with --paper), a Conv kernel 8 bits."""
     batched = rng.normal(size=(2, 32, 32)).astype(np.float32)
     kernel = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
@@ -166,7 +173,7 @@ def test_operators_tell_conv_from_fc(tmp_path: Path) -> None:
     assert {row.name: row.weight_bits for row in report.tensors} == {"Wb": 5, "K": 8}
 
 
-def test_typed_fields_and_half_precision_are_read_exactly(tmp_path: Path) -> None:
+def test_typed_fields_and_half_precision_are_read_exactly(tmp_path: Path, rng: np.random.Generator) -> None:
     half = rng.normal(size=(40, 40)).astype(np.float16)
     ints = np.arange(-6, 6, dtype=np.int32).reshape(3, 4)
     graph = helper.make_graph(
