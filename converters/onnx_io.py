@@ -107,22 +107,22 @@ def read_onnx(path: Path) -> ModelInput:
 
 
 def _array(tensor: Any, kind: str, name: str, path: Path) -> np.ndarray:
-    """A TensorProto's values in stored form (raw_data or the typed field)."""
+    """A TensorProto's values in stored form (from raw_data or the typed field)."""
     storage = dtypes.storage(kind)
     shape = tuple(tensor.dims)
+    numel = int(np.prod(shape, dtype=object)) if all(d >= 0 for d in shape) else -1
     if tensor.HasField("raw_data"):
-        data = np.frombuffer(tensor.raw_data, dtype=np.uint8)
-        values = data[: data.size - data.size % storage.itemsize].view(storage)
-        exact = data.size % storage.itemsize == 0
+        size = len(tensor.raw_data) / storage.itemsize
+        values = np.frombuffer(tensor.raw_data, dtype=storage) if size == numel else None
     else:
         field = {"float32": "float_data", "float64": "double_data", "int64": "int64_data"}.get(kind)
         field = field or ("uint64_data" if kind in ("uint32", "uint64") else "int32_data")
         typed = np.asarray(getattr(tensor, field))
-        half = kind in ("float16", "bfloat16")
+        size = typed.size
+        half = kind in ("float16", "bfloat16")  # their bits, in int32_data
         values = typed.astype(np.uint16).view(storage) if half else typed.astype(storage)
-        exact = True
-    if any(d < 0 for d in shape) or not exact or values.size != int(np.prod(shape, dtype=object)):
-        raise ConvertError(f"tensor {name!r} holds {values.size} values for shape {shape}", path=str(path))
+    if size != numel:
+        raise ConvertError(f"tensor {name!r}: its data does not fit its shape {shape}", path=str(path))
     return values.reshape(shape).copy()
 
 

@@ -224,3 +224,27 @@ def test_missing_external_data(tmp_path: Path) -> None:
     (tmp_path / "cf.weights").unlink()
     with pytest.raises(ConvertError, match="cannot load as an ONNX model"):
         convert(src, tmp_path / "cf.dcnn")
+
+
+def cut_raw_data(tensor: onnx.TensorProto) -> None:
+    tensor.raw_data = tensor.raw_data[:-2]
+
+
+def grow_dims(tensor: onnx.TensorProto) -> None:
+    tensor.dims[0] += 1
+
+
+@pytest.mark.parametrize(
+    ("where", "edit", "name"),
+    [
+        (lambda m: m.graph.node[2].attribute[0].g.initializer[0], cut_raw_data, "C"),  # else-branch
+        (lambda m: m.graph.node[0].attribute[0].t, grow_dims, "D"),  # a Constant's value
+    ],
+)
+def test_tensor_data_that_does_not_fit_its_shape(tmp_path: Path, where, edit, name: str) -> None:
+    model, _ = control_flow_model()
+    edit(where(model))
+    src = tmp_path / "bad.onnx"
+    onnx.save_model(model, str(src))
+    with pytest.raises(ConvertError, match=f"'{name}': its data does not fit its shape"):
+        convert(src, tmp_path / "bad.dcnn")
