@@ -92,13 +92,13 @@ def _encode_quantized(name: str, tensor: Quantized, chunk_size: int) -> EncodedT
     numel = int(np.prod(tensor.shape, dtype=object))
     decoded_bytes = numel * dtypes.itemsize(tensor.dtype)
     if not tensor.sparse:
-        freqs = np.bincount(tensor.codes, minlength=alphabet)
+        freqs = huffman.frequencies(tensor.codes, alphabet)
         record.nonzeros = int(freqs[nonzero_code].sum())
         payloads = _stream(record.codes, tensor.codes, freqs, chunk_size)
         if not _expansion_ok(decoded_bytes, len(payloads[0][1]) if payloads else 0):
             raise EncodeError(f"tensor {name!r} would decode to over {MAX_EXPANSION}x its stored size")
         return EncodedTensor(record, payloads)
-    freqs = np.bincount(tensor.codes, minlength=alphabet)
+    freqs = huffman.frequencies(tensor.codes, alphabet)
     record.nonzeros = int(freqs[nonzero_code].sum())
     if tensor.index_bits is None:
         candidates = range(gaps.best_index_bits(tensor.positions, tensor.codes, alphabet), 0, -1)

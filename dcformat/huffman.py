@@ -152,6 +152,16 @@ def encoded_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:
 _BLOCK = 1 << 20  # symbols packed per step: bounded, reusable temporaries
 
 
+def frequencies(symbols: np.ndarray, alphabet: int) -> np.ndarray:
+    """How often each symbol of 0..alphabet-1 occurs (int64), counted a block at a time:
+    small integer symbols are not widened all at once."""
+    symbols = np.asarray(symbols).ravel()
+    freqs = np.zeros(alphabet, dtype=np.int64)
+    for first in range(0, symbols.size, _BLOCK):
+        freqs += np.bincount(symbols[first : first + _BLOCK], minlength=alphabet)
+    return freqs
+
+
 def encode(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> Stream:
     """Huffman-code ``symbols`` with the table ``lengths``; a chunk starts every chunk_size symbols."""
     symbols = np.asarray(symbols).ravel()
@@ -160,7 +170,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> Stream:
         bit_length = symbols.size
         offsets = np.arange(chunk_size, symbols.size, chunk_size, dtype=np.uint64)
         return Stream(bytes(-(-bit_length // 8)), bit_length, offsets)
-    freqs = np.bincount(symbols, minlength=lengths.size)
+    freqs = frequencies(symbols, lengths.size)
     bit_length = encoded_bits(freqs, lengths)
     reversed_codes = _reverse(canonical_codes(lengths), lengths).astype(np.uint64)
     table_lengths = lengths.astype(np.uint64)
@@ -174,7 +184,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> Stream:
         bit = starts[-1]
         starts -= block_lengths
         _pack_into(words, reversed_codes[block], starts)
-        offsets.append(starts[(-first) % chunk_size :: chunk_size])
+        offsets.append(starts[(-first) % chunk_size :: chunk_size].copy())  # not a view of the block
     chunk_offsets = np.concatenate([np.zeros(0, np.uint64), *offsets])[1:]
     return Stream(words.view(np.uint8)[: -(-bit_length // 8)].tobytes(), bit_length, chunk_offsets)
 

@@ -1,0 +1,1 @@
+"""Converters between framework checkpoints and .dcnn files, and the compression pipeline."""

@@ -1,0 +1,174 @@
+"""Convert models to and from .dcnn: the Python API behind dcnn-convert."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcformat import DcnnFile, DcnnIOError, Source, TensorInfo, Writer, safe_open
+
+from .arrays import from_torch
+from .compress import compress, plan_for
+from .errors import ConvertError
+from .model_io import ModelInput, check_input
+from .onnx_io import read_onnx, write_onnx
+from .pipeline.config import CompressionConfig
+from .safetensors_io import read_safetensors, write_safetensors
+from .settings import SAFE
+from .summary import format_table, row, totals
+from .torch_io import read_checkpoint, read_module, write_checkpoint
+
+READERS = {
+    ".safetensors": read_safetensors,
+    ".pt": read_checkpoint,
+    ".pth": read_checkpoint,
+    ".onnx": read_onnx,
+}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: the .dcnn's tensors, its size and the time taken.
+
+    Compressing also gives each tensor's relative RMS error (``errors``, 0.0 when stored
+    exactly) and the config used (``config``); decoding gives neither.
+    """
+
+    source: str
+    destination: str
+    tensors: list[TensorInfo]
+    dcnn_bytes: int
+    seconds: float
+    errors: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+    @property
+    def ratio(self) -> float:
+        """All tensors' dense bytes over the whole .dcnn file's bytes."""
+        return totals(self.tensors, self.dcnn_bytes)["ratio"] or 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "seconds": self.seconds,
+            "config": self.config,
+            "total": totals(self.tensors, self.dcnn_bytes),
+            "tensors": [row(info, self.errors.get(info.name)) for info in self.tensors],
+        }
+
+    def table(self) -> str:
+        return format_table(self.tensors, self.dcnn_bytes, self.errors)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config: CompressionConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    external_data: bool | None = None,
+) -> ConversionReport:
+    """Convert ``src`` to ``dst``, the direction told by the file extensions.
+
+    To .dcnn from .safetensors, .pt/.pth (a state_dict) or .onnx, compressed by ``config``
+    (default: the quality-safe :data:`converters.settings.SAFE`); from .dcnn to any of
+    these (.onnx only for a .dcnn made from ONNX; ``external_data`` None keeps the weights
+    of models over 1 GiB in a ``.data`` file beside it). ``dst`` is written atomically and
+    is not overwritten unless ``force``.
+    """
+    src_path, dst_path = Path(src), Path(dst)
+    into, out = src_path.suffix.lower(), dst_path.suffix.lower()
+    if out == ".dcnn" and into in READERS:
+        _check_paths(src_path, dst_path, force)
+        return _to_dcnn(READERS[into](src_path), str(src_path), dst_path, config, progress)
+    if into == ".dcnn" and out in READERS:
+        _check_paths(src_path, dst_path, force)
+        return _from_dcnn(src_path, dst_path, external_data)
+    kinds = ", ".join(sorted(READERS))
+    raise ConvertError(
+        f"cannot convert {into or 'no extension'} to {out or 'no extension'}: convert {kinds} to .dcnn, "
+        "or .dcnn to one of them",
+        rule="usage",
+    )
+
+
+def save_module(
+    module: Any,
+    dst: str | os.PathLike[str],
+    config: CompressionConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> ConversionReport:
+    """Compress a live ``torch.nn.Module`` into a .dcnn file (conv/fc told from its layers)."""
+    dst_path = Path(dst)
+    _check_output(dst_path, force)
+    return _to_dcnn(read_module(module), type(module).__name__, dst_path, config, progress)
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> None:
+    check_input(src)
+    _check_output(dst, force)
+
+
+def _check_output(dst: Path, force: bool) -> None:
+    if dst.exists() and not force:
+        raise ConvertError("the output exists; use --force to overwrite it", path=str(dst))
+    if dst.is_dir():
+        raise DcnnIOError("the output is a folder", path=str(dst))
+
+
+def _to_dcnn(
+    model: ModelInput, source: str, dst: Path, config: CompressionConfig | None, progress: bool
+) -> ConversionReport:
+    from tqdm import tqdm
+
+    config = SAFE if config is None else config
+    start = time.perf_counter()
+    attributes = {**model.source.attributes, "compression": json.dumps(config.to_dict(), sort_keys=True)}
+    origin = Source(model.source.format, model.source.skeleton, attributes)
+    errors: dict[str, float] = {}
+    bar = tqdm(total=model.nbytes, unit="B", unit_scale=True, disable=not progress, leave=False)
+    with bar, Writer(dst, metadata=model.metadata, source=origin) as writer:
+        for weight in model.weights():
+            bar.set_postfix_str(weight.name, refresh=False)
+            tensor, errors[weight.name] = compress(weight, plan_for(config, weight), config)
+            writer.add(weight.name, tensor)
+            bar.update(weight.array.nbytes)
+    with safe_open(dst) as dcnn:
+        infos = [dcnn.info(name) for name in dcnn.keys()]
+    seconds = time.perf_counter() - start
+    return ConversionReport(source, str(dst), infos, dst.stat().st_size, seconds, errors, config.to_dict())
+
+
+def _from_dcnn(src: Path, dst: Path, external_data: bool | None) -> ConversionReport:
+    start = time.perf_counter()
+    out = dst.suffix.lower()
+    with safe_open(src) as dcnn:
+        bfloat16 = any(dcnn.info(name).dtype == "bfloat16" for name in dcnn.keys())
+    checkpoint = out in (".pt", ".pth")
+    with safe_open(src, framework="torch" if checkpoint or bfloat16 else "numpy") as dcnn:
+        if checkpoint:
+            write_checkpoint(dcnn, dst)
+        elif out == ".onnx":
+            write_onnx(dcnn, dst, _stored(dcnn), external_data)
+        else:
+            write_safetensors(dcnn, dst, _stored(dcnn))
+        infos = [dcnn.info(name) for name in dcnn.keys()]
+    return ConversionReport(str(src), str(dst), infos, src.stat().st_size, time.perf_counter() - start)
+
+
+def _stored(dcnn: DcnnFile) -> Callable[[str], np.ndarray]:
+    """Stored-form arrays of an open file's tensors (bfloat16 bits come exactly through torch)."""
+    if dcnn.framework == "numpy":
+        return dcnn.get_tensor
+    return lambda name: from_torch(name, dcnn.get_tensor(name))[0]
