@@ -121,9 +121,7 @@ def test_sharing_keeps_exact_zeros_as_code_zero() -> None:
     np.testing.assert_array_equal(shared.codes == 0, w == 0)
     np.testing.assert_array_equal(shared.decode() == 0, w == 0)
     # The 7 survivor centroids are the k-means of the nonzero weights alone.
-    np.testing.assert_allclose(
-        shared.codebook[1:], kmeans_1d(w[w != 0], 7).centroids.astype(np.float32)
-    )
+    np.testing.assert_allclose(shared.codebook[1:], kmeans_1d(w[w != 0], 7).centroids.astype(np.float32))
 
 
 def test_sharing_without_zeros_uses_every_code() -> None:

@@ -25,8 +25,7 @@ class SharedLayer:
     def __init__(self, param: nn.Parameter, shared: SharedTensor) -> None:
         if tuple(param.shape) != shared.codes.shape:
             raise ValueError(
-                f"codes of shape {shared.codes.shape} do not fit a parameter of shape "
-                f"{tuple(param.shape)}"
+                f"codes of shape {shared.codes.shape} do not fit a parameter of shape {tuple(param.shape)}"
             )
         self.param = param
         self.zero_symbol = shared.zero_symbol
@@ -104,9 +103,7 @@ class TrainedQuantizer:
             param.grad = None
 
         handles = [
-            layer.param.register_post_accumulate_grad_hook(
-                lambda param, layer=layer: move_grad(param, layer)
-            )
+            layer.param.register_post_accumulate_grad_hook(lambda param, layer=layer: move_grad(param, layer))
             for layer in self.layers.values()
         ]
         handles.append(register_optimizer_step_post_hook(lambda *_: self.materialize()))
