@@ -202,3 +202,4 @@ def test_stage_sizes_follow_the_relative_index_rule() -> None:
     assert stage_bytes(positions, 41, 5) == 6  # 44 bits sparse beat 205 bits dense
     nine_of_ten = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9])
     assert stage_bytes(nine_of_ten, 10, 5) == 7  # 50 bits dense beat 9 x (5 + 1) sparse
+    assert stage_bytes(None, 10, 3) == 4  # no zeros: dense, 30 bits

@@ -74,9 +74,12 @@ def _plans(config: CompressionConfig, state: Mapping[str, _Exact]) -> dict[str, 
     return plans
 
 
-def _share_data_free(values: np.ndarray, plan: TensorPlan, config: CompressionConfig) -> SharedTensor:
-    weights = prune_array(values, plan) if plan.prunes else values
-    return share_weights(weights, plan.bits, init=plan.init, max_iter=config.kmeans_iters, seed=config.seed)
+def _share(values: np.ndarray, plan: TensorPlan, config: CompressionConfig) -> SharedTensor:
+    return share_weights(values, plan.bits, init=plan.init, max_iter=config.kmeans_iters, seed=config.seed)
+
+
+def _prune_and_share(values: np.ndarray, plan: TensorPlan, config: CompressionConfig) -> SharedTensor:
+    return _share(prune_array(values, plan) if plan.prunes else values, plan, config)
 
 
 def compress_state_dict(
@@ -89,7 +92,7 @@ def compress_state_dict(
     config = config or CompressionConfig()
     exact = {name: _exact(name, value) for name, value in state.items()}
     plans = _plans(config, exact)
-    shared = {name: _share_data_free(exact[name].values(), plan, config) for name, plan in plans.items()}
+    shared = {name: _prune_and_share(exact[name].values(), plan, config) for name, plan in plans.items()}
     return _encode(exact, plans, shared, {})
 
 
@@ -125,27 +128,19 @@ def compress_model(
         for step in range(1, pruner.steps + 1):
             pruner.step()
             if retrain is not None:
-                stage = RetrainStage(f"prune {step}/{pruner.steps}", "prune", list(model.parameters()))
+                trainable = [p for p in params.values() if p.requires_grad]
+                stage = RetrainStage(f"prune {step}/{pruner.steps}", "prune", trainable)
                 with pruner.enforce():
                     retrain(model, stage)
         record("pruned")
     quantizer = TrainedQuantizer(
         model,
-        {
-            name: share_weights(
-                params[name].detach().cpu().numpy(),
-                plan.bits,
-                init=plan.init,
-                max_iter=config.kmeans_iters,
-                seed=config.seed,
-            )
-            for name, plan in trained.items()
-        },
+        {name: _share(_exact(name, params[name]).values(), plan, config) for name, plan in trained.items()},
     )
     if trained:
         record("quantized")
     if retrain is not None and trained:
-        others = [p for name, p in params.items() if name not in trained]
+        others = [p for name, p in params.items() if name not in trained and p.requires_grad]
         stage = RetrainStage("quantize", "quantize", quantizer.parameters() + others)
         with quantizer.enforce():
             retrain(model, stage)
@@ -154,7 +149,7 @@ def compress_model(
     shared = quantizer.shared()
     for name, plan in plans.items():  # selected buffers: nothing to retrain
         if name not in shared:
-            shared[name] = _share_data_free(exact[name].values(), plan, config)
+            shared[name] = _prune_and_share(exact[name].values(), plan, config)
     return _encode(exact, plans, shared, metrics)
 
 
@@ -192,7 +187,7 @@ def _encode(
         s = compact(shared[name])
         tensor, stored, index_bits = cheapest(name, candidates(s, t.dtype))
         tensors[name] = tensor
-        survivors = np.flatnonzero(s.codes) if s.zero_symbol else np.arange(s.codes.size)
+        survivors = np.flatnonzero(s.codes) if s.zero_symbol else None
         bits = plans[name].bits
         if isinstance(tensor, dcformat.Raw):
             encoding = "raw"
@@ -204,7 +199,7 @@ def _encode(
                 shape=shape,
                 dtype=t.dtype,
                 encoding=encoding,
-                nonzeros=int(np.count_nonzero(s.decode())),
+                nonzeros=int(np.bincount(s.codes.ravel(), minlength=len(s.codebook))[s.codebook != 0].sum()),
                 weight_bits=bits,
                 index_bits=index_bits,
                 original_bytes=original,

@@ -36,10 +36,13 @@ def relative_index_cost(positions: np.ndarray, value_bits: int) -> tuple[int, in
     return best
 
 
-def stage_bytes(positions: np.ndarray, numel: int, value_bits: int) -> int:
-    """Bytes of the smaller of the dense and the relative-index layouts (without codebook)."""
+def stage_bytes(positions: np.ndarray | None, numel: int, value_bits: int) -> int:
+    """Bytes of the smaller of the dense and the relative-index layouts (without codebook).
+
+    ``positions`` are those of the nonzero entries; None when the tensor has no zeros.
+    """
     dense = numel * value_bits
-    sparse = relative_index_cost(positions, value_bits)[0] if len(positions) < numel else dense
+    sparse = dense if positions is None else relative_index_cost(positions, value_bits)[0]
     return -(-min(dense, sparse) // 8)
 
 
@@ -105,13 +108,13 @@ class CompressionReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready)."""
+        ratios = self.stage_ratios()
         return {
             "tensors": [
                 {**asdict(t), "shape": list(t.shape), "kept": t.kept, "ratio": t.ratio} for t in self.tensors
             ],
             "stages": {
-                stage: {"bytes": size, "ratio": self.stage_ratios()[stage]}
-                for stage, size in self.stage_totals().items()
+                stage: {"bytes": size, "ratio": ratios[stage]} for stage, size in self.stage_totals().items()
             },
             "metrics": dict(self.metrics),
             "file_bytes": self.file_bytes,
@@ -123,7 +126,7 @@ class CompressionReport:
         rows = [
             (
                 t.name,
-                "x".join(map(str, t.shape)),
+                "x".join(map(str, t.shape)) or "scalar",
                 f"{100 * t.kept:.1f}%",
                 "-" if t.weight_bits is None else str(t.weight_bits),
                 "-" if t.index_bits is None else str(t.index_bits),
