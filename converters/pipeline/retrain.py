@@ -40,7 +40,8 @@ class LoopRetrain:
     """Retrain with SGD (momentum) or Adam for a few epochs over ``data`` per stage.
 
     The learning rate follows a cosine decay to 0 over each stage; ``quantize_lr`` is used for
-    the centroids (and the other parameters) in the trained-quantization stage.
+    the centroids (and the other parameters) in the trained-quantization stage. A centroid's
+    gradient sums those of its whole cluster, hence the much smaller default.
     """
 
     data: Iterable[Any]
@@ -48,7 +49,7 @@ class LoopRetrain:
     prune_epochs: int = 4
     quantize_epochs: int = 4
     lr: float = 0.01
-    quantize_lr: float = 0.001
+    quantize_lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
