@@ -121,6 +121,19 @@ def test_compress_state_dict_is_data_free(digits, tmp_path) -> None:
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # input untouched
 
 
+def test_bfloat16_model_keeps_its_dtype_and_decodes_exactly(tmp_path) -> None:
+    torch.manual_seed(2)
+    model = nn.Linear(64, 32).to(torch.bfloat16)
+    config = CompressionConfig(min_size=100, rules=(LayerRule("weight", sparsity=0.5),))
+    result = compress_model(model, config)
+    result.save(tmp_path / "bf16.dcnn")
+    with dcformat.safe_open(tmp_path / "bf16.dcnn") as f:
+        assert f.info("weight").dtype == f.info("bias").dtype == "bfloat16"
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(f.get_tensor(name), value.float().numpy())
+    assert (model.weight == 0).float().mean().item() == 0.5
+
+
 def test_plan_defaults_follow_rank_size_and_dtype() -> None:
     config = CompressionConfig(conv_bits=7, fc_bits=3, min_size=100)
     conv = config.plan("c.weight", (8, 4, 3, 3), np.float32)

@@ -31,7 +31,8 @@ class SharedLayer:
         self.zero_symbol = shared.zero_symbol
         first = 1 if shared.zero_symbol else 0
         values = torch.from_numpy(shared.codebook[first:].astype(np.float32))
-        self.centroids = nn.Parameter(values.to(device=param.device, dtype=param.dtype))
+        # float32 centroids even for half-precision layers: updates are too fine for 16 bits.
+        self.centroids = nn.Parameter(values.to(param.device))
         self.codes = torch.from_numpy(shared.codes.reshape(-1)).to(param.device)
         # Indices (into the flattened weight) of the trained weights and their centroid.
         self._trained = torch.nonzero(self.codes >= first).squeeze(1)
@@ -44,7 +45,7 @@ class SharedLayer:
 
     def centroid_grad(self, weight_grad: torch.Tensor) -> torch.Tensor:
         """Sum the weight gradients of each cluster: the centroid gradient."""
-        g = weight_grad.reshape(-1)[self._trained]
+        g = weight_grad.reshape(-1)[self._trained].to(self.centroids.dtype)
         return torch.zeros_like(self.centroids).index_add_(0, self._cluster, g)
 
     def materialize(self) -> None:
@@ -54,7 +55,7 @@ class SharedLayer:
 
     def shared(self) -> SharedTensor:
         """The current codebook and codes as numpy."""
-        codebook = self.codebook().cpu().numpy().astype(np.float32)
+        codebook = self.codebook().cpu().numpy()
         codes = self.codes.cpu().numpy().reshape(tuple(self.param.shape))
         return SharedTensor(codebook, codes, self.zero_symbol)
 

@@ -74,7 +74,7 @@ class Pruner:
         self.steps_done += 1
         fraction = self.steps_done / self.steps
         for name, plan in self.plans.items():
-            w = self.params[name].detach().cpu().numpy()
+            w = self.params[name].detach().float().cpu().numpy()
             previous = self.masks.get(name)
             within = None if previous is None else previous.cpu().numpy()
             if plan.quality is not None:
