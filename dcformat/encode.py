@@ -105,9 +105,10 @@ def _encode_quantized(name: str, tensor: Quantized, chunk_size: int) -> EncodedT
     else:
         candidates = [tensor.index_bits]
     for bits in candidates:  # fewer index bits add fillers, bounding the expansion
-        payloads = _sparse_streams(record, tensor, bits, chunk_size)
-        if _expansion_ok(decoded_bytes, sum(len(data) for _, data in payloads)):
-            return EncodedTensor(record, payloads)
+        for tail_numel in (None, numel):  # then trailing fillers over a zero tail
+            payloads = _sparse_streams(record, tensor, bits, chunk_size, tail_numel)
+            if _expansion_ok(decoded_bytes, sum(len(data) for _, data in payloads)):
+                return EncodedTensor(record, payloads)
     raise EncodeError(
         f"tensor {name!r} is too sparse for index_bits {tensor.index_bits}: it would decode "
         f"to over {MAX_EXPANSION}x its stored size; let the writer pick index_bits"
@@ -115,9 +116,9 @@ def _encode_quantized(name: str, tensor: Quantized, chunk_size: int) -> EncodedT
 
 
 def _sparse_streams(
-    record: pb.Tensor, tensor: Quantized, bits: int, chunk_size: int
+    record: pb.Tensor, tensor: Quantized, bits: int, chunk_size: int, tail_numel: int | None
 ) -> list[tuple[pb.Section, bytes]]:
-    entry_gaps, entry_codes = gaps.with_fillers(tensor.positions, tensor.codes, bits)
+    entry_gaps, entry_codes = gaps.with_fillers(tensor.positions, tensor.codes, bits, tail_numel)
     record.index_bits = bits
     code_freqs = np.bincount(entry_codes, minlength=tensor.codebook.size)
     gap_freqs = np.bincount(entry_gaps, minlength=1 << bits)

@@ -19,17 +19,24 @@ def real_gaps(positions: np.ndarray) -> np.ndarray:
     return np.diff(positions, prepend=-1) - 1
 
 
-def with_fillers(positions: np.ndarray, codes: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Entries (gaps, codes) for stored positions, fillers inserted where gaps overflow."""
+def with_fillers(
+    positions: np.ndarray, codes: np.ndarray, index_bits: int, numel: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Entries (gaps, codes) for stored positions, fillers inserted where gaps overflow.
+
+    With ``numel``, trailing fillers also cover the zeros after the last position
+    (writers add them only to keep a tensor within the expansion limit).
+    """
+    codes = np.asarray(codes)
     gaps = real_gaps(positions)
     fillers = gaps >> index_bits
-    if not fillers.any():
-        return gaps, np.asarray(codes)
+    last = int(positions[-1]) if len(positions) else -1
+    tail = 0 if numel is None else (numel - 1 - last) >> index_bits
     # Real entry i lands after the fillers of entries 0..i.
     slot = np.arange(gaps.size) + np.cumsum(fillers)
-    total = gaps.size + int(fillers.sum())
+    total = gaps.size + int(fillers.sum()) + tail
     out_gaps = np.full(total, (1 << index_bits) - 1, dtype=np.int64)
-    out_codes = np.zeros(total, dtype=np.asarray(codes).dtype)
+    out_codes = np.zeros(total, dtype=codes.dtype)
     out_gaps[slot] = gaps & ((1 << index_bits) - 1)
     out_codes[slot] = codes
     return out_gaps, out_codes

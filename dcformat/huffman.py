@@ -147,42 +147,50 @@ def encoded_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:
     return int(np.dot(np.asarray(freqs, dtype=np.int64), np.asarray(lengths, dtype=np.int64)))
 
 
+_BLOCK = 1 << 20  # symbols packed per step: bounded, reusable temporaries
+
+
 def encode(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> Stream:
-    """Huffman-code ``symbols`` with the table ``lengths``; chunk starts every chunk_size symbols."""
-    symbols = np.asarray(symbols).ravel().astype(np.intp, copy=False)
+    """Huffman-code ``symbols`` with the table ``lengths``; a chunk starts every chunk_size symbols."""
+    symbols = np.asarray(symbols).ravel()
     lengths = np.asarray(lengths, dtype=np.uint8)
     if np.count_nonzero(lengths) == 1:  # one symbol: code "0" of length 1
         bit_length = symbols.size
         offsets = np.arange(chunk_size, symbols.size, chunk_size, dtype=np.uint64)
         return Stream(bytes(-(-bit_length // 8)), bit_length, offsets)
-    reversed_codes = _reverse(canonical_codes(lengths), lengths)
-    sym_lengths = lengths[symbols].astype(np.uint64)
-    ends = np.cumsum(sym_lengths)
-    bit_length = int(ends[-1]) if ends.size else 0
-    starts = ends - sym_lengths
-    offsets = starts[chunk_size::chunk_size]
-    return Stream(pack_bits(reversed_codes[symbols], starts, bit_length), bit_length, offsets)
+    freqs = np.bincount(symbols, minlength=lengths.size)
+    bit_length = encoded_bits(freqs, lengths)
+    reversed_codes = _reverse(canonical_codes(lengths), lengths).astype(np.uint64)
+    table_lengths = lengths.astype(np.uint64)
+    words = np.zeros(-(-bit_length // 64) + 1, dtype="<u8")
+    offsets = []
+    bit = np.uint64(0)
+    for first in range(0, symbols.size, _BLOCK):
+        block = symbols[first : first + _BLOCK].astype(np.intp, copy=False)
+        block_lengths = table_lengths[block]
+        starts = np.cumsum(block_lengths) + bit
+        bit = starts[-1]
+        starts -= block_lengths
+        _pack_into(words, reversed_codes[block], starts)
+        offsets.append(starts[(-first) % chunk_size :: chunk_size])
+    chunk_offsets = np.concatenate([np.zeros(0, np.uint64), *offsets])[1:]
+    return Stream(words.view(np.uint8)[: -(-bit_length // 8)].tobytes(), bit_length, chunk_offsets)
 
 
-def pack_bits(values: np.ndarray, starts: np.ndarray, bit_length: int) -> bytes:
-    """Write each value (at most 32 bits) at its bit offset of an LSB-first stream.
-
-    ``starts`` (uint64) must be non-decreasing and the values must not overlap.
-    """
-    values = values.astype(np.uint64)
+def _pack_into(words: np.ndarray, values: np.ndarray, starts: np.ndarray) -> None:
+    """OR each value (at most 32 bits, uint64) into an LSB-first stream of 64-bit words at its
+    bit offset. ``starts`` is non-decreasing and the values do not overlap."""
     shift = starts & np.uint64(63)
     word = starts >> np.uint64(6)
-    words = np.zeros(-(-bit_length // 64) + 1, dtype="<u8")
-    if values.size:
-        first = np.flatnonzero(word[1:] != word[:-1]) + 1
-        first = np.concatenate(([0], first))
-        words[word[first]] = np.bitwise_or.reduceat(values << shift, first)
-        # A code crossing a word boundary spills its high bits into the next word;
-        # at most one code crosses each boundary.
-        spill = np.flatnonzero(shift + np.uint64(32) > np.uint64(64))
-        spill = spill[(values[spill] >> (np.uint64(64) - shift[spill])) != 0]
-        words[word[spill] + np.uint64(1)] |= values[spill] >> (np.uint64(64) - shift[spill])
-    return words.view(np.uint8)[: -(-bit_length // 8)].tobytes()
+    first = np.flatnonzero(word[1:] != word[:-1]) + 1
+    first = np.concatenate(([0], first))
+    words[word[first]] |= np.bitwise_or.reduceat(values << shift, first)
+    # A code crossing a word boundary spills its high bits into the next word;
+    # at most one code crosses each boundary.
+    spill = np.flatnonzero(shift > np.uint64(32))
+    high = values[spill] >> (np.uint64(64) - shift[spill])
+    crossing = high != 0
+    words[word[spill[crossing]] + np.uint64(1)] |= high[crossing]
 
 
 def decode(

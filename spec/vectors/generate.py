@@ -1,0 +1,483 @@
+"""Regenerate the conformance vectors: python spec/vectors/generate.py [OUT_DIR].
+
+Valid vectors are written with the reference writer, each beside NAME.npz holding the
+expected decoded tensors. Invalid vectors are valid files with exactly one rule broken; the
+header is re-serialized with correct checksums so that each reaches the check it targets.
+Output is deterministic.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import dcformat
+from dcformat import dcnn_pb2 as pb
+from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
+
+PRODUCER = "dcnn conformance vectors"
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _sparse_codes(shape: tuple[int, ...], keep: float, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = _rng(seed)
+    numel = int(np.prod(shape))
+    positions = np.flatnonzero(rng.random(numel) < keep)
+    codes = rng.integers(1, k, positions.size)
+    return positions, codes
+
+
+def valid_vectors() -> dict[str, tuple[dict, dict]]:
+    """name -> (tensors for the writer, writer options)."""
+    rng = _rng(1)
+    out: dict[str, tuple[dict, dict]] = {}
+    raw = {
+        "float32": rng.normal(size=(3, 5)).astype(np.float32),
+        "float16": rng.normal(size=(4,)).astype(np.float16),
+        "bfloat16": dcformat.Raw(
+            np.array([0x3F80, 0xC000, 0x7F80, 0x0000, 0x8000], np.uint16), dtype="bfloat16"
+        ),
+        "float64": np.array([np.pi, -0.0, np.inf]),
+        "int8": np.array([-128, 0, 127], np.int8),
+        "int16": np.array([[-32768, 1], [2, 32767]], np.int16),
+        "int32": np.arange(-3, 3, dtype=np.int32),
+        "int64": np.array([-(2**63), 2**63 - 1], np.int64),
+        "uint8": np.arange(256, dtype=np.uint8).reshape(16, 16),
+        "uint16": np.array([0, 65535], np.uint16),
+        "uint32": np.array([2**32 - 1], np.uint32),
+        "uint64": np.array([2**64 - 1], np.uint64),
+        "bool": np.array([[True, False, True]]),
+        "scalar": np.array(2.5, np.float32),
+        "empty": np.zeros((0, 7), np.float32),
+    }
+    out["raw_dtypes"] = (raw, {})
+    compressible = np.repeat(np.arange(64, dtype=np.float32), 64).reshape(64, 64)
+    out["raw_zstd"] = ({"blocks": dcformat.Raw(compressible, zstd_level=3)}, {})
+
+    codebook = np.linspace(-1, 1, 16, dtype=np.float32)
+    codes = rng.integers(0, 16, (8, 9))
+    out["dense_codes"] = (
+        {
+            "f32": dcformat.Quantized(codebook, codes, (8, 9)),
+            "f16_book": dcformat.Quantized(codebook.astype(np.float16), codes, (8, 9)),
+            "to_f16": dcformat.Quantized(codebook, codes, (8, 9), dtype="float16"),
+            "to_bf16": dcformat.Quantized(codebook, codes, (8, 9), dtype="bfloat16"),
+            "to_f64": dcformat.Quantized(codebook, codes, (72,), dtype="float64"),
+            "conv": dcformat.Quantized(codebook, rng.integers(0, 16, (4, 2, 3, 3)), (4, 2, 3, 3)),
+        },
+        {},
+    )
+    book = np.concatenate([[0.0], np.linspace(-0.5, 0.5, 31)]).astype(np.float32)
+    positions, sparse_codes = _sparse_codes((20, 30), 0.1, 32, 2)
+    out["sparse_codes"] = ({"fc": dcformat.Quantized(book, sparse_codes, (20, 30), positions=positions)}, {})
+    out["sparse_fillers"] = (
+        {
+            "b1": dcformat.Quantized(book, [3, 4, 5], (100,), positions=[0, 50, 99], index_bits=1),
+            "b2_huge_gap": dcformat.Quantized(book, [1, 2], (10, 100), positions=[3, 997], index_bits=2),
+            "b16": dcformat.Quantized(book, sparse_codes, (20, 30), positions=positions, index_bits=16),
+        },
+        {},
+    )
+    out["one_symbol"] = (
+        {
+            "dense_constant": dcformat.Quantized(np.array([0.25], np.float32), np.zeros(50, int), (5, 10)),
+            "sparse_single": dcformat.Quantized(book, [7], (6, 6), positions=[17], index_bits=5),
+        },
+        {},
+    )
+    out["empty_streams"] = (
+        {
+            "no_entries": dcformat.Quantized(book, np.zeros(0, int), (4, 4), positions=np.zeros(0, int)),
+            "empty_dense": dcformat.Quantized(codebook, np.zeros((0, 3), int), (0, 3)),
+            "empty_sparse": dcformat.Quantized(book, np.zeros(0, int), (3, 0), positions=np.zeros(0, int)),
+        },
+        {},
+    )
+    many = rng.integers(0, 5, 1000)
+    out["chunked"] = (
+        {"stream": dcformat.Quantized(codebook[:5], many, (1000,))},
+        {"chunk_size": 7},
+    )
+    skewed = np.minimum(rng.geometric(0.05, 3000) - 1, 1023)
+    out["large_alphabet"] = (
+        {"k1024": dcformat.Quantized(rng.normal(size=1024).astype(np.float16), skewed, (3000,))},
+        {},
+    )
+    out["metadata_source"] = (
+        {"w": np.ones((2, 2), np.float32)},
+        {
+            "metadata": {"framework": "pytorch", "note": "ünïcode ✓"},
+            "source": dcformat.Source("onnx", b"\x08\x07skeleton", {"opset": "17"}),
+        },
+    )
+    return out
+
+
+# -- invalid vectors --------------------------------------------------------------------------
+
+
+class Parsed:
+    """A file taken apart: its header and the bytes of each section, to be put back together."""
+
+    def __init__(self, data: bytes) -> None:
+        _, self.major, self.minor, length, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
+        self.header = pb.Header.FromString(data[PREAMBLE_SIZE : PREAMBLE_SIZE + length])
+        start = align_up(PREAMBLE_SIZE + length)
+        self.sections = {
+            key: data[start + s.offset : start + s.offset + s.length] for key, s in self.all_sections()
+        }
+
+    def all_sections(self) -> list[tuple[tuple[int, str], pb.Section]]:
+        """((tensor index, field), section) in file order."""
+        found = []
+        for i, t in enumerate(self.header.tensors):
+            if t.HasField("raw"):
+                found.append(((i, "raw"), t.raw))
+            for stream in ("codes", "gaps"):
+                if t.HasField(stream) and getattr(t, stream).HasField("data"):
+                    found.append(((i, stream), getattr(t, stream).data))
+        return found
+
+    def data_of(self, tensor: pb.Tensor, field: str) -> bytes:
+        return self.sections[(list(self.header.tensors).index(tensor), field)]
+
+    def set_data(self, tensor: pb.Tensor, field: str, data: bytes) -> None:
+        """Replace a section's bytes, keeping its checksum right."""
+        self.sections[(list(self.header.tensors).index(tensor), field)] = data
+        section = tensor.raw if field == "raw" else getattr(tensor, field).data
+        section.length = len(data)
+        section.crc32 = zlib.crc32(data)
+
+    def build(self, relayout: bool = True) -> bytes:
+        data = bytearray()
+        for key, s in self.all_sections():
+            payload = self.sections.get(key, b"")
+            if relayout:
+                s.offset = align_up(len(data))
+            data += bytes(max(0, s.offset - len(data)))
+            data[s.offset : s.offset + len(payload)] = payload
+        header = self.header.SerializeToString(deterministic=True)
+        return assemble(header, bytes(data), self.major, self.minor)
+
+
+def assemble(header: bytes, data: bytes, major: int = 1, minor: int = 0) -> bytes:
+    head = PREAMBLE.pack(MAGIC, major, minor, len(header), zlib.crc32(header), 0)
+    head = head[:-4] + zlib.crc32(head[:-4]).to_bytes(4, "little")
+    head += header
+    return head + bytes(align_up(len(head)) - len(head)) + data
+
+
+def _first(p: Parsed, name: str) -> pb.Tensor:
+    return next(t for t in p.header.tensors if t.name == name)
+
+
+def _flip_bit(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+Mutation = Callable[[bytes], bytes]
+
+
+def _header(base: str, edit: Callable[[Parsed], None]) -> tuple[str, Mutation]:
+    def mutate(data: bytes) -> bytes:
+        p = Parsed(data)
+        edit(p)
+        return p.build()
+
+    return base, mutate
+
+
+def _stream_bits(p: Parsed, tensor: str, stream: str, symbols: list[int], lengths: list[int]) -> None:
+    """Replace a tensor's stream with these symbols coded under these lengths (any table)."""
+    from dcformat import huffman
+
+    s = getattr(_first(p, tensor), stream)
+    coded = huffman.encode(np.array(symbols), np.array(lengths, np.uint8), s.chunk_size or 4096)
+    s.count = len(symbols)
+    s.code_lengths = bytes(lengths)
+    s.bit_length = coded.bit_length
+    del s.chunk_offsets[:]
+    s.chunk_offsets.extend(coded.chunk_offsets.tolist())
+    p.set_data(_first(p, tensor), stream, coded.data)
+
+
+def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
+    """name -> (expected rule, valid vector it starts from, mutation)."""
+    v: dict[str, tuple[str, str, Mutation]] = {}
+
+    def add(name: str, rule: str, base_and_mutation: tuple[str, Mutation]) -> None:
+        v[name] = (rule, *base_and_mutation)
+
+    add("bad_magic", "magic", ("raw_dtypes", lambda d: b"PK\x03\x04" + d[4:]))
+    add("text_mode_magic", "magic", ("raw_dtypes", lambda d: d.replace(b"\r\n", b"\n", 1)))
+    add("truncated_preamble", "truncated", ("raw_dtypes", lambda d: d[:10]))
+    add("truncated_header", "truncated", ("raw_dtypes", lambda d: d[:40]))
+    add("truncated_data", "truncated", ("sparse_codes", lambda d: d[:-1]))
+    add("preamble_crc", "preamble-crc", ("raw_dtypes", lambda d: _flip_bit(d, 10 * 8)))
+    add("major_2", "version", _header("raw_dtypes", lambda p: setattr(p, "major", 2)))
+    add("header_too_big", "header-size", ("raw_dtypes", _huge_header_length))
+    add("header_crc", "header-crc", ("raw_dtypes", lambda d: _flip_bit(d, (PREAMBLE_SIZE + 3) * 8)))
+    add("header_garbage", "header-parse", ("raw_dtypes", lambda d: assemble(b"\xff\xff\xff", b"")))
+    add(
+        "duplicate_name",
+        "tensor-name",
+        _header("dense_codes", lambda p: setattr(p.header.tensors[1], "name", "f32")),
+    )
+    add(
+        "empty_name",
+        "tensor-name",
+        _header("dense_codes", lambda p: setattr(p.header.tensors[0], "name", "")),
+    )
+    add("rank_33", "shape", _header("raw_dtypes", lambda p: _set_shape(p, "empty", [1] * 32 + [0])))
+    add("numel_overflow", "shape", _header("raw_dtypes", lambda p: _set_shape(p, "empty", [2**40, 2**40, 0])))
+    add("unknown_dtype", "dtype", _header("raw_dtypes", lambda p: setattr(_first(p, "int8"), "dtype", 99)))
+    add("int_coded", "dtype", _header("dense_codes", lambda p: setattr(_first(p, "f32"), "dtype", pb.INT32)))
+    add(
+        "unknown_encoding",
+        "encoding",
+        _header("raw_dtypes", lambda p: setattr(_first(p, "int8"), "encoding", 7)),
+    )
+    add(
+        "unknown_compression",
+        "encoding",
+        _header("raw_zstd", lambda p: setattr(_first(p, "blocks"), "compression", 5)),
+    )
+    add("raw_with_codebook", "encoding", _header("raw_dtypes", _raw_with_codebook))
+    add(
+        "dense_with_gaps",
+        "encoding",
+        _header("dense_codes", lambda p: setattr(_first(p, "f32"), "index_bits", 4)),
+    )
+    add(
+        "nonzeros_above_numel",
+        "nonzeros",
+        _header("raw_dtypes", lambda p: setattr(_first(p, "int8"), "nonzeros", 4)),
+    )
+    add(
+        "nonzeros_wrong",
+        "nonzeros",
+        _header("sparse_codes", lambda p: setattr(_first(p, "fc"), "nonzeros", 1)),
+    )
+    add("expansion", "expansion", _header("sparse_fillers", lambda p: _set_shape(p, "b1", [10**7])))
+    add("raw_size", "raw-size", _header("raw_dtypes", lambda p: _set_shape(p, "int32", [5])))
+    add(
+        "zstd_garbage",
+        "zstd",
+        _header(
+            "raw_zstd", lambda p: p.set_data(_first(p, "blocks"), "raw", b"\x28\xb5\x2f\xfd" + bytes(20))
+        ),
+    )
+    add("zstd_wrong_size", "zstd", _header("raw_zstd", _zstd_wrong_size))
+    add(
+        "codebook_empty",
+        "codebook",
+        _header("dense_codes", lambda p: setattr(_first(p, "f32").codebook, "values", b"")),
+    )
+    add(
+        "codebook_int",
+        "codebook",
+        _header("dense_codes", lambda p: setattr(_first(p, "f32").codebook, "dtype", pb.INT32)),
+    )
+    add(
+        "codebook_65537",
+        "codebook",
+        _header("dense_codes", lambda p: setattr(_first(p, "f16_book").codebook, "values", bytes(2 * 65537))),
+    )
+    add("padding_zero", "padding-zero", _header("sparse_codes", _nonzero_padding_symbol))
+    add(
+        "index_bits_0",
+        "index-bits",
+        _header("sparse_codes", lambda p: setattr(_first(p, "fc"), "index_bits", 0)),
+    )
+    add(
+        "index_bits_17",
+        "index-bits",
+        _header("sparse_codes", lambda p: setattr(_first(p, "fc"), "index_bits", 17)),
+    )
+    add("dense_count", "counts", _header("dense_codes", _dense_count))
+    add("sparse_counts_differ", "counts", _header("sparse_codes", _counts_differ))
+    add(
+        "oversubscribed",
+        "huffman-table",
+        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 15 + [3])),
+    )
+    add(
+        "incomplete",
+        "huffman-table",
+        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 15 + [5])),
+    )
+    add(
+        "length_17",
+        "huffman-table",
+        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 14 + [5, 17])),
+    )
+    add(
+        "one_symbol_length_2",
+        "huffman-table",
+        _header("one_symbol", lambda p: _set_lengths(p, "dense_constant", "codes", [2])),
+    )
+    add(
+        "alphabet_not_k",
+        "huffman-table",
+        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 17)),
+    )
+    add(
+        "chunk_size_0",
+        "huffman-chunks",
+        _header("chunked", lambda p: setattr(_first(p, "stream").codes, "chunk_size", 0)),
+    )
+    add("chunk_offsets_order", "huffman-chunks", _header("chunked", _swap_offsets))
+    add(
+        "chunk_offsets_count",
+        "huffman-chunks",
+        _header("chunked", lambda p: _first(p, "stream").codes.chunk_offsets.pop()),
+    )
+    add("bit_length_short", "huffman-data", _header("dense_codes", _short_bit_length))
+    add("chunk_end_mismatch", "huffman-data", _header("chunked", _shift_chunk_offset))
+    add("padding_bits", "huffman-data", _header("dense_codes", _dirty_padding_bits))
+    add("one_symbol_bit_set", "huffman-data", _header("one_symbol", _one_symbol_bit_set))
+    add("positions_past_end", "positions", _header("sparse_fillers", _gaps_past_end))
+    add("section_misaligned", "section-layout", ("sparse_codes", _misalign))
+    add("section_crc", "section-crc", ("sparse_codes", lambda d: _flip_bit(d, len(d) * 8 - 1)))
+    add("trailing_bytes", "file-size", ("sparse_codes", lambda d: d + b"\x00"))
+    add("dirty_padding", "padding", ("raw_dtypes", _dirty_header_padding))
+    return v
+
+
+def _huge_header_length(data: bytes) -> bytes:
+    head = PREAMBLE.pack(MAGIC, 1, 0, (64 << 20) + 1, 0, 0)
+    head = head[:-4] + zlib.crc32(head[:-4]).to_bytes(4, "little")
+    return head + data[PREAMBLE_SIZE:]
+
+
+def _set_shape(p: Parsed, name: str, shape: list[int]) -> None:
+    t = _first(p, name)
+    del t.shape[:]
+    t.shape.extend(shape)
+
+
+def _raw_with_codebook(p: Parsed) -> None:
+    t = _first(p, "int8")
+    t.codebook.dtype = pb.FLOAT32
+    t.codebook.values = bytes(4)
+
+
+def _zstd_wrong_size(p: Parsed) -> None:
+    import zstandard
+
+    t = _first(p, "blocks")
+    p.set_data(t, "raw", zstandard.ZstdCompressor(level=1).compress(bytes(64 * 64 * 4 - 4)))
+
+
+def _nonzero_padding_symbol(p: Parsed) -> None:
+    t = _first(p, "fc")
+    t.codebook.values = np.float32(1.0).tobytes() + t.codebook.values[4:]
+
+
+def _dense_count(p: Parsed) -> None:
+    _set_shape(p, "to_f64", [71])
+    _first(p, "to_f64").nonzeros = 71
+
+
+def _counts_differ(p: Parsed) -> None:
+    t = _first(p, "fc")
+    t.gaps.count -= 1
+
+
+def _set_lengths(p: Parsed, name: str, stream: str, lengths: list[int]) -> None:
+    getattr(_first(p, name), stream).code_lengths = bytes(lengths)
+
+
+def _swap_offsets(p: Parsed) -> None:
+    offsets = _first(p, "stream").codes.chunk_offsets
+    offsets[0], offsets[1] = offsets[1], offsets[0]
+
+
+def _short_bit_length(p: Parsed) -> None:
+    s = _first(p, "f32").codes
+    s.bit_length = s.count - 1  # below count * min_len
+
+
+def _shift_chunk_offset(p: Parsed) -> None:
+    s = _first(p, "stream").codes
+    s.chunk_offsets[3] += 1
+
+
+def _dirty_padding_bits(p: Parsed) -> None:
+    t = _first(p, "f32")
+    data = bytearray(p.data_of(t, "codes"))
+    if t.codes.bit_length % 8 == 0:  # make room for a padding bit
+        raise AssertionError("vector needs a stream whose bit length is not a multiple of 8")
+    data[-1] |= 0x80
+    p.set_data(t, "codes", bytes(data))
+
+
+def _one_symbol_bit_set(p: Parsed) -> None:
+    t = _first(p, "dense_constant")
+    data = bytearray(p.data_of(t, "codes"))
+    data[0] |= 1
+    p.set_data(t, "codes", bytes(data))
+
+
+def _gaps_past_end(p: Parsed) -> None:
+    # b1 has index_bits 1 over 100 elements: 71 entries of gap 1 cover 142 positions.
+    count = 71
+    _stream_bits(p, "b1", "gaps", [1] * count, [1, 1])
+    _stream_bits(p, "b1", "codes", [0] * count, [1] + [0] * 31)
+
+
+def _misalign(data: bytes) -> bytes:
+    p = Parsed(data)
+    p.build()  # lay the sections out, then push the last one off its aligned offset
+    p.all_sections()[-1][1].offset += 8
+    return p.build(relayout=False)
+
+
+def _dirty_header_padding(data: bytes) -> bytes:
+    _, _, _, length, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
+    pad = PREAMBLE_SIZE + length
+    if pad == align_up(pad):
+        raise AssertionError("vector needs header padding")
+    return data[:pad] + b"\x01" + data[pad + 1 :]
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+def write_valid(out: Path) -> dict[str, bytes]:
+    files = {}
+    for name, (tensors, options) in valid_vectors().items():
+        path = out / f"{name}.dcnn"
+        with dcformat.Writer(path, producer=PRODUCER, **options) as w:
+            for tname, t in tensors.items():
+                w.add(tname, t)
+        expected = dcformat.load_file(path)
+        np.savez(out / f"{name}.npz", **expected)
+        files[name] = path.read_bytes()
+    return files
+
+
+def write_invalid(out: Path, valid: dict[str, bytes]) -> None:
+    (out / "invalid").mkdir(exist_ok=True)
+    for name, (rule, base, mutate) in invalid_vectors().items():
+        (out / "invalid" / f"{name}.dcnn").write_bytes(mutate(valid[base]))
+        (out / "invalid" / f"{name}.expected").write_text(rule + "\n")
+
+
+def main(argv: list[str]) -> None:
+    out = Path(argv[1]) if len(argv) > 1 else Path(__file__).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_invalid(out, write_valid(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
