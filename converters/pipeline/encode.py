@@ -45,13 +45,25 @@ def candidates(shared: SharedTensor, dtype: str = "float32") -> list[Raw | Quant
     return out
 
 
+def _lower_bound(option: Raw | Quantized) -> int:
+    """Bytes an option costs at least: dense codes take one Huffman bit or more per element."""
+    return option.codes.size // 8 if isinstance(option, Quantized) and not option.sparse else 0
+
+
 def cheapest(name: str, options: list[Raw | Quantized]) -> tuple[Raw | Quantized, int, int | None]:
     """``(tensor, stored bytes, index bits)`` of the option costing the fewest bytes in a file.
 
     The cost is the writer's own encoding of the tensor under ``name`` (what
     ``dcformat.stored_size`` measures); index bits are those the writer picked (sparse only).
+    Options that cannot beat the best so far are not encoded.
     """
-    encoded = [(option, encode_tensor(name, option)) for option in options]
-    option, best = min(encoded, key=lambda pair: pair[1].stored_bytes)
-    bits = best.record.index_bits if isinstance(option, Quantized) and option.sparse else None
-    return option, best.stored_bytes, bits
+    best = None
+    for option in sorted(options, key=_lower_bound):
+        if best is not None and _lower_bound(option) >= best[1].stored_bytes:
+            continue
+        encoded = encode_tensor(name, option)
+        if best is None or encoded.stored_bytes < best[1].stored_bytes:
+            best = (option, encoded)
+    option, encoded = best
+    bits = encoded.record.index_bits if isinstance(option, Quantized) and option.sparse else None
+    return option, encoded.stored_bytes, bits
