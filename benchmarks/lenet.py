@@ -20,7 +20,6 @@ import argparse
 import copy
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import dcformat
 from converters.data.mnist import load_mnist
 from converters.models.lenet import LeNet5, LeNet300100
-from converters.pipeline import CompressionConfig, LoopRetrain, compress_model, train_loop
+from converters.pipeline import CompressionConfig, LoopRetrain, LossFn, compress_model, train_loop
 
 # Hand-tuned per network (see the module docstring); sparsity is the fraction of weights removed.
 NETWORKS: dict[str, dict] = {
@@ -79,7 +78,7 @@ def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * wrong / len(y)
 
 
-def distillation_loss(teacher: nn.Module, temperature: float = 4.0):
+def distillation_loss(teacher: nn.Module, temperature: float = 4.0) -> LossFn:
     """Cross-entropy on the labels plus KL divergence to the dense teacher's softened outputs."""
     teacher.eval()
 
@@ -115,7 +114,6 @@ def run(name: str, spec: dict, data: tuple[np.ndarray, ...], out: Path, seed: in
         lr=dense["lr"],
         weight_decay=dense["weight_decay"],
     )
-    evaluate: Callable[[nn.Module], float] = lambda m: error_rate(m, x_test, y_test)  # noqa: E731
     retrain = LoopRetrain(loader, weight_decay=dense["weight_decay"], **spec["retrain"])
     if distill:
         retrain.loss_fn = distillation_loss(copy.deepcopy(model))
@@ -123,7 +121,7 @@ def run(name: str, spec: dict, data: tuple[np.ndarray, ...], out: Path, seed: in
         model,
         CompressionConfig.from_dict(spec["config"]),
         retrain=retrain,
-        evaluate=evaluate,
+        evaluate=lambda m: error_rate(m, x_test, y_test),
     )
     path = out / f"{name}.dcnn"
     result.save(path, metadata={"network": name})

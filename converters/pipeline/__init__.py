@@ -9,6 +9,7 @@ from converters.pipeline.quantize import SharedTensor, share_weights
 from converters.pipeline.report import CompressionReport, TensorReport
 from converters.pipeline.retrain import (
     LoopRetrain,
+    LossFn,
     Retrain,
     RetrainStage,
     classification_loss,
@@ -22,6 +23,7 @@ __all__ = [
     "KMeansResult",
     "LayerRule",
     "LoopRetrain",
+    "LossFn",
     "Pruner",
     "Retrain",
     "RetrainStage",
