@@ -33,7 +33,7 @@ class SharedLayer:
         values = torch.from_numpy(shared.codebook[first:].astype(np.float32))
         # float32 centroids even for half-precision layers: updates are too fine for 16 bits.
         self.centroids = nn.Parameter(values.to(param.device))
-        self.codes = torch.from_numpy(shared.codes.reshape(-1)).to(param.device)
+        self.codes = torch.from_numpy(shared.codes.astype(np.int64).reshape(-1)).to(param.device)
         # Indices (into the flattened weight) of the trained weights and their centroid.
         self._trained = torch.nonzero(self.codes >= first).squeeze(1)
         self._cluster = self.codes[self._trained] - first
