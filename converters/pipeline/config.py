@@ -73,9 +73,7 @@ class LayerRule:
     def matches(self, name: str) -> bool:
         """Whether the rule applies to tensor ``name`` (e.g. ``fc1.weight`` matches ``fc1``)."""
         module = name.rpartition(".")[0]
-        return fnmatchcase(name, self.pattern) or (
-            bool(module) and fnmatchcase(module, self.pattern)
-        )
+        return fnmatchcase(name, self.pattern) or (bool(module) and fnmatchcase(module, self.pattern))
 
 
 @dataclass(frozen=True)
@@ -148,9 +146,7 @@ class CompressionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, accepted back by :meth:`from_dict`."""
-        out: dict[str, Any] = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name != "rules"
-        }
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rules"}
         out["rules"] = [
             {f.name: getattr(r, f.name) for f in fields(r) if getattr(r, f.name) is not None}
             for r in self.rules

@@ -25,15 +25,15 @@ class SharedLayer:
     def __init__(self, param: nn.Parameter, shared: SharedTensor) -> None:
         if tuple(param.shape) != shared.codes.shape:
             raise ValueError(
-                f"codes of shape {shared.codes.shape} do not fit a parameter of shape "
-                f"{tuple(param.shape)}"
+                f"codes of shape {shared.codes.shape} do not fit a parameter of shape {tuple(param.shape)}"
             )
         self.param = param
         self.zero_symbol = shared.zero_symbol
         first = 1 if shared.zero_symbol else 0
         values = torch.from_numpy(shared.codebook[first:].astype(np.float32))
-        self.centroids = nn.Parameter(values.to(device=param.device, dtype=param.dtype))
-        self.codes = torch.from_numpy(shared.codes.reshape(-1)).to(param.device)
+        # float32 centroids even for half-precision layers: updates are too fine for 16 bits.
+        self.centroids = nn.Parameter(values.to(param.device))
+        self.codes = torch.from_numpy(shared.codes.astype(np.int64).reshape(-1)).to(param.device)
         # Indices (into the flattened weight) of the trained weights and their centroid.
         self._trained = torch.nonzero(self.codes >= first).squeeze(1)
         self._cluster = self.codes[self._trained] - first
@@ -45,7 +45,7 @@ class SharedLayer:
 
     def centroid_grad(self, weight_grad: torch.Tensor) -> torch.Tensor:
         """Sum the weight gradients of each cluster: the centroid gradient."""
-        g = weight_grad.reshape(-1)[self._trained]
+        g = weight_grad.reshape(-1)[self._trained].to(self.centroids.dtype)
         return torch.zeros_like(self.centroids).index_add_(0, self._cluster, g)
 
     def materialize(self) -> None:
@@ -55,7 +55,7 @@ class SharedLayer:
 
     def shared(self) -> SharedTensor:
         """The current codebook and codes as numpy."""
-        codebook = self.codebook().cpu().numpy().astype(np.float32)
+        codebook = self.codebook().cpu().numpy()
         codes = self.codes.cpu().numpy().reshape(tuple(self.param.shape))
         return SharedTensor(codebook, codes, self.zero_symbol)
 
@@ -104,9 +104,7 @@ class TrainedQuantizer:
             param.grad = None
 
         handles = [
-            layer.param.register_post_accumulate_grad_hook(
-                lambda param, layer=layer: move_grad(param, layer)
-            )
+            layer.param.register_post_accumulate_grad_hook(lambda param, layer=layer: move_grad(param, layer))
             for layer in self.layers.values()
         ]
         handles.append(register_optimizer_step_post_hook(lambda *_: self.materialize()))

@@ -74,11 +74,15 @@ def kmeans_1d(
     xs = np.sort(values).astype(np.float64)
     centroids = init_centroids(xs, k, init, seed)
     n = len(xs)
-    # Prefix sums of the centred values keep the per-cluster sums and SSE well conditioned.
+    # Prefix sums of the centred values keep the per-cluster sums and SSE well conditioned
+    # (built in place: three float64 arrays of n in all).
     shift = xs.mean()
-    centred = xs - shift
-    s1_prefix = np.concatenate(([0.0], np.cumsum(centred)))
-    s2_prefix = np.concatenate(([0.0], np.cumsum(centred * centred)))
+    s1_prefix = np.zeros(n + 1)
+    s2_prefix = np.zeros(n + 1)
+    np.subtract(xs, shift, out=s1_prefix[1:])
+    np.square(s1_prefix[1:], out=s2_prefix[1:])
+    np.cumsum(s1_prefix, out=s1_prefix)
+    np.cumsum(s2_prefix, out=s2_prefix)
     edges_prev = None
     distortions = []
     converged = False

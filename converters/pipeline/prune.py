@@ -13,9 +13,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from converters.pipeline.config import TensorPlan
 
 
-def sparsity_mask(
-    weights: np.ndarray, sparsity: float, within: np.ndarray | None = None
-) -> np.ndarray:
+def sparsity_mask(weights: np.ndarray, sparsity: float, within: np.ndarray | None = None) -> np.ndarray:
     """Keep the ``n - round(sparsity * n)`` largest-magnitude weights (only inside ``within``)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
@@ -76,7 +74,7 @@ class Pruner:
         self.steps_done += 1
         fraction = self.steps_done / self.steps
         for name, plan in self.plans.items():
-            w = self.params[name].detach().cpu().numpy()
+            w = self.params[name].detach().float().cpu().numpy()
             previous = self.masks.get(name)
             within = None if previous is None else previous.cpu().numpy()
             if plan.quality is not None:

@@ -1,0 +1,1 @@
+"""Small data sets bundled with the dependencies (no downloads)."""

@@ -1,0 +1,1 @@
+"""Reference network definitions used by the benchmarks."""
