@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py dcformat/_native.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned here (a CPU wheel); the library metadata keeps a range.
@@ -24,10 +24,16 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 -q
 
+# The long runs: measured tables of the README (minutes each; not part of `make test`).
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/load.py
+	$(PY) benchmarks/lenet.py --out out/lenet
+	$(PY) benchmarks/minilm.py
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

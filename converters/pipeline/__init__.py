@@ -1,20 +1,47 @@
-"""Deep Compression pipeline: pruning, trained quantization (weight sharing), Huffman coding."""
+"""Deep Compression pipeline: pruning, trained quantization (weight sharing), Huffman coding.
 
-from converters.pipeline.compress import CompressionResult, compress_model, compress_state_dict
-from converters.pipeline.config import CompressionConfig, LayerRule, TensorPlan
-from converters.pipeline.finetune import TrainedQuantizer
-from converters.pipeline.kmeans import KMeansResult, init_centroids, kmeans_1d
-from converters.pipeline.prune import Pruner, prune_array, quality_threshold, sparsity_mask
-from converters.pipeline.quantize import SharedTensor, share_weights
-from converters.pipeline.report import CompressionReport, TensorReport
-from converters.pipeline.retrain import (
-    LoopRetrain,
-    LossFn,
-    Retrain,
-    RetrainStage,
-    classification_loss,
-    train_loop,
-)
+Names are imported on first use, so the data-free parts (config, k-means, weight sharing)
+load without torch.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_MODULE_OF = {
+    "CompressionConfig": "config",
+    "CompressionReport": "report",
+    "CompressionResult": "compress",
+    "KMeansResult": "kmeans",
+    "LayerRule": "config",
+    "LoopRetrain": "retrain",
+    "LossFn": "retrain",
+    "Pruner": "prune",
+    "Retrain": "retrain",
+    "RetrainStage": "retrain",
+    "SharedTensor": "quantize",
+    "TensorPlan": "config",
+    "TensorReport": "report",
+    "TrainedQuantizer": "finetune",
+    "classification_loss": "retrain",
+    "compress_model": "compress",
+    "compress_state_dict": "compress",
+    "init_centroids": "kmeans",
+    "kmeans_1d": "kmeans",
+    "prune_array": "prune",
+    "quality_threshold": "prune",
+    "share_weights": "quantize",
+    "sparsity_mask": "prune",
+    "train_loop": "retrain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CompressionConfig",
