@@ -11,6 +11,7 @@ import dcformat
 from converters.caffe.prototxt import parse
 from converters.caffe.release import CaffeImportError, ReleaseTensor, dense_codes, read_release
 from converters.caffe.shapes import release_layers
+from converters.pipeline.encode import cheapest
 
 NEGATIVE_ZERO = np.uint32(0x80000000)
 
@@ -22,25 +23,20 @@ def _sparse_is_exact(codebook: np.ndarray, codes: np.ndarray) -> bool:
 
 
 def lossless_weight(tensor: ReleaseTensor) -> dcformat.Quantized | dcformat.Raw:
-    """The smallest exact encoding of a layer's decoded weight (by ``dcformat.stored_size``):
-    raw float32, sparse codes (fillers dropped, dcformat inserts its own) or dense codes."""
+    """The smallest exact encoding of a layer's decoded weight: raw float32, sparse codes
+    (fillers dropped, dcformat inserts its own) or dense codes."""
     shape = tensor.layer.weight_shape
     all_codes = dense_codes(tensor)
-    best: dcformat.Quantized | dcformat.Raw = dcformat.Raw(tensor.codebook[all_codes])
-    best_size = dcformat.stored_size(best)
+    options: list[dcformat.Quantized | dcformat.Raw] = [
+        dcformat.Raw(tensor.codebook[all_codes]),
+        dcformat.Quantized(tensor.codebook, all_codes, shape),
+    ]
     real = tensor.codes != 0
     if _sparse_is_exact(tensor.codebook, tensor.codes[real]):
-        sparse = dcformat.Quantized(
-            tensor.codebook, tensor.codes[real], shape, positions=tensor.positions[real]
+        options.append(
+            dcformat.Quantized(tensor.codebook, tensor.codes[real], shape, positions=tensor.positions[real])
         )
-        if (size := dcformat.stored_size(sparse)) <= best_size:
-            best, best_size = sparse, size
-    # Dense codes spend at least one Huffman bit per element: encode them only if that can win.
-    if tensor.layer.weight_size // 8 < best_size:
-        dense = dcformat.Quantized(tensor.codebook, all_codes, shape)
-        if (size := dcformat.stored_size(dense)) <= best_size:
-            best = dense
-    return best
+    return cheapest(f"{tensor.layer.name}.weight", options)[0]
 
 
 def read_net(
