@@ -21,6 +21,7 @@ examples:
   dcnn-convert model.pt -o model.dcnn --bits 'encoder.*=6' --prune 'fc*=0.9' --exclude 'embeddings.*'
   dcnn-convert model.pt -o model.dcnn --paper              the paper's 8-bit conv, 5-bit fc
   dcnn-convert model.pt -o model.dcnn --config settings.toml
+  dcnn-convert squeezenet.net --prototxt deploy.prototxt -o squeezenet.dcnn   lossless
 
 By default floating-point tensors of rank >= 2 with at least 1024 elements are compressed;
 the rest (biases, norms, integer buffers) is stored exactly. Patterns are shell-style
@@ -74,7 +75,7 @@ def convert_main(argv: list[str] | None = None) -> int:
         epilog=CONVERT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC", help=".safetensors, .pt/.pth, .onnx or .dcnn")
+    parser.add_argument("src", metavar="SRC", help=".safetensors, .pt/.pth, .onnx, .net or .dcnn")
     parser.add_argument("-o", "--output", required=True, metavar="DST", help="the file to write")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     base = parser.add_mutually_exclusive_group()
@@ -90,6 +91,9 @@ def convert_main(argv: list[str] | None = None) -> int:
         rules.add_argument(flag, action=_Ordered, dest="options", default=[], metavar=metavar, help=text)
     rules.add_argument("--init", choices=("linear", "density", "random"), help="centroid initialization")
     rules.add_argument("--min-size", type=int, metavar="N", help="compress tensors of at least N elements")
+    parser.add_argument(
+        "--prototxt", metavar="DEPLOY.prototxt", help="for a .net release file: its deploy prototxt"
+    )
     parser.add_argument("--report", metavar="FILE.json", help="write the summary as JSON")
     parser.add_argument(
         "--external-data", action="store_true", help="for .onnx output: keep the weights in DST.data"
@@ -110,6 +114,7 @@ def convert_main(argv: list[str] | None = None) -> int:
             force=args.force,
             progress=not args.quiet and sys.stderr.isatty(),
             external_data=args.external_data or None,
+            prototxt=args.prototxt,
         )
         if args.report:
             with replacing(Path(args.report)) as tmp:

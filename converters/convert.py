@@ -76,10 +76,12 @@ def convert(
     force: bool = False,
     progress: bool = False,
     external_data: bool | None = None,
+    prototxt: str | os.PathLike[str] | None = None,
 ) -> ConversionReport:
     """Convert ``src`` to ``dst``, the direction told by the file extensions.
 
-    To .dcnn from .safetensors, .pt/.pth (a state_dict) or .onnx, compressed by ``config``
+    To .dcnn from .safetensors, .pt/.pth (a state_dict) or .onnx, compressed by ``config``, or
+    from a Deep Compression release file (.net, with its deploy ``prototxt``) losslessly
     (default: the quality-safe :data:`converters.settings.SAFE`); from .dcnn to any of
     these (.onnx only for a .dcnn made from ONNX; ``external_data`` None keeps the weights
     of models over 1 GiB in a ``.data`` file beside it). ``dst`` is written atomically and
@@ -87,6 +89,12 @@ def convert(
     """
     src_path, dst_path = Path(src), Path(dst)
     into, out = src_path.suffix.lower(), dst_path.suffix.lower()
+    if into == ".net" and out == ".dcnn":
+        if prototxt is None:
+            raise ConvertError("a .net release file needs its deploy prototxt (--prototxt)", rule="usage")
+        _check_paths(src_path, dst_path, force)
+        check_input(Path(prototxt))
+        return _release_to_dcnn(src_path, Path(prototxt), dst_path)
     if out == ".dcnn" and into in READERS:
         _check_paths(src_path, dst_path, force)
         return _to_dcnn(READERS[into](src_path), str(src_path), dst_path, config, progress)
@@ -148,6 +156,25 @@ def _to_dcnn(
         infos = [dcnn.info(name) for name in dcnn.keys()]
     seconds = time.perf_counter() - start
     return ConversionReport(source, str(dst), infos, dst.stat().st_size, seconds, errors, config.to_dict())
+
+
+def _release_to_dcnn(net: Path, prototxt: Path, dst: Path) -> ConversionReport:
+    """Losslessly re-encode a Deep Compression release file (.net + deploy prototxt)."""
+    from .caffe.convert import read_net
+
+    start = time.perf_counter()
+    tensors = read_net(net, prototxt)
+    source = Source("caffe-release", prototxt.read_bytes(), {"net_bytes": str(net.stat().st_size)})
+    with Writer(dst, source=source) as writer:
+        for name, tensor in tensors.items():
+            writer.add(name, tensor)
+    with safe_open(dst) as dcnn:
+        infos = [dcnn.info(name) for name in dcnn.keys()]
+    errors = dict.fromkeys(tensors, 0.0)
+    seconds = time.perf_counter() - start
+    return ConversionReport(
+        str(net), str(dst), infos, dst.stat().st_size, seconds, errors, {"lossless": True}
+    )
 
 
 def _from_dcnn(src: Path, dst: Path, external_data: bool | None) -> ConversionReport:

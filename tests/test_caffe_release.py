@@ -430,3 +430,27 @@ def test_convert_errors_name_the_file(tmp_path) -> None:
     (tmp_path / "model.net").write_bytes(data[:-1])
     with pytest.raises(CaffeImportError, match=r"model\.net: layer 'fc8': indices needs"):
         read_net(tmp_path / "model.net", tmp_path / "net.prototxt")
+
+
+def test_dcnn_convert_cli_imports_a_release_file(tmp_path, capsys) -> None:
+    from converters.cli import convert_main
+
+    layers = release_layers(parse(ALEXNET_LIKE))
+    rng = np.random.default_rng(7)
+    data = encode_release(layers, {la.name: _peaked_sparse(la, rng, 0.1) for la in layers})
+    (tmp_path / "deploy.prototxt").write_text(ALEXNET_LIKE)
+    (tmp_path / "model.net").write_bytes(data)
+    out = tmp_path / "model.dcnn"
+    assert convert_main([str(tmp_path / "model.net"), "-o", str(out)]) == 2
+    assert "--prototxt" in capsys.readouterr().err
+    args = [str(tmp_path / "model.net"), "--prototxt", str(tmp_path / "deploy.prototxt"), "-o", str(out)]
+    assert convert_main(args) == 0
+    _assert_loaded_matches_release(layers, data, dcformat.load_file(out))
+    with dcformat.safe_open(out) as f:
+        assert f.source().format == "caffe-release"
+        assert f.source().skeleton.decode() == ALEXNET_LIKE
+    (tmp_path / "model.net").write_bytes(data[:-3])  # disagrees with the prototxt: clear error
+    assert convert_main([*args, "--force"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dcnn-convert: error:") and "\n" not in err.strip()
+    assert dcformat.load_file(out)  # the earlier output is intact
