@@ -8,43 +8,15 @@ validate reports each, under the rule the damage breaks and with the tensor it h
 
 from __future__ import annotations
 
-import importlib.util
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from fuzz_support import SAMPLES, harness
 
 import dcformat
 from dcformat.header import sections_of
 from dcformat.layout import PREAMBLE_SIZE, align_up
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fuzz_{name}", ROOT / "fuzz" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load("harness")
-SAMPLES = _load("make_seeds").sample_files()
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    """A directory for the many small files these tests write: tmpfs where there is one
-    (rewriting a file on a disk file system can cost a flush per write)."""
-    if not Path("/dev/shm").is_dir():
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
-        yield Path(directory)
-
 
 PARTS = 4  # each sample's bits are split over this many tests, for pytest-xdist
 

@@ -10,22 +10,20 @@ validator agree. The long-running, coverage-guided counterpart is fuzz/fuzz_read
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import zstandard
+from fuzz_support import SAMPLES, harness
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
@@ -34,28 +32,6 @@ from dcformat.layout import MAX_CHUNK_SIZE, PREAMBLE, PREAMBLE_SIZE
 ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 1.0  # per input of a few hundred bytes; the must-hold is ~1 s per few MB
 MEMORY_LIMIT = 8 << 20  # peak traced allocation while validating one tiny hostile file
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fuzz_{name}", ROOT / "fuzz" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load("harness")
-SAMPLES = _load("make_seeds").sample_files()
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    """A directory for the many small files these tests write: tmpfs where there is one
-    (rewriting a file on a disk file system can cost a flush per write)."""
-    if not Path("/dev/shm").is_dir():
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
-        yield Path(directory)
 
 
 def check(path: Path, data: bytes) -> bool:
