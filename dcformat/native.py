@@ -248,11 +248,11 @@ def _native_decode(
     results = _in_parallel([lambda a=a, b=b: part(a, b) for a, b in ranges], threads)
     bad = [p for p in results if p.bad_chunk >= 0]
     if bad:
-        chunk, end = bad[0].bad_chunk, bad[0].bad_end
+        chunk = bad[0].bad_chunk
         start = int(stream.offsets[chunk - 1]) if chunk else 0
         expected = int(stream.offsets[chunk]) if chunk + 1 < n_chunks else stream.bit_length
         raise FormatError(
-            f"chunk {chunk} ends at bit {end}, expected bit {expected}",
+            f"chunk {chunk} does not end at bit {expected}",
             rule="huffman-data",
             offset=stream.origin + start // 8,
         )

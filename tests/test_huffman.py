@@ -143,3 +143,27 @@ def test_decode_detects_chunk_end_mismatch():
     with pytest.raises(FormatError) as info:
         huffman.decode(stream.data, stream.bit_length, symbols.size, lengths, 5, offsets)
     assert info.value.rule == "huffman-data"
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+@given(st.integers(2, 300), st.integers(1, 3000), st.integers(1, 500), st.integers(0, 2**32 - 1))
+def test_sweep_and_pointer_jumping_decode_alike(corrupt, alphabet, count, chunk_size, seed):
+    rng = np.random.default_rng(seed)
+    symbols = np.minimum(rng.geometric(0.2, count) - 1, alphabet - 1)
+    lengths = huffman.code_lengths(np.bincount(symbols, minlength=alphabet))
+    stream = huffman.encode(symbols, lengths, chunk_size)
+    data = bytearray(stream.data)
+    if corrupt and data:
+        data[rng.integers(len(data))] ^= 1 << int(rng.integers(8))
+    results = []
+    for jumps in (False, True):
+        try:
+            args = (bytes(data), stream.bit_length, count, lengths, chunk_size)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(huffman, "_jumps_are_cheaper", lambda *_, jumps=jumps: jumps)
+                results.append(huffman.decode(*args, stream.chunk_offsets.astype(np.int64)).tolist())
+        except FormatError as exc:
+            results.append((exc.rule, exc.message, exc.offset))
+    assert results[0] == results[1]
+    if not corrupt:
+        assert results[0] == symbols.tolist()
