@@ -127,3 +127,20 @@ def print_table(
         if extra:
             row += f" {extra.get(name, '')} |"
         print(row)
+
+
+def with_env(no_native: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn, run with the native decoder off (no_native) or on."""
+
+    def run() -> object:
+        old = os.environ.get("DCNN_NO_NATIVE")
+        os.environ["DCNN_NO_NATIVE"] = "1" if no_native else "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["DCNN_NO_NATIVE"]
+            else:
+                os.environ["DCNN_NO_NATIVE"] = old
+
+    return run

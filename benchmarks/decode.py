@@ -12,7 +12,6 @@ fresh buffer. Symbols/s counts the symbols of both streams (codes and gaps, fill
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import measure, memcpy_fresh, memcpy_warm, print_table, warm_memory, zstd_frames
+from common import measure, memcpy_fresh, memcpy_warm, print_table, warm_memory, with_env, zstd_frames
 
 import dcformat
 from dcformat import native
@@ -41,21 +40,6 @@ def sparse_tensor(entries: int, density: float, seed: int = 0) -> tuple[dcformat
     # Central values are the common ones, as k-means on pruned weights gives.
     codes = np.clip(np.abs(rng.normal(0, 8, positions.size)).astype(np.int64) + 1, 1, 31)
     return dcformat.Quantized(book, codes, (rows, cols), positions=positions), numel
-
-
-def with_env(no_native: bool, fn):
-    def run():
-        old = os.environ.get("DCNN_NO_NATIVE")
-        os.environ["DCNN_NO_NATIVE"] = "1" if no_native else "0"
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ["DCNN_NO_NATIVE"]
-            else:
-                os.environ["DCNN_NO_NATIVE"] = old
-
-    return run
 
 
 def main() -> None:

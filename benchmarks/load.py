@@ -34,7 +34,16 @@ import safetensors.numpy
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import measure, memcpy_fresh, memcpy_warm, print_table, unzstd_all, warm_memory, zstd_frames
+from common import (
+    measure,
+    memcpy_fresh,
+    memcpy_warm,
+    print_table,
+    unzstd_all,
+    warm_memory,
+    with_env,
+    zstd_frames,
+)
 
 import dcformat
 from dcformat import native
@@ -96,21 +105,6 @@ def synthetic(tmp: Path, layers: int = 10, shape: tuple[int, int] = (10000, 1000
     dense = tmp / "synthetic.safetensors"
     safetensors.numpy.save_file(dcformat.load_file(path), str(dense))
     return dense, path
-
-
-def with_env(no_native: bool, fn: Callable[[], object]) -> Callable[[], object]:
-    def run() -> object:
-        old = os.environ.get("DCNN_NO_NATIVE")
-        os.environ["DCNN_NO_NATIVE"] = "1" if no_native else "0"
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ["DCNN_NO_NATIVE"]
-            else:
-                os.environ["DCNN_NO_NATIVE"] = old
-
-    return run
 
 
 def bench(title: str, dense_file: Path, path: Path, rounds: int, original_weights: bool) -> None:

@@ -265,14 +265,7 @@ def decode(
         columns[:, first : first + rows] = block[:rows].T
     if last_count < steps:
         pos = np.concatenate((pos, [ends_reached]))
-    bad = np.flatnonzero(pos != ends)
-    if bad.size:
-        chunk = int(bad[0])
-        raise FormatError(
-            f"chunk {chunk} does not end at bit {int(ends[chunk])}",
-            rule="huffman-data",
-            offset=int(starts[chunk]) // 8,
-        )
+    _check_chunk_ends(pos, starts, ends)
     return out[:count]
 
 
@@ -314,7 +307,12 @@ def _decode_by_jumps(
         pos[take] = jump[pos[take]]
         jump = jump[jump]
     last = np.cumsum(sizes) - 1
-    reached = successor[pos[last]]
+    _check_chunk_ends(successor[pos[last]], starts, ends)
+    return lut_symbol.take((window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask)
+
+
+def _check_chunk_ends(reached: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Every chunk must end exactly where the next begins (the last at bit_length)."""
     bad = np.flatnonzero(reached != ends)
     if bad.size:
         chunk = int(bad[0])
@@ -323,7 +321,6 @@ def _decode_by_jumps(
             rule="huffman-data",
             offset=int(starts[chunk]) // 8,
         )
-    return lut_symbol.take((window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask)
 
 
 def _lookup_table(lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
