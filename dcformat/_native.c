@@ -152,7 +152,6 @@ typedef struct {
     uint64_t nonzeros;
     uint64_t symbol_sum;   /* sum of the decoded symbols (the gaps of a sparse tensor) */
     int64_t bad_chunk;     /* first chunk that does not end where it must, or -1 */
-    uint64_t bad_end;      /* the bit where it ended */
 } Sink;
 
 #define EMIT(j, i, e)                                                                           \
@@ -208,7 +207,6 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
     for (int j = 0; j < g; j++) {
         if (pos[j] != chunk_end(s, c + j)) {
             sink->bad_chunk = (int64_t)(c + j);
-            sink->bad_end = pos[j];
             return 1;
         }
     }
@@ -248,9 +246,9 @@ PyDoc_STRVAR(decode_doc,
 "Decode chunks first..last-1 of a Huffman stream of `count` symbols, writing values[symbol]\n"
 "(vsize bytes each) at out[index]. `offsets` holds the uint64 bit offsets of chunks 1..n-1,\n"
 "`nonzero` (or None) one byte per symbol, counted over the decoded symbols.\n"
-"Returns (bad_chunk, bad_end, nonzeros, symbol_sum): bad_chunk is -1, or the first chunk\n"
-"in the range that does not end at the next chunk's offset (bit_length for the last), with\n"
-"the bit where it ended; symbol_sum is the sum of the symbols decoded.");
+"Returns (bad_chunk, nonzeros, symbol_sum): bad_chunk is -1, or the first chunk in the\n"
+"range that does not end at the next chunk's offset (bit_length for the last); symbol_sum\n"
+"is the sum of the symbols decoded.");
 
 static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_buffer data = {0}, lengths = {0}, offsets = {0}, values = {0}, nonzero = {0}, out = {0};
@@ -300,8 +298,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     free(t);
     if (err) PyErr_SetString(PyExc_ValueError, err);
-    else result = Py_BuildValue("LKKK", (long long)sink.bad_chunk, (unsigned long long)sink.bad_end,
-                                (unsigned long long)sink.nonzeros, (unsigned long long)sink.symbol_sum);
+    else result = Py_BuildValue("LKK", (long long)sink.bad_chunk, (unsigned long long)sink.nonzeros,
+                                (unsigned long long)sink.symbol_sum);
 done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&lengths);

@@ -142,7 +142,6 @@ class _Part:
     first: int
     last: int
     bad_chunk: int
-    bad_end: int
     nonzeros: int
     symbol_sum: int
 
@@ -213,7 +212,7 @@ def _decode_gaps(gaps: Stream, threads: int) -> tuple[np.ndarray, list[_Part]]:
     one = _prologue(gaps)
     if one is not None or not enabled():
         symbols = np.full(gaps.count, one, dtype=np.uint16) if one is not None else _numpy_decode(gaps)
-        return symbols, [_Part(0, gaps.n_chunks, -1, 0, 0, int(symbols.sum(dtype=np.int64)))]
+        return symbols, [_Part(0, gaps.n_chunks, -1, 0, int(symbols.sum(dtype=np.int64)))]
     identity = np.arange(gaps.lengths.size, dtype=np.uint16)
     out = np.empty(gaps.count, dtype=np.uint16)
     return out, _native_decode(gaps, identity, None, out, threads)
