@@ -215,7 +215,7 @@ class DcnnFile:
         if record.encoding == pb.RAW:
             raise DcnnError("a RAW tensor has no codes", rule="usage", path=self.path, tensor=name)
         try:
-            codes = self._stream(record, record.codes)
+            codes = self._stream(record.codes)
             positions = None
             if record.encoding == pb.SPARSE_CODES:
                 positions = self._positions(record)
@@ -261,11 +261,11 @@ class DcnnFile:
             origin=self.preamble.data_start + stream.data.offset if has_data else 0,
         )
 
-    def _stream(self, record: pb.Tensor, stream: pb.HuffmanStream) -> np.ndarray:
+    def _stream(self, stream: pb.HuffmanStream) -> np.ndarray:
         return native.decode_symbols(self._coded(stream), self.threads)
 
     def _positions(self, record: pb.Tensor) -> np.ndarray:
-        positions = gaps.positions_of(self._stream(record, record.gaps))
+        positions = gaps.positions_of(self._stream(record.gaps))
         if positions.size and positions[-1] >= numel_of(record):
             raise FormatError(
                 f"gaps run to position {int(positions[-1])}, past the tensor's {numel_of(record)} elements",
@@ -306,7 +306,7 @@ class DcnnFile:
                 out, nonzeros = native.decode_values(self._coded(record.codes), values, flags, self.threads)
             else:
                 out, nonzeros = native.decode_sparse(
-                    self._stream(record, record.codes),
+                    self._stream(record.codes),
                     self._coded(record.gaps),
                     numel_of(record),
                     values,
@@ -331,7 +331,7 @@ class DcnnFile:
 
     def _sparse_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Positions and stored-form values of every stored entry, fillers included."""
-        codes = self._stream(record, record.codes)
+        codes = self._stream(record.codes)
         return self._positions(record), _decoded_codebook(record)[codes]
 
     def _convert(self, array: np.ndarray, kind: str, device: str | None) -> Any:
