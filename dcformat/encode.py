@@ -91,15 +91,13 @@ def _encode_quantized(name: str, tensor: Quantized, chunk_size: int) -> EncodedT
     nonzero_code = dtypes.is_nonzero(decoded, tensor.dtype)
     numel = int(np.prod(tensor.shape, dtype=object))
     decoded_bytes = numel * dtypes.itemsize(tensor.dtype)
+    freqs = huffman.frequencies(tensor.codes, alphabet)
+    record.nonzeros = int(freqs[nonzero_code].sum())
     if not tensor.sparse:
-        freqs = huffman.frequencies(tensor.codes, alphabet)
-        record.nonzeros = int(freqs[nonzero_code].sum())
         payloads = _stream(record.codes, tensor.codes, freqs, chunk_size)
         if not _expansion_ok(decoded_bytes, len(payloads[0][1]) if payloads else 0):
             raise EncodeError(f"tensor {name!r} would decode to over {MAX_EXPANSION}x its stored size")
         return EncodedTensor(record, payloads)
-    freqs = huffman.frequencies(tensor.codes, alphabet)
-    record.nonzeros = int(freqs[nonzero_code].sum())
     if tensor.index_bits is None:
         candidates = range(gaps.best_index_bits(tensor.positions, tensor.codes, alphabet), 0, -1)
     else:
@@ -120,8 +118,8 @@ def _sparse_streams(
 ) -> list[tuple[pb.Section, bytes]]:
     entry_gaps, entry_codes = gaps.with_fillers(tensor.positions, tensor.codes, bits, tail_numel)
     record.index_bits = bits
-    code_freqs = np.bincount(entry_codes, minlength=tensor.codebook.size)
-    gap_freqs = np.bincount(entry_gaps, minlength=1 << bits)
+    code_freqs = huffman.frequencies(entry_codes, tensor.codebook.size)
+    gap_freqs = huffman.frequencies(entry_gaps, 1 << bits)
     return _stream(record.codes, entry_codes, code_freqs, chunk_size) + _stream(
         record.gaps, entry_gaps, gap_freqs, chunk_size
     )
@@ -132,7 +130,7 @@ def _stream(
 ) -> list[tuple[pb.Section, bytes]]:
     out.Clear()
     lengths = huffman.code_lengths(freqs)
-    coded = huffman.encode(symbols, lengths, chunk_size)
+    coded = huffman.encode(symbols, lengths, chunk_size, freqs)
     out.count = symbols.size
     out.code_lengths = lengths.tobytes()
     out.chunk_size = chunk_size

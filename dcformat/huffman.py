@@ -162,15 +162,21 @@ def frequencies(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     return freqs
 
 
-def encode(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> Stream:
-    """Huffman-code ``symbols`` with the table ``lengths``; a chunk starts every chunk_size symbols."""
+def encode(
+    symbols: np.ndarray, lengths: np.ndarray, chunk_size: int, freqs: np.ndarray | None = None
+) -> Stream:
+    """Huffman-code ``symbols`` with the table ``lengths``; a chunk starts every chunk_size symbols.
+
+    ``freqs``, the symbols' counts, saves counting them again when the caller has them.
+    """
     symbols = np.asarray(symbols).ravel()
     lengths = np.asarray(lengths, dtype=np.uint8)
     if np.count_nonzero(lengths) == 1:  # one symbol: code "0" of length 1
         bit_length = symbols.size
         offsets = np.arange(chunk_size, symbols.size, chunk_size, dtype=np.uint64)
         return Stream(bytes(-(-bit_length // 8)), bit_length, offsets)
-    freqs = frequencies(symbols, lengths.size)
+    if freqs is None:
+        freqs = frequencies(symbols, lengths.size)
     bit_length = encoded_bits(freqs, lengths)
     reversed_codes = _reverse(canonical_codes(lengths), lengths).astype(np.uint64)
     table_lengths = lengths.astype(np.uint64)
