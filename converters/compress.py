@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from dcformat import Quantized, Raw, dtypes, stored_size
+from dcformat import Quantized, Raw, dtypes
 
 from .arrays import float_values
 from .errors import ConvertError
 from .model_io import Kind, Weight
 from .pipeline.config import CompressionConfig, TensorPlan
+from .pipeline.encode import cheapest
 from .pipeline.quantize import SharedTensor, share_weights
 
 RAW_ZSTD_LEVEL = 3  # tensors stored exactly are zstd-compressed when that saves space
@@ -80,11 +81,10 @@ def compress(
         positions = np.flatnonzero(codes)
         coded.append(Quantized(shared.codebook, codes[positions], shape, positions, dtype=weight.dtype))
     if len(coded) == 1 and _coded_bound(coded[0], plan.bits) < weight.array.nbytes:
-        best = 0  # plainly smaller than the exact bytes: no need to encode it to know
+        chosen = coded[0]  # plainly smaller than the exact bytes: no need to encode it to know
     else:
-        sizes = [stored_size(c) for c in coded]
-        best = int(np.argmin(sizes))
-        if weight.array.nbytes <= sizes[best]:  # exact storage costs no more (before zstd)
+        chosen, size, _ = cheapest(weight.name, coded)
+        if weight.array.nbytes <= size:  # exact storage costs no more (before zstd)
             return exact, 0.0
     codebook = float_values(dtypes.convert_floats(shared.codebook, weight.dtype), weight.dtype)
     error = total = 0.0
@@ -92,7 +92,7 @@ def compress(
         values = float_values(block, weight.dtype).astype(np.float64)
         error += float(np.sum((values - codebook[block_codes]) ** 2))
         total += float(np.sum(values**2))
-    return coded[best], (error / total) ** 0.5 if total else 0.0
+    return chosen, (error / total) ** 0.5 if total else 0.0
 
 
 def share(flat: np.ndarray, dtype: str, plan: TensorPlan, config: CompressionConfig) -> SharedTensor:
