@@ -1,0 +1,353 @@
+"""Torch modules that compute on the compressed form of coded weights, never expanded to dense.
+
+``dcformat.torch.load_into(module, path, compressed=True)`` calls :func:`replace_coded`: each
+``nn.Linear`` and 1x1 ``nn.Conv2d`` whose weight the file stores coded is replaced by
+
+* :class:`SparseCodedLinear` / :class:`SparseCodedConv2d`: CSR row pointers, uint16 (or
+  uint32) column indices and uint8 codes, the codebook looked up in the kernel's inner loop;
+* :class:`LutCodedLinear`: one uint8 code per weight (dense codes, no index);
+
+or left dense, whichever :func:`choose` predicts fastest for batches up to ``max_batch``. The
+compressed form lives in registered buffers, so ``.to()``, ``state_dict()`` and memory
+accounting see it. Inference only: the outputs carry no gradient. On CPU with float32 inputs
+the native kernels of :mod:`dcformat.matvec` compute; elsewhere a torch fallback does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import matvec
+from .errors import DcnnError, FormatError
+from .reader import Codes, DcnnFile
+
+SPARSE, LUT, DENSE = "sparse", "lut", "dense"
+MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for
+
+# The cost model of choose(), nanoseconds on one thread, from the sweep that
+# `python benchmarks/matvec.py --sweep` prints (random matrices, not the table's layers):
+# a product costs CALL (per call) plus, per stored entry or weight, a part independent of the
+# batch and a part per batch column.
+_CALL_NS = {SPARSE: 6000.0, LUT: 6000.0, DENSE: 3000.0}
+_PER_ENTRY_NS = {SPARSE: (0.30, 0.10), LUT: (0.20, 0.06), DENSE: (0.12, 0.03)}
+_MARGIN = 0.85  # a compressed form must be predicted this much faster than dense to be chosen
+
+
+def predicted_ns(kind: str, rows: int, cols: int, nnz: int, batch: int) -> float:
+    """The cost model's time for one product of a ``rows x cols`` weight with ``nnz`` nonzeros."""
+    fixed, per_column = _PER_ENTRY_NS[kind]
+    entries = nnz if kind == SPARSE else rows * cols
+    return _CALL_NS[kind] + entries * (fixed + per_column * batch)
+
+
+def choose(rows: int, cols: int, nnz: int, *, dense_codes: bool, max_batch: int = MAX_BATCH) -> str:
+    """SPARSE, LUT or DENSE: the form predicted fastest at every batch from 1 to ``max_batch``.
+
+    A compressed form is chosen only where it is predicted at least 1/_MARGIN times faster
+    than dense at both ends of the range (the model is linear in the batch, so in between too);
+    LUT only for dense codes, where the weight has no index to skip zeros with.
+    """
+    candidates = [SPARSE] + ([LUT] if dense_codes else [])
+    best, best_ns = DENSE, None
+    for kind in candidates:
+        wins = all(
+            predicted_ns(kind, rows, cols, nnz, b) <= _MARGIN * predicted_ns(DENSE, rows, cols, nnz, b)
+            for b in (1, max_batch)
+        )
+        ns = predicted_ns(kind, rows, cols, nnz, max_batch)
+        if wins and (best_ns is None or ns < best_ns):
+            best, best_ns = kind, ns
+    return best
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), 64))
+
+
+def _native_ready(x: torch.Tensor, *buffers: torch.Tensor) -> bool:
+    return (
+        matvec.enabled()
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and all(b.device.type == "cpu" for b in buffers)
+        and buffers[-1].dtype == torch.float32  # the codebook
+    )
+
+
+def _call(kernel: Any, *args: Any) -> None:
+    try:
+        kernel(*args)
+    except ValueError as exc:
+        raise DcnnError(f"the compressed weight is inconsistent: {exc}", rule="usage") from None
+
+
+class _SparseForm(nn.Module):
+    """The sparse compressed form: buffers ``indptr``, ``cols``, ``codes`` and ``codebook``."""
+
+    def _init_form(
+        self,
+        rows: int,
+        cols: int,
+        indptr: np.ndarray,
+        columns: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+    ) -> None:
+        self.register_buffer("indptr", torch.from_numpy(np.ascontiguousarray(indptr, dtype=np.int64)))
+        signed = np.int16 if columns.itemsize == 2 else np.int32  # torch's index types are signed
+        self.register_buffer("cols", torch.from_numpy(np.ascontiguousarray(columns).view(signed)))
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)))
+        self.register_buffer("codebook", torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32)))
+        self._rows, self._cols = rows, cols
+
+    def _spmm(self, x3: torch.Tensor, transposed_out: bool) -> torch.Tensor:
+        """``W @ x3[n]`` for ``x3 [n, in, p]``: ``[n, rows, p]`` (or ``[n, p, rows]``)."""
+        n, _, p = x3.shape
+        if _native_ready(x3, self.indptr, self.cols, self.codes, self.codebook):
+            x3 = x3.detach().contiguous()
+            y = torch.empty((n, p, self._rows) if transposed_out else (n, self._rows, p), dtype=torch.float32)
+            if y.numel():
+                _call(
+                    matvec._matvec.spmm,
+                    self.indptr.numpy(),
+                    self.cols.numpy(),
+                    self.codes.numpy(),
+                    self.codebook.numpy(),
+                    x3.numpy(),
+                    y.numpy(),
+                    self._cols,
+                    p,
+                    n,
+                    transposed_out,
+                    _threads(),
+                )
+            return y
+        mask = 0xFFFF if self.cols.dtype == torch.int16 else 0xFFFFFFFF
+        values = self.codebook.to(x3.dtype)[self.codes.long()]
+        with warnings.catch_warnings():  # torch flags its CSR support as beta
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.sparse_csr_tensor(
+                self.indptr, self.cols.long() & mask, values, size=(self._rows, self._cols)
+            )
+            flat = x3.detach().permute(1, 0, 2).reshape(self._cols, n * p)
+            y = (w @ flat).reshape(self._rows, n, p)
+        return y.permute(1, 2, 0).contiguous() if transposed_out else y.permute(1, 0, 2).contiguous()
+
+    def stored_bytes(self) -> int:
+        """Bytes of the compressed form (bias excluded)."""
+        return sum(b.numel() * b.element_size() for b in (self.indptr, self.cols, self.codes, self.codebook))
+
+
+class SparseCodedLinear(_SparseForm):
+    """``nn.Linear`` computed on a sparse codebook weight (CSR indices, uint8 codes)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        indptr: np.ndarray,
+        cols: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_form(out_features, in_features, indptr, cols, codes, codebook)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = self._spmm(x2.t().unsqueeze(0), transposed_out=True)[0]
+        if self.bias is not None:
+            y += self.bias.detach()
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.codes.numel()}"
+
+
+class SparseCodedConv2d(_SparseForm):
+    """A 1x1 ``nn.Conv2d`` (no padding, one group) computed on a sparse codebook weight."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: tuple[int, int],
+        indptr: np.ndarray,
+        cols: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, tuple(stride)
+        self._init_form(out_channels, in_channels, indptr, cols, codes, codebook)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise RuntimeError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        n, c, h, w = x.shape
+        y = self._spmm(x.reshape(n, c, h * w), transposed_out=False)
+        if self.bias is not None:
+            y += self.bias.detach().view(1, -1, 1)
+        return y.view(n, self.out_channels, h, w)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, nnz={self.codes.numel()}"
+
+
+class LutCodedLinear(nn.Module):
+    """``nn.Linear`` computed on dense codes: one uint8 code per weight, looked up in a codebook."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(out_features, in_features)
+        self.register_buffer("codes", torch.from_numpy(codes))
+        self.register_buffer("codebook", torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32)))
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
+        lead = x.shape[:-1]
+        x2 = x.detach().reshape(-1, self.in_features)
+        if _native_ready(x2, self.codes, self.codebook):
+            x2 = x2.contiguous()
+            y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
+            if y.numel():
+                _call(
+                    matvec._matvec.lut,
+                    self.codes.numpy(),
+                    self.codebook.numpy(),
+                    x2.numpy(),
+                    y.numpy(),
+                    self.out_features,
+                    self.in_features,
+                    x2.shape[0],
+                    _threads(),
+                )
+        else:  # the fallback expands the weight for the duration of the call
+            y = x2 @ self.codebook.to(x2.dtype)[self.codes.long()].t()
+        if self.bias is not None:
+            y += self.bias.detach()
+        return y.reshape(*lead, self.out_features)
+
+    def stored_bytes(self) -> int:
+        """Bytes of the compressed form (bias excluded)."""
+        return self.codes.numel() + self.codebook.numel() * self.codebook.element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, codes=dense"
+
+
+def from_codes(layer: nn.Module, codes: Codes, kind: str) -> nn.Module:
+    """The compressed module of ``kind`` (SPARSE or LUT) for ``layer`` (nn.Linear or 1x1
+    nn.Conv2d) whose weight is ``codes``; the layer's bias Parameter object is kept."""
+    rows, cols = codes.shape[0], int(np.prod(codes.shape[1:], dtype=np.int64))
+    book = np.asarray(codes.codebook, dtype=np.float32)
+    if not 1 <= book.size <= matvec.MAX_CODEBOOK:
+        raise DcnnError(f"a codebook of {book.size} values does not fit uint8 codes", rule="usage")
+    if codes.codes.size and int(codes.codes.max()) >= book.size:
+        raise FormatError("a code lies outside the codebook", rule="codes")
+    bias = layer.bias
+    if kind == LUT:
+        if codes.positions is not None or not isinstance(layer, nn.Linear):
+            raise DcnnError("LUT is for the dense codes of a linear layer", rule="usage")
+        return LutCodedLinear(cols, rows, codes.codes.astype(np.uint8), book, bias)
+    if codes.positions is not None:
+        positions, entry_codes = codes.positions, codes.codes
+    else:  # dense codes: keep the entries whose value is nonzero
+        flat = codes.codes.reshape(-1)
+        positions = np.flatnonzero(book[flat] != 0)
+        entry_codes = flat[positions]
+    indptr, columns = matvec.csr_of(positions, rows, cols)
+    entry_codes = entry_codes.astype(np.uint8)
+    if isinstance(layer, nn.Linear):
+        return SparseCodedLinear(cols, rows, indptr, columns, entry_codes, book, bias)
+    stride = tuple(int(s) for s in layer.stride)
+    return SparseCodedConv2d(cols, rows, stride, indptr, columns, entry_codes, book, bias)
+
+
+def replace_coded(
+    module: nn.Module, f: DcnnFile, names: Collection[str], max_batch: int = MAX_BATCH
+) -> set[str]:
+    """Replace the eligible layers of ``module`` whose ``weight`` is among ``names`` and stored
+    coded in ``f`` by compressed modules where :func:`choose` says so; return the weight names
+    replaced (their other tensors, such as the bias, are still to be loaded)."""
+    params = module.state_dict(keep_vars=True)
+    owners: dict[int, int] = {}
+    for value in params.values():
+        owners[id(value)] = owners.get(id(value), 0) + 1
+    new_layers: dict[str, nn.Module] = {}
+    for prefix, layer in list(module.named_modules()):
+        name = f"{prefix}.weight" if prefix else "weight"
+        eligible = prefix and _eligible(layer) and owners.get(id(layer.weight), 0) == 1
+        if name not in names or not eligible:
+            continue
+        info = f.info(name)
+        if info.encoding == "RAW" or info.dtype != "float32" or info.weight_bits > 8:
+            continue
+        rows, cols = info.shape[0], info.numel // max(info.shape[0], 1)
+        kind = choose(
+            rows, cols, info.nonzeros, dense_codes=info.encoding == "DENSE_CODES", max_batch=max_batch
+        )
+        if kind == DENSE or (kind == LUT and not isinstance(layer, nn.Linear)):
+            continue
+        codes = f.get_codes(name)
+        if f.verify:
+            found = int(np.count_nonzero((codes.codebook != 0)[codes.codes]))
+            if found != info.nonzeros:
+                raise FormatError(
+                    f"{found} nonzeros decoded, {info.nonzeros} declared",
+                    rule="nonzeros",
+                    path=f.path,
+                    tensor=name,
+                )
+        try:
+            new = from_codes(layer, codes, kind)
+        except DcnnError as exc:
+            raise exc.located(path=f.path, tensor=name) from None
+        new_layers[prefix] = new
+    for prefix, new in new_layers.items():  # swapped in only once every weight has decoded
+        _set_submodule(module, prefix, new)
+    return {f"{prefix}.weight" for prefix in new_layers}
+
+
+def _eligible(layer: nn.Module) -> bool:
+    """Exactly nn.Linear, or an nn.Conv2d with a 1x1 kernel, one group and no padding; float32
+    on the CPU (subclasses may read ``.weight`` themselves, as attention's out_proj does)."""
+    if type(layer) is nn.Linear:
+        ok = True
+    elif type(layer) is nn.Conv2d:
+        ok = tuple(layer.kernel_size) == (1, 1) and layer.groups == 1 and tuple(layer.padding) == (0, 0)
+    else:
+        return False
+    return ok and layer.weight.dtype == torch.float32 and layer.weight.device.type == "cpu"
+
+
+def _set_submodule(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent_name, _, child = path.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, child, new)
