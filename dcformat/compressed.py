@@ -70,14 +70,29 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), 64))
 
 
-def _native_ready(x: torch.Tensor, *buffers: torch.Tensor) -> bool:
-    return (
-        matvec.enabled()
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and all(b.device.type == "cpu" for b in buffers)
-        and buffers[-1].dtype == torch.float32  # the codebook
-    )
+def _native_arrays(module: nn.Module, names: tuple[str, ...]) -> tuple[np.ndarray | None, ...] | None:
+    """numpy views of the module's form buffers and its bias (None when it has none) for the
+    native kernels, or None where they cannot run (no kernels, tensors off the CPU or not
+    float32 values). Cached while the tensor objects and their versions (bumped by every
+    in-place change) stay the same."""
+    if not matvec.enabled():
+        return None
+    bias = module._parameters.get("bias")
+    tensors = [module._buffers[name] for name in names] + [bias]
+    key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+    cached = module.__dict__.get("_arrays")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    present = [t for t in tensors if t is not None]
+    ready = all(t.device.type == "cpu" for t in present) and tensors[-2].dtype == torch.float32
+    ready = ready and (bias is None or bias.dtype == torch.float32)
+    arrays = tuple(t.detach().numpy() if t is not None else None for t in tensors) if ready else None
+    module.__dict__["_arrays"] = (key, arrays)
+    return arrays
+
+
+def _cpu_float32(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu"
 
 
 def _call(kernel: Any, *args: Any) -> None:
@@ -106,28 +121,25 @@ class _SparseForm(nn.Module):
         self.register_buffer("codebook", torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32)))
         self._rows, self._cols = rows, cols
 
-    def _spmm(self, x3: torch.Tensor, transposed_out: bool) -> torch.Tensor:
-        """``W @ x3[n]`` for ``x3 [n, in, p]``: ``[n, rows, p]`` (or ``[n, p, rows]``)."""
+    def _spmm_native(self, x3: np.ndarray, transposed_out: bool) -> np.ndarray | None:
+        """``W @ x3[n] + bias`` by the native kernel for float32 ``x3 [n, in, p]``: ``[n, rows, p]``
+        (or ``[n, p, rows]``); None where the kernel cannot run."""
+        arrays = _native_arrays(self, ("indptr", "cols", "codes", "codebook"))
+        if arrays is None:
+            return None
         n, _, p = x3.shape
-        if _native_ready(x3, self.indptr, self.cols, self.codes, self.codebook):
-            x3 = x3.detach().contiguous()
-            y = torch.empty((n, p, self._rows) if transposed_out else (n, self._rows, p), dtype=torch.float32)
-            if y.numel():
-                _call(
-                    matvec._matvec.spmm,
-                    self.indptr.numpy(),
-                    self.cols.numpy(),
-                    self.codes.numpy(),
-                    self.codebook.numpy(),
-                    x3.numpy(),
-                    y.numpy(),
-                    self._cols,
-                    p,
-                    n,
-                    transposed_out,
-                    _threads(),
-                )
-            return y
+        y = np.empty((n, p, self._rows) if transposed_out else (n, self._rows, p), dtype=np.float32)
+        if y.size:
+            args = (self._cols, p, n, transposed_out, _threads())
+            _call(matvec._matvec.spmm, *arrays[:4], np.ascontiguousarray(x3), y, *args)
+        bias = arrays[4]
+        if bias is not None:
+            y += bias if transposed_out else bias[:, None]
+        return y
+
+    def _spmm_torch(self, x3: torch.Tensor, transposed_out: bool) -> torch.Tensor:
+        """The torch fallback of _spmm_native (any device and float dtype)."""
+        n, _, p = x3.shape
         mask = 0xFFFF if self.cols.dtype == torch.int16 else 0xFFFFFFFF
         values = self.codebook.to(x3.dtype)[self.codes.long()]
         with warnings.catch_warnings():  # torch flags its CSR support as beta
@@ -137,6 +149,8 @@ class _SparseForm(nn.Module):
             )
             flat = x3.detach().permute(1, 0, 2).reshape(self._cols, n * p)
             y = (w @ flat).reshape(self._rows, n, p)
+        if self.bias is not None:
+            y = y + self.bias.detach().to(y.dtype).view(-1, 1, 1)
         return y.permute(1, 2, 0).contiguous() if transposed_out else y.permute(1, 0, 2).contiguous()
 
     def stored_bytes(self) -> int:
@@ -166,11 +180,13 @@ class SparseCodedLinear(_SparseForm):
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        y = self._spmm(x2.t().unsqueeze(0), transposed_out=True)[0]
-        if self.bias is not None:
-            y += self.bias.detach()
-        return y.reshape(*lead, self.out_features)
+        if _cpu_float32(x):
+            x2 = x.detach().numpy().reshape(-1, self.in_features)
+            y = self._spmm_native(x2.T[None], transposed_out=True)
+            if y is not None:
+                return torch.from_numpy(y).view(*lead, self.out_features)
+        y = self._spmm_torch(x.reshape(-1, self.in_features).t().unsqueeze(0), transposed_out=True)
+        return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.codes.numel()}"
@@ -201,10 +217,11 @@ class SparseCodedConv2d(_SparseForm):
         if self.stride != (1, 1):
             x = x[:, :, :: self.stride[0], :: self.stride[1]]
         n, c, h, w = x.shape
-        y = self._spmm(x.reshape(n, c, h * w), transposed_out=False)
-        if self.bias is not None:
-            y += self.bias.detach().view(1, -1, 1)
-        return y.view(n, self.out_channels, h, w)
+        if _cpu_float32(x):
+            y = self._spmm_native(x.detach().numpy().reshape(n, c, h * w), transposed_out=False)
+            if y is not None:
+                return torch.from_numpy(y).view(n, self.out_channels, h, w)
+        return self._spmm_torch(x.reshape(n, c, h * w), transposed_out=False).view(n, self.out_channels, h, w)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, nnz={self.codes.numel()}"
@@ -232,27 +249,21 @@ class LutCodedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
         lead = x.shape[:-1]
-        x2 = x.detach().reshape(-1, self.in_features)
-        if _native_ready(x2, self.codes, self.codebook):
-            x2 = x2.contiguous()
-            y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
-            if y.numel():
-                _call(
-                    matvec._matvec.lut,
-                    self.codes.numpy(),
-                    self.codebook.numpy(),
-                    x2.numpy(),
-                    y.numpy(),
-                    self.out_features,
-                    self.in_features,
-                    x2.shape[0],
-                    _threads(),
-                )
-        else:  # the fallback expands the weight for the duration of the call
-            y = x2 @ self.codebook.to(x2.dtype)[self.codes.long()].t()
+        arrays = _native_arrays(self, ("codes", "codebook")) if _cpu_float32(x) else None
+        if arrays is not None:
+            x2 = np.ascontiguousarray(x.detach().numpy().reshape(-1, self.in_features))
+            y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
+            if y.size:
+                args = (self.out_features, self.in_features, x2.shape[0], _threads())
+                _call(matvec._matvec.lut, *arrays[:2], x2, y, *args)
+            if arrays[2] is not None:
+                y += arrays[2]
+            return torch.from_numpy(y).view(*lead, self.out_features)
+        # the fallback expands the weight for the duration of the call
+        y = x.detach().reshape(-1, self.in_features) @ self.codebook.to(x.dtype)[self.codes.long()].t()
         if self.bias is not None:
-            y += self.bias.detach()
-        return y.reshape(*lead, self.out_features)
+            y = y + self.bias.detach().to(y.dtype)
+        return y.view(*lead, self.out_features)
 
     def stored_bytes(self) -> int:
         """Bytes of the compressed form (bias excluded)."""
