@@ -32,6 +32,7 @@
 #include <immintrin.h>
 #define HAVE_X86 1
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 #define TABLE 256
@@ -52,7 +53,8 @@ typedef struct {
     uint32_t bad;
 } Job;
 
-static int use_avx512 = 0;
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512 };
+static int isa = ISA_GENERIC; /* the widest instruction set the kernels use, chosen at import */
 
 /* ---- sparse ------------------------------------------------------------------------------------
  * Each row's column indices are checked (a vectorizable max) before the row is computed, so the
@@ -123,12 +125,14 @@ typedef struct {
 } Kernels;
 static const int BLOCK_WIDTHS[6] = {32, 16, 8, 4, 2, 1};
 
-#define DEF_KERNELS(COLT, SUF, ATTR)                                                            \
+/* V16 x N16 hold 16 floats, V8 x N8 hold 8, in the registers of the instruction set (a vector
+ * type wider than them would be split through memory). */
+#define DEF_KERNELS(COLT, SUF, ATTR, V16, N16, V8, N8)                                          \
     DEF_ROWMAX(rowmax_##SUF, COLT, ATTR)                                                        \
     DEF_DOT(dot_##SUF, COLT, ATTR)                                                              \
-    DEF_BLOCK(block32_##SUF, COLT, v16f, 2, ATTR)                                               \
-    DEF_BLOCK(block16_##SUF, COLT, v16f, 1, ATTR)                                               \
-    DEF_BLOCK(block8_##SUF, COLT, v8f, 1, ATTR)                                                 \
+    DEF_BLOCK(block32_##SUF, COLT, V16, 2 * N16, ATTR)                                          \
+    DEF_BLOCK(block16_##SUF, COLT, V16, N16, ATTR)                                              \
+    DEF_BLOCK(block8_##SUF, COLT, V8, N8, ATTR)                                                 \
     DEF_BLOCK(block4_##SUF, COLT, v4f, 1, ATTR)                                                 \
     DEF_BLOCK(block2_##SUF, COLT, v2f, 1, ATTR)                                                 \
     DEF_BLOCK(block1_##SUF, COLT, float, 1, ATTR)                                               \
@@ -136,12 +140,14 @@ static const int BLOCK_WIDTHS[6] = {32, 16, 8, 4, 2, 1};
                                           {block32_##SUF, block16_##SUF, block8_##SUF,          \
                                            block4_##SUF, block2_##SUF, block1_##SUF}};
 
-DEF_KERNELS(uint16_t, c16, )
-DEF_KERNELS(uint32_t, c32, )
+DEF_KERNELS(uint16_t, c16, , v4f, 4, v4f, 2)
+DEF_KERNELS(uint32_t, c32, , v4f, 4, v4f, 2)
 
 #ifdef HAVE_X86
-DEF_KERNELS(uint16_t, c16_avx512, AVX512)
-DEF_KERNELS(uint32_t, c32_avx512, AVX512)
+DEF_KERNELS(uint16_t, c16_avx2, AVX2, v8f, 2, v8f, 1)
+DEF_KERNELS(uint32_t, c32_avx2, AVX2, v8f, 2, v8f, 1)
+DEF_KERNELS(uint16_t, c16_avx512, AVX512, v16f, 1, v8f, 1)
+DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
 
 /* p == 1 on AVX-512: 32 entries a step, codes and columns widened, x gathered, the codebook
  * permuted from two registers when it has at most 32 values, else gathered. */
@@ -184,7 +190,8 @@ static void spmm_rows(Job *j) {
     const void *cols = wide ? (const void *)j->cols32 : (const void *)j->cols16;
     Kernels k = wide ? kernels_c32 : kernels_c16;
 #ifdef HAVE_X86
-    if (use_avx512) {
+    if (isa == ISA_AVX2) k = wide ? kernels_c32_avx2 : kernels_c16_avx2;
+    if (isa == ISA_AVX512) {
         k = wide ? kernels_c32_avx512 : kernels_c16_avx512;
         /* signed 32-bit gather indices: columns must stay below 2^31 */
         if (j->in <= INT32_MAX) k.dot = wide ? dot32_avx512 : dot16_avx512;
@@ -220,19 +227,25 @@ static void spmm_rows(Job *j) {
 
 /* ---- dense codes: y[b, r] = sum_c table[codes[r, c]] x[b, c] ------------------------------- */
 
-static void lut_row_scalar(const uint8_t *codes, const float *table, const float *x, int64_t in, int64_t nb,
-                           float *wrow, float *out) {
-    for (int64_t c = 0; c < in; c++) wrow[c] = table[codes[c]];
-    for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * in;
-        float a[8] = {0};
-        int64_t c = 0;
-        for (; c + 8 <= in; c += 8)
-            for (int u = 0; u < 8; u++) a[u] += wrow[c + u] * xb[c + u];
-        for (; c < in; c++) a[0] += wrow[c] * xb[c];
-        out[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+#define DEF_LUT_ROW(NAME, ATTR)                                                                  \
+    ATTR static void NAME(const uint8_t *codes, const float *table, const float *x, int64_t in,  \
+                          int64_t nb, float *wrow, float *out) {                                 \
+        for (int64_t c = 0; c < in; c++) wrow[c] = table[codes[c]];                              \
+        for (int64_t b = 0; b < nb; b++) {                                                       \
+            const float *xb = x + b * in;                                                        \
+            float a[8] = {0};                                                                    \
+            int64_t c = 0;                                                                       \
+            for (; c + 8 <= in; c += 8)                                                          \
+                for (int u = 0; u < 8; u++) a[u] += wrow[c + u] * xb[c + u];                    \
+            for (; c < in; c++) a[0] += wrow[c] * xb[c];                                         \
+            out[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));          \
+        }                                                                                        \
     }
-}
+
+DEF_LUT_ROW(lut_row_generic, )
+#ifdef HAVE_X86
+DEF_LUT_ROW(lut_row_avx2, AVX2)
+#endif
 
 #ifdef HAVE_X86
 /* Up to 4 batch rows per pass: 16 codes decoded (permute or gather), then one FMA per row. */
@@ -269,8 +282,8 @@ AVX512 static void lut_row_avx512(const uint8_t *codes, const float *table, cons
 
 static void lut_rows(Job *j) {
     float *wrow = NULL, *out = malloc((size_t)j->p * sizeof(float));
-    if (!use_avx512) wrow = malloc((size_t)(j->in ? j->in : 1) * sizeof(float));
-    if (!out || (!use_avx512 && !wrow)) {
+    if (isa != ISA_AVX512) wrow = malloc((size_t)(j->in ? j->in : 1) * sizeof(float));
+    if (!out || (isa != ISA_AVX512 && !wrow)) {
         j->bad = 2;
         free(out);
         free(wrow);
@@ -279,11 +292,13 @@ static void lut_rows(Job *j) {
     for (int64_t r = j->r0; r < j->r1; r++) {
         const uint8_t *codes = j->codes + r * j->in;
 #ifdef HAVE_X86
-        if (use_avx512)
+        if (isa == ISA_AVX512)
             lut_row_avx512(codes, j->table, j->x, j->in, j->p, j->k_small, out);
+        else if (isa == ISA_AVX2)
+            lut_row_avx2(codes, j->table, j->x, j->in, j->p, wrow, out);
         else
 #endif
-            lut_row_scalar(codes, j->table, j->x, j->in, j->p, wrow, out);
+            lut_row_generic(codes, j->table, j->x, j->in, j->p, wrow, out);
         for (int64_t b = 0; b < j->p; b++) j->y[b * j->rows + r] = out[b];
     }
     free(out);
@@ -498,26 +513,33 @@ done:;
 }
 
 static PyObject *py_features(PyObject *self, PyObject *noargs) {
-    return Py_BuildValue("{s:O}", "avx512", use_avx512 ? Py_True : Py_False);
+    static const char *names[] = {"generic", "avx2", "avx512"};
+    return Py_BuildValue("{s:s}", "isa", names[isa]);
 }
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS,
      "spmm(indptr, cols, codes, codebook, x, y, in, p, n, y_transposed, threads): sparse codebook product"},
     {"lut", py_lut, METH_VARARGS, "lut(codes, codebook, x, y, rows, in, b, threads): dense-codes product"},
-    {"features", py_features, METH_NOARGS, "The instruction sets the kernels use."},
+    {"features", py_features, METH_NOARGS, "The instruction set the kernels use."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "dcformat._matvec", "Products on codebook-compressed weights.", -1, methods,
 };
 
+/* DCNN_MATVEC_ISA=generic|avx2 caps the instruction set (to test every path on one machine). */
 PyMODINIT_FUNC PyInit__matvec(void) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
-    use_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
-                 getenv("DCNN_NO_AVX512") == NULL;
+    const char *cap = getenv("DCNN_MATVEC_ISA");
+    int most = ISA_AVX512;
+    if (cap && strcmp(cap, "generic") == 0) most = ISA_GENERIC;
+    if (cap && strcmp(cap, "avx2") == 0) most = ISA_AVX2;
+    if (most >= ISA_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = ISA_AVX2;
+    if (most >= ISA_AVX512 && isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        isa = ISA_AVX512;
 #endif
     return PyModule_Create(&module);
 }

@@ -3,6 +3,10 @@ reference, the compressed torch modules against dense ones, and load_into(compre
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +262,37 @@ def test_strict_missing_and_shape_mismatch_as_dense(scratch):
     with pytest.raises(dcformat.DcnnError, match="shape"):
         dcformat.torch.load_into(wrong, path, compressed=True)
     assert type(wrong.fc) is torch.nn.Linear
+
+
+TIER_CHECK = """
+import os, numpy as np
+from dcformat import matvec
+rng = np.random.default_rng(7)
+rows, cols = 300, 2000
+positions = np.flatnonzero(rng.random(rows * cols) < 0.1)
+book = rng.standard_normal(40).astype(np.float32)
+codes = rng.integers(0, 40, positions.size).astype(np.uint8)
+indptr, columns = matvec.csr_of(positions, rows, cols)
+dense_codes = rng.integers(0, 40, (rows, cols)).astype(np.uint8)
+xs = [rng.standard_normal((2, cols, p)).astype(np.float32) for p in (1, 5, 16, 33)]
+x2 = rng.standard_normal((3, cols)).astype(np.float32)
+got = []
+for no_native in ("0", "1"):
+    os.environ["DCNN_NO_NATIVE"] = no_native
+    out = [matvec.spmm(indptr, columns, codes, book, x, threads=2) for x in xs]
+    got.append([*out, matvec.lut(dense_codes, book, x2, threads=2)])
+print(matvec.features()["isa"], max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(*got)))
+"""
+
+
+@pytest.mark.skipif(not matvec.AVAILABLE, reason="the native kernels are not built")
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_every_instruction_set_path_matches_numpy(isa):
+    """The kernels' narrower paths (chosen at import; capped by DCNN_MATVEC_ISA) agree too."""
+    env = dict(os.environ, DCNN_MATVEC_ISA=isa)
+    run = subprocess.run(
+        [sys.executable, "-c", TIER_CHECK], env=env, capture_output=True, text=True, check=True
+    )
+    used, error = run.stdout.split()
+    assert used in (isa, "generic")  # a machine without AVX2 runs the generic path
+    assert float(error) < 1e-5
