@@ -210,12 +210,13 @@ def run_model(model: str, rounds: int, rng: np.random.Generator, tmp: Path) -> l
 
 
 def sweep(rounds: int, rng: np.random.Generator) -> None:
-    """Dense, sparse and LUT times over shapes and densities unlike the table's, and the cost
-    model fitted to them (the constants of dcformat.compressed)."""
+    """Dense, sparse and LUT times over shapes and densities unlike the table's, and the per-entry
+    costs they give next to the constants of dcformat.compressed's cost model."""
     shapes = [(256, 256), (128, 1000), (512, 2048), (2048, 1024), (3000, 6000), (1024, 12000), (8000, 2000)]
     densities = [0.02, 0.05, 0.1, 0.2, 0.35, 0.5]
     batches = [1, 2, 4, 8, 16]
-    points: dict[str, list[tuple[int, int, float]]] = {"sparse": [], "lut": [], "dense": []}
+    # kind: (entries, weights, batch, seconds)
+    points: dict[str, list[tuple[int, int, int, float]]] = {"sparse": [], "lut": [], "dense": []}
     print(
         "| shape | batch | dense ms | lut ms | sparse ms at densities "
         + " ".join(f"{d:.0%}" for d in densities)
@@ -241,25 +242,30 @@ def sweep(rounds: int, rng: np.random.Generator) -> None:
             methods = {"dense": partial(dense, x), "lut": partial(lut, x)}
             methods |= {f"s{i}": partial(m, x) for i, m in enumerate(sparse)}
             best = {k: min(v) for k, v in timed(methods, rounds).items()}
-            points["dense"].append((rows * cols, batch, best["dense"]))
-            points["lut"].append((rows * cols, batch, best["lut"]))
+            points["dense"].append((rows * cols, rows * cols, batch, best["dense"]))
+            points["lut"].append((rows * cols, rows * cols, batch, best["lut"]))
             for i, m in enumerate(sparse):
-                points["sparse"].append((m.codes.numel(), batch, best[f"s{i}"]))
+                points["sparse"].append((m.codes.numel(), rows * cols, batch, best[f"s{i}"]))
             print(
                 f"| {rows}x{cols} | {batch} | {best['dense'] * 1e3:.3f} | {best['lut'] * 1e3:.3f} | "
                 + " ".join(f"{best[f's{i}'] * 1e3:.3f}" for i in range(len(sparse)))
                 + " |"
             )
-    print("\nFitted cost model, t = call + entries * (fixed + per_column * batch), relative least squares:")
-    for kind, pts in points.items():
-        a = np.array([[1.0, e, e * b] for e, b, _ in pts])
-        t = np.array([s * 1e9 for *_, s in pts])
-        coef, *_ = np.linalg.lstsq(a / t[:, None], np.ones_like(t), rcond=None)
-        fit = a @ coef
-        print(
-            f"  {kind}: call {coef[0]:.0f} ns, fixed {coef[1]:.3f} ns, per column {coef[2]:.3f} ns "
-            f"(median |error| {np.median(np.abs(fit / t - 1)):.0%})"
-        )
+    print(
+        "\nns per entry (sparse: stored entry; dense, LUT: weight) after the per-call cost, median over"
+        f" the layers of {compressed.MIN_WEIGHTS} weights or more (dcformat.compressed's model in brackets):"
+    )
+    print("| batch | " + " | ".join(points) + " |\n|---:|" + "---:|" * len(points))
+    for batch in batches:
+        cells = []
+        for kind, pts in points.items():
+            big = [
+                (t * 1e9 - compressed._CALL_NS[kind]) / e
+                for e, w, b, t in pts
+                if b == batch and w >= compressed.MIN_WEIGHTS and e
+            ]
+            cells.append(f"{statistics.median(big):.3f} ({compressed._per_entry_ns(kind, batch):.3f})")
+        print(f"| {batch} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

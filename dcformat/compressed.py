@@ -30,40 +30,59 @@ from .reader import Codes, DcnnFile
 SPARSE, LUT, DENSE = "sparse", "lut", "dense"
 MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for
 
-# The cost model of choose(), nanoseconds on one thread, from the sweep that
-# `python benchmarks/matvec.py --sweep` prints (random matrices, not the table's layers):
-# a product costs CALL (per call) plus, per stored entry or weight, a part independent of the
-# batch and a part per batch column.
-_CALL_NS = {SPARSE: 6000.0, LUT: 6000.0, DENSE: 3000.0}
-_PER_ENTRY_NS = {SPARSE: (0.30, 0.10), LUT: (0.20, 0.06), DENSE: (0.12, 0.03)}
-_MARGIN = 0.85  # a compressed form must be predicted this much faster than dense to be chosen
+# The cost model of choose(), from `python benchmarks/matvec.py --sweep` (random matrices of
+# other shapes than the table's, one thread): nanoseconds per stored entry (sparse) or weight
+# (dense, LUT) at batch b, and per call. Sparse runs a gather kernel at batch 1.
+_CALL_NS = {SPARSE: 20000.0, LUT: 20000.0, DENSE: 8000.0}
+MIN_WEIGHTS = 1 << 18  # below this a layer stays dense: cache-resident, it runs in a few us
+MARGIN = 0.85  # a compressed form must be predicted this much faster than dense to be chosen
+CONV_MAX_DENSITY = 0.05  # 1x1 convolutions: sparse only at or below this density ...
+CONV_MAX_PIXELS = 256  # ... and on feature maps this small (measured: loses at 56x56)
+
+
+def _per_entry_ns(kind: str, batch: int) -> float:
+    if kind == SPARSE:
+        return 0.5 if batch == 1 else 0.65 + 0.03 * batch
+    if kind == LUT:
+        return 0.13 + 0.04 * batch
+    return 0.2 + 0.025 * batch
 
 
 def predicted_ns(kind: str, rows: int, cols: int, nnz: int, batch: int) -> float:
     """The cost model's time for one product of a ``rows x cols`` weight with ``nnz`` nonzeros."""
-    fixed, per_column = _PER_ENTRY_NS[kind]
     entries = nnz if kind == SPARSE else rows * cols
-    return _CALL_NS[kind] + entries * (fixed + per_column * batch)
+    return _CALL_NS[kind] + entries * _per_entry_ns(kind, batch)
 
 
 def choose(rows: int, cols: int, nnz: int, *, dense_codes: bool, max_batch: int = MAX_BATCH) -> str:
-    """SPARSE, LUT or DENSE: the form predicted fastest at every batch from 1 to ``max_batch``.
+    """SPARSE, LUT or DENSE for a linear layer: the form predicted fastest at every batch from
+    1 to ``max_batch``.
 
-    A compressed form is chosen only where it is predicted at least 1/_MARGIN times faster
-    than dense at both ends of the range (the model is linear in the batch, so in between too);
-    LUT only for dense codes, where the weight has no index to skip zeros with.
+    A compressed form is chosen only for layers of MIN_WEIGHTS or more, where it is predicted
+    at least 1/MARGIN times faster than dense at each batch of the range; LUT only for dense
+    codes (a weight with no index to skip zeros with); the faster of the two at ``max_batch``.
     """
-    candidates = [SPARSE] + ([LUT] if dense_codes else [])
+    if rows * cols < MIN_WEIGHTS:
+        return DENSE
     best, best_ns = DENSE, None
-    for kind in candidates:
+    for kind in [SPARSE] + ([LUT] if dense_codes else []):
         wins = all(
-            predicted_ns(kind, rows, cols, nnz, b) <= _MARGIN * predicted_ns(DENSE, rows, cols, nnz, b)
-            for b in (1, max_batch)
+            predicted_ns(kind, rows, cols, nnz, b) <= MARGIN * predicted_ns(DENSE, rows, cols, nnz, b)
+            for b in range(1, max_batch + 1)
         )
         ns = predicted_ns(kind, rows, cols, nnz, max_batch)
         if wins and (best_ns is None or ns < best_ns):
             best, best_ns = kind, ns
     return best
+
+
+def choose_conv(rows: int, cols: int, nnz: int, pixels: int) -> str:
+    """SPARSE or DENSE for a 1x1 convolution on feature maps of ``pixels`` pixels: dense GEMM
+    is compute-bound there (about 0.02 ns per weight and pixel against the sparse kernel's
+    0.1 to 0.5 ns per entry and pixel), so sparse pays only when very sparse on small maps."""
+    density = nnz / max(rows * cols, 1)
+    ok = rows * cols >= MIN_WEIGHTS // 4 and density <= CONV_MAX_DENSITY and pixels <= CONV_MAX_PIXELS
+    return SPARSE if ok else DENSE
 
 
 def _threads() -> int:
@@ -302,11 +321,17 @@ def from_codes(layer: nn.Module, codes: Codes, kind: str) -> nn.Module:
 
 
 def replace_coded(
-    module: nn.Module, f: DcnnFile, names: Collection[str], max_batch: int = MAX_BATCH
+    module: nn.Module,
+    f: DcnnFile,
+    names: Collection[str],
+    max_batch: int = MAX_BATCH,
+    conv_pixels: int | None = None,
 ) -> set[str]:
     """Replace the eligible layers of ``module`` whose ``weight`` is among ``names`` and stored
     coded in ``f`` by compressed modules where :func:`choose` says so; return the weight names
-    replaced (their other tensors, such as the bias, are still to be loaded)."""
+    replaced (their other tensors, such as the bias, are still to be loaded). 1x1 convolutions
+    are considered only given ``conv_pixels``, the feature map size they will run on (see
+    :func:`choose_conv`); load_into(compressed=True) leaves them dense."""
     params = module.state_dict(keep_vars=True)
     owners: dict[int, int] = {}
     for value in params.values():
@@ -315,16 +340,18 @@ def replace_coded(
     for prefix, layer in list(module.named_modules()):
         name = f"{prefix}.weight" if prefix else "weight"
         eligible = prefix and _eligible(layer) and owners.get(id(layer.weight), 0) == 1
-        if name not in names or not eligible:
+        if name not in names or not eligible or (isinstance(layer, nn.Conv2d) and conv_pixels is None):
             continue
         info = f.info(name)
         if info.encoding == "RAW" or info.dtype != "float32" or info.weight_bits > 8:
             continue
         rows, cols = info.shape[0], info.numel // max(info.shape[0], 1)
-        kind = choose(
-            rows, cols, info.nonzeros, dense_codes=info.encoding == "DENSE_CODES", max_batch=max_batch
-        )
-        if kind == DENSE or (kind == LUT and not isinstance(layer, nn.Linear)):
+        if isinstance(layer, nn.Conv2d):
+            kind = choose_conv(rows, cols, info.nonzeros, conv_pixels)
+        else:
+            dense_codes = info.encoding == "DENSE_CODES"
+            kind = choose(rows, cols, info.nonzeros, dense_codes=dense_codes, max_batch=max_batch)
+        if kind == DENSE:
             continue
         codes = f.get_codes(name)
         if f.verify:

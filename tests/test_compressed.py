@@ -296,3 +296,21 @@ def test_every_instruction_set_path_matches_numpy(isa):
     used, error = run.stdout.split()
     assert used in (isa, "generic")  # a machine without AVX2 runs the generic path
     assert float(error) < 1e-5
+
+
+def test_conv1x1_replaced_only_when_asked_and_sparse_enough(scratch):
+    rng = np.random.default_rng(8)
+    _, positions, codes, book = sparse_weight(rng, 512, 256, 0.03, 16)
+    path = scratch / "conv.dcnn"
+    q = dcformat.Quantized(book, codes, (512, 256, 1, 1), positions=positions)
+    dcformat.save_file({"conv.weight": q}, path)
+    module = torch.nn.Module()
+    module.conv = torch.nn.Conv2d(256, 512, 1, bias=False)
+    dcformat.torch.load_into(module, path, compressed=True)
+    assert type(module.conv) is torch.nn.Conv2d  # the feature map size is unknown there
+    with dcformat.safe_open(path) as f:
+        assert compressed.replace_coded(module, f, ["conv.weight"], conv_pixels=7 * 7) == {"conv.weight"}
+        assert isinstance(module.conv, compressed.SparseCodedConv2d)
+        big = torch.nn.Module()
+        big.conv = torch.nn.Conv2d(256, 512, 1, bias=False)
+        assert compressed.replace_coded(big, f, ["conv.weight"], conv_pixels=56 * 56) == set()
