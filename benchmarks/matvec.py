@@ -18,6 +18,7 @@ torch CSR (int64 indices, float32 values); dcnn (the chosen form). "err" is the 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -278,7 +279,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     native = f"native kernels: {matvec.enabled()} {matvec.features()}"
-    print(f"torch {torch.__version__}, {args.threads} threads, {native}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    machine = f"{os.cpu_count()} CPUs, load average {load}"
+    print(f"torch {torch.__version__}, {args.threads} threads, {native}; {machine}")
     if args.sweep:
         sweep(args.rounds, rng)
         return
