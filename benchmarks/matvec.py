@@ -117,15 +117,17 @@ def form(module: nn.Module) -> str:
 
 
 def timed(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each method: a warm-up call each, then interleaved rounds."""
+    """Seconds per call of each method: a warm-up call each, then rounds in which the methods
+    take turns, the order rotating from round to round (no method always follows another)."""
     times: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
     with torch.inference_mode():
         for fn in methods.values():
             fn()
-        for _ in range(rounds):
-            for name, fn in methods.items():
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 start = time.perf_counter()
-                fn()
+                methods[name]()
                 times[name].append(time.perf_counter() - start)
     return times
 

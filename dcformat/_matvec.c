@@ -248,35 +248,50 @@ DEF_LUT_ROW(lut_row_avx2, AVX2)
 #endif
 
 #ifdef HAVE_X86
-/* Up to 4 batch rows per pass: 16 codes decoded (permute or gather), then one FMA per row. */
+/* M batch rows per pass (8, 4, 2 or 1): 16 codes decoded (permuted from two registers, or
+ * gathered), then one FMA per row; a single row keeps two sums to hide the FMA latency. */
+#define DEF_LUT_PASS(M)                                                                            \
+    AVX512 static void lut_pass##M(const uint8_t *codes, const float *table, __m512 t0, __m512 t1, \
+                                   const float *x, int64_t in, int k_small, float *out) {          \
+        __m512 acc[M], alt = _mm512_setzero_ps();                                                 \
+        for (int b = 0; b < M; b++) acc[b] = _mm512_setzero_ps();                                 \
+        int64_t c = 0;                                                                            \
+        for (; c + 16 <= in; c += 16) {                                                           \
+            __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + c)));      \
+            __m512 w = k_small ? _mm512_permutex2var_ps(t0, k, t1) : _mm512_i32gather_ps(k, table, 4); \
+            if (M == 1 && ((c >> 4) & 1)) {                                                       \
+                alt = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + c), alt);                            \
+                continue;                                                                         \
+            }                                                                                     \
+            for (int b = 0; b < M; b++) acc[b] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + b * in + c), acc[b]); \
+        }                                                                                         \
+        acc[0] = _mm512_add_ps(acc[0], alt);                                                      \
+        for (int b = 0; b < M; b++) {                                                             \
+            float sum = _mm512_reduce_add_ps(acc[b]);                                             \
+            for (int64_t cc = c; cc < in; cc++) sum += table[codes[cc]] * x[b * in + cc];         \
+            out[b] = sum;                                                                         \
+        }                                                                                         \
+    }
+
+DEF_LUT_PASS(8)
+DEF_LUT_PASS(4)
+DEF_LUT_PASS(2)
+DEF_LUT_PASS(1)
+
 AVX512 static void lut_row_avx512(const uint8_t *codes, const float *table, const float *x, int64_t in,
                                   int64_t nb, int k_small, float *out) {
     const __m512 t0 = _mm512_loadu_ps(table), t1 = _mm512_loadu_ps(table + 16);
-    for (int64_t b0 = 0; b0 < nb; b0 += 4) {
-        const int64_t m = nb - b0 < 4 ? nb - b0 : 4;
-        const float *x0 = x + b0 * in, *x1 = x0 + (m > 1 ? in : 0), *x2 = x0 + (m > 2 ? 2 * in : 0),
-                    *x3 = x0 + (m > 3 ? 3 * in : 0);
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int64_t c = 0;
-        for (; c + 16 <= in; c += 16) {
-            __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + c)));
-            __m512 w = k_small ? _mm512_permutex2var_ps(t0, k, t1) : _mm512_i32gather_ps(k, table, 4);
-            a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x0 + c), a0);
-            a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x1 + c), a1);
-            a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x2 + c), a2);
-            a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x3 + c), a3);
-        }
-        float s[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                      _mm512_reduce_add_ps(a3)};
-        for (; c < in; c++) {
-            const float w = table[codes[c]];
-            s[0] += w * x0[c];
-            s[1] += w * x1[c];
-            s[2] += w * x2[c];
-            s[3] += w * x3[c];
-        }
-        for (int64_t b = 0; b < m; b++) out[b0 + b] = s[b];
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) lut_pass8(codes, table, t0, t1, x + b * in, in, k_small, out + b);
+    if (b + 4 <= nb) {
+        lut_pass4(codes, table, t0, t1, x + b * in, in, k_small, out + b);
+        b += 4;
     }
+    if (b + 2 <= nb) {
+        lut_pass2(codes, table, t0, t1, x + b * in, in, k_small, out + b);
+        b += 2;
+    }
+    if (b < nb) lut_pass1(codes, table, t0, t1, x + b * in, in, k_small, out + b);
 }
 #endif
 
