@@ -34,7 +34,7 @@ MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for
 # other shapes than the table's, one thread): nanoseconds per stored entry (sparse) or weight
 # (dense, LUT) at batch b, and per call. Sparse runs a gather kernel at batch 1.
 _CALL_NS = {SPARSE: 20000.0, LUT: 20000.0, DENSE: 8000.0}
-MIN_WEIGHTS = 1 << 17  # below this a layer stays dense: cache-resident, it runs in a few us
+MIN_WEIGHTS = 1 << 18  # below this a layer stays dense: cache-resident, it runs in a few us
 MARGIN = 0.85  # a compressed form must be predicted this much faster than dense to be chosen
 CONV_MAX_DENSITY = 0.05  # 1x1 convolutions: sparse only at or below this density ...
 CONV_MAX_PIXELS = 256  # ... and on feature maps this small (measured: loses at 56x56)
