@@ -92,21 +92,26 @@ def _threads() -> int:
 def _native_arrays(module: nn.Module, names: tuple[str, ...]) -> tuple[np.ndarray | None, ...] | None:
     """numpy views of the module's form buffers and its bias (None when it has none) for the
     native kernels, or None where they cannot run (no kernels, tensors off the CPU or not
-    float32 values). Cached while the tensor objects and their versions (bumped by every
-    in-place change) stay the same."""
+    float32 values). Cached while the very same tensors (the cache holds them, so their ids
+    stay theirs) keep their versions (bumped by every in-place change) and data pointers."""
     if not matvec.enabled():
         return None
-    bias = module._parameters.get("bias")
-    tensors = [module._buffers[name] for name in names] + [bias]
-    key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+    tensors = [module._buffers[name] for name in names] + [module._parameters.get("bias")]
+    state = [(t._version, t.data_ptr()) if t is not None else None for t in tensors]
     cached = module.__dict__.get("_arrays")
-    if cached is not None and cached[0] == key:
+    if (
+        cached is not None
+        and cached[2] == state
+        and all(a is b for a, b in zip(cached[0], tensors, strict=True))
+    ):
         return cached[1]
-    present = [t for t in tensors if t is not None]
-    ready = all(t.device.type == "cpu" for t in present) and tensors[-2].dtype == torch.float32
+    bias = tensors[-1]
+    ready = (
+        all(t.device.type == "cpu" for t in tensors if t is not None) and tensors[-2].dtype == torch.float32
+    )
     ready = ready and (bias is None or bias.dtype == torch.float32)
     arrays = tuple(t.detach().numpy() if t is not None else None for t in tensors) if ready else None
-    module.__dict__["_arrays"] = (key, arrays)
+    module.__dict__["_arrays"] = (tensors, arrays, state)
     return arrays
 
 

@@ -314,3 +314,22 @@ def test_conv1x1_replaced_only_when_asked_and_sparse_enough(scratch):
         big = torch.nn.Module()
         big.conv = torch.nn.Conv2d(256, 512, 1, bias=False)
         assert compressed.replace_coded(big, f, ["conv.weight"], conv_pixels=56 * 56) == set()
+
+
+def test_changes_to_the_buffers_are_seen(scratch):
+    rng = np.random.default_rng(9)
+    path = scratch / "fc.dcnn"
+    save_linear(path, rng, 600, 1500, 0.08, 5)
+    module = net(600, 1500)
+    dcformat.torch.load_into(module, path, compressed=True)
+    x = torch.randn(3, 1500)
+    with torch.no_grad():
+        before = module.fc(x) - module.fc.bias
+        module.fc.codebook.mul_(2)  # in place: the kernel's cached views must follow
+        torch.testing.assert_close(module.fc(x) - module.fc.bias, 2 * before, rtol=1e-4, atol=1e-4)
+        module.fc.to(torch.float64).to(torch.float32)  # new buffer objects
+        torch.testing.assert_close(module.fc(x) - module.fc.bias, 2 * before, rtol=1e-4, atol=1e-4)
+        state = {k: v.clone() for k, v in module.state_dict().items()}
+        state["fc.codebook"] /= 2
+        module.load_state_dict(state)
+        torch.testing.assert_close(module.fc(x) - module.fc.bias, before, rtol=1e-4, atol=1e-4)
