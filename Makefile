@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py dcformat/_native.c
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m converters.demo
+	$(PY) -m examples.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from dcformat import DcnnError, safe_open
 
-from .model_io import replacing
+from .formats.base import replacing
 from .summary import format_table, row, totals
 
 CONVERT_EPILOG = """\
@@ -101,8 +101,8 @@ def convert_main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     args = parser.parse_args(argv)
 
-    from .convert import convert
-    from .settings import PAPER, SAFE, apply_options, load_config
+    from .compress.config import PAPER, SAFE, apply_options, load_config
+    from .conversion import convert
 
     try:
         config = load_config(args.config) if args.config else PAPER if args.paper else SAFE

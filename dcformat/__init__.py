@@ -4,7 +4,8 @@ Light by design: numpy, protobuf and zstandard; torch and scipy are imported onl
 asked for (framework="torch", get_sparse).
 """
 
-from .encode import stored_size
+from .encode import EncodedTensor, stored_size
+from .encode import encode_tensor as encode
 from .errors import (
     ChecksumError,
     DcnnError,
@@ -31,6 +32,7 @@ __all__ = [
     "DcnnFile",
     "DcnnIOError",
     "EncodeError",
+    "EncodedTensor",
     "FormatError",
     "LimitError",
     "Problem",
@@ -41,6 +43,7 @@ __all__ = [
     "TensorInfo",
     "VersionError",
     "Writer",
+    "encode",
     "load_file",
     "safe_open",
     "save_file",

@@ -20,7 +20,7 @@ from types import TracebackType
 import numpy as np
 
 from . import dcnn_pb2 as pb
-from .encode import DEFAULT_CHUNK_SIZE, encode_tensor
+from .encode import DEFAULT_CHUNK_SIZE, EncodedTensor, encode_tensor
 from .errors import DcnnIOError, EncodeError
 from .layout import MAGIC, MAJOR, MAX_HEADER_BYTES, MINOR, PREAMBLE, align_up
 from .tensors import Quantized, Raw, Source
@@ -76,7 +76,15 @@ class Writer:
             raise EncodeError("the writer is closed")
         if name in self._names:
             raise EncodeError(f"duplicate tensor name {name!r}")
-        encoded = encode_tensor(name, tensor, self.chunk_size)
+        return self.add_encoded(encode_tensor(name, tensor, self.chunk_size))
+
+    def add_encoded(self, encoded: EncodedTensor) -> pb.Tensor:
+        """Append a tensor encoded by :func:`dcformat.encode`, as it is; returns its header record."""
+        name = encoded.record.name
+        if self._closed:
+            raise EncodeError("the writer is closed")
+        if name in self._names:
+            raise EncodeError(f"duplicate tensor name {name!r}")
         for section, data in encoded.payloads:
             start = align_up(self._data_end)
             self._spool.write(bytes(start - self._data_end))

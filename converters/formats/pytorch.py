@@ -1,0 +1,116 @@
+"""PyTorch in and out: state_dict checkpoints (.pt/.pth), live modules, and .pt output."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from dcformat import Source, safe_open
+
+from ..errors import ConvertError
+from ..weight import Layer, Weight, from_torch
+from .base import Format, ModelInput, check_input, replacing
+
+CHECKPOINT_KEYS = ("state_dict", "model")
+
+
+def read_checkpoint(path: Path, **_: Any) -> ModelInput:
+    """Open a torch checkpoint: a state_dict, or a dict holding one under a common key.
+
+    Loaded with ``weights_only=True``: no pickled code runs. Zip checkpoints are memory-mapped.
+    """
+    import torch
+
+    check_input(path)
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # a legacy (non-zip) checkpoint cannot be mapped
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable or unsafe pickles
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvertError(f"cannot load as a PyTorch checkpoint: {reason}", path=str(path)) from None
+    state, key = _state_dict(obj)
+    if state is None:
+        raise ConvertError(
+            "no state_dict found: expected a dict of tensors, or one under "
+            + " or ".join(repr(k) for k in CHECKPOINT_KEYS),
+            path=str(path),
+        )
+    attributes = {"checkpoint_key": key} if key else {}
+    return _state_input(state, {}, Source("pytorch", b"", attributes), str(path))
+
+
+def read_module(module: Any) -> ModelInput:
+    """A live ``torch.nn.Module``: its state_dict, conv/fc told from the module types."""
+    layers = layer_types(module)  # checks that it is a module
+    return _state_input(module.state_dict(), layers, Source("pytorch"), None)
+
+
+def layer_types(module: Any) -> dict[str, Layer]:
+    """ "conv" or "fc" for each weight of a ``torch.nn.Module``'s conv and linear-like layers."""
+    from torch import nn
+
+    if not isinstance(module, nn.Module):
+        raise ConvertError(f"expected a torch.nn.Module, got {type(module).__name__}", rule="usage")
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    fc = (nn.Linear, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
+    layers: dict[str, Layer] = {}
+    for prefix, sub in module.named_modules():
+        layer: Layer | None = "conv" if isinstance(sub, conv) else "fc" if isinstance(sub, fc) else None
+        if layer is not None:
+            layers[f"{prefix}.weight" if prefix else "weight"] = layer
+    return layers
+
+
+def _state_dict(obj: Any) -> tuple[Mapping[str, Any] | None, str]:
+    import torch
+
+    def is_state(value: Any) -> bool:
+        return isinstance(value, Mapping) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+    if isinstance(obj, Mapping) and obj and is_state(obj):
+        return obj, ""
+    for key in CHECKPOINT_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            if not is_state(obj[key]):
+                bad = next(k for k, v in obj[key].items() if not isinstance(v, torch.Tensor))
+                raise ConvertError(f"entry {bad!r} of {key!r} is not a tensor")
+            return obj[key], key
+    return None, ""
+
+
+def _state_input(
+    state: Mapping[str, Any], layers: Mapping[str, Layer], source: Source, path: str | None
+) -> ModelInput:
+    for name in state:
+        if not isinstance(name, str) or not name:
+            raise ConvertError(f"state_dict key {name!r} is not a tensor name", path=path)
+
+    def weights() -> Iterator[Weight]:
+        for name, tensor in state.items():
+            try:
+                weight = from_torch(name, tensor)
+            except ConvertError as exc:
+                raise exc.located(path=path) from None
+            yield replace(weight, layer=layers.get(name))
+
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    return ModelInput(weights, nbytes, {}, source)
+
+
+def write_checkpoint(src: Path, path: Path, options: Mapping[str, Any]) -> None:
+    """Write every tensor of a .dcnn file as a state_dict (atomically)."""
+    import torch
+
+    with safe_open(src, framework="torch") as dcnn:
+        state = {name: dcnn.get_tensor(name) for name in dcnn.keys()}
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
+
+
+FORMAT = Format("pytorch", (".pt", ".pth"), read=read_checkpoint, write=write_checkpoint)
