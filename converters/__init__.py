@@ -8,8 +8,7 @@ The package-level API (imported on first use: ``import converters`` loads no tor
     converters.apply_options(config, [("bits", "6"), ("prune", "fc*=0.9")])  # the CLI's flags
 """
 
-from importlib import import_module
-from typing import Any
+from converters.lazy import lazy_attributes
 
 _MODULE_OF = {
     "PAPER": "compress.config",
@@ -28,12 +27,6 @@ _MODULE_OF = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_attributes(__name__, _MODULE_OF)
 
 __all__ = sorted(_MODULE_OF)

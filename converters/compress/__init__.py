@@ -6,8 +6,7 @@ with retraining between stages when asked. Names are imported on first use, so t
 data-free parts load without torch.
 """
 
-from importlib import import_module
-from typing import Any
+from converters.lazy import lazy_attributes
 
 _MODULE_OF = {
     "PAPER": "config",
@@ -43,12 +42,6 @@ _MODULE_OF = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_attributes(__name__, _MODULE_OF)
 
 __all__ = sorted(_MODULE_OF)

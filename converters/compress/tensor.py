@@ -97,19 +97,12 @@ def encode_shared(
     values = weight.values().reshape(-1) if values is None else values
     error = _relative_rms(values, codebook, shared.codes)
     survivors = np.flatnonzero(shared.codes) if shared.zero_symbol else None
-    original = weight.array.nbytes
-    row = TensorReport(
-        name=weight.name,
-        shape=shape,
-        dtype=weight.dtype,
-        encoding=_encoding_name(encoded),
-        nonzeros=encoded.record.nonzeros,
-        weight_bits=bits,
-        index_bits=encoded.record.index_bits or None,
-        original_bytes=original,
+    row = _row(
+        weight,
+        encoded,
+        bits=bits,
         pruned_bytes=stage_bytes(survivors, values.size, 8 * weight.array.itemsize),
         quantized_bytes=stage_bytes(survivors, values.size, bits) + 4 * len(shared.codebook),
-        stored_bytes=encoded.stored_bytes,
         error=error,
     )
     return CompressedTensor(encoded, error, row)
@@ -117,25 +110,33 @@ def encode_shared(
 
 def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:
     original = weight.array.nbytes
-    row = TensorReport(
-        name=weight.name,
-        shape=tuple(weight.array.shape),
-        dtype=weight.dtype,
-        encoding=_encoding_name(encoded),
-        nonzeros=encoded.record.nonzeros,
-        weight_bits=None,
-        index_bits=encoded.record.index_bits or None,
-        original_bytes=original,
-        pruned_bytes=original,
-        quantized_bytes=original,
-        stored_bytes=encoded.stored_bytes,
-        error=0.0,
-    )
+    row = _row(weight, encoded, bits=None, pruned_bytes=original, quantized_bytes=original, error=0.0)
     return CompressedTensor(encoded, 0.0, row)
 
 
-def _encoding_name(encoded: EncodedTensor) -> str:
-    return pb.Encoding.Name(encoded.record.encoding)
+def _row(
+    weight: Weight,
+    encoded: EncodedTensor,
+    *,
+    bits: int | None,
+    pruned_bytes: int,
+    quantized_bytes: int,
+    error: float,
+) -> TensorReport:
+    return TensorReport(
+        name=weight.name,
+        shape=tuple(weight.array.shape),
+        dtype=weight.dtype,
+        encoding=pb.Encoding.Name(encoded.record.encoding),
+        nonzeros=encoded.record.nonzeros,
+        weight_bits=bits,
+        index_bits=encoded.record.index_bits or None,
+        original_bytes=weight.array.nbytes,
+        pruned_bytes=pruned_bytes,
+        quantized_bytes=quantized_bytes,
+        stored_bytes=encoded.stored_bytes,
+        error=error,
+    )
 
 
 def _relative_rms(values: np.ndarray, codebook: np.ndarray, codes: np.ndarray) -> float:
