@@ -16,6 +16,8 @@ from dcformat import Quantized, Raw, dtypes
 from .errors import ConvertError
 
 Layer = Literal["conv", "fc"]
+Role = Literal["weight", "embedding", "bias", "norm", "scale", "zero_point"]
+EXACT_ROLES: frozenset[str] = frozenset({"bias", "norm", "scale", "zero_point"})
 DTYPE_NAMES = (
     "float32",
     "float16",
@@ -37,10 +39,12 @@ DTYPE_NAMES = (
 class Weight:
     """A named tensor: stored-form array (bfloat16 as uint16 bits) and dtype name.
 
-    ``layer`` is "conv" or "fc" when the model itself says how the tensor is used (a module
-    type, an ONNX operator); without it the shape decides. ``encodings`` are set when the
-    source is already compressed (a Deep Compression release file): exact encodings of it, of
-    which the cheapest is written as it is.
+    ``layer`` is "conv" or "fc", and ``role`` what the tensor is to its operator (a weight, an
+    embedding table, a bias, a norm's scale or shift, a quantization scale or zero point), when
+    the model itself says (a module type, an ONNX operator's input); without them the shape
+    decides. Roles in EXACT_ROLES are stored exactly unless a rule says otherwise.
+    ``encodings`` are set when the source is already compressed (a Deep Compression release
+    file): exact encodings of it, of which the cheapest is written as it is.
     """
 
     name: str
@@ -48,6 +52,7 @@ class Weight:
     dtype: str
     layer: Layer | None = None
     encodings: tuple[Raw | Quantized, ...] = ()
+    role: Role | None = None
 
     def values(self) -> np.ndarray:
         """The float values (float32; float64 kept), for floating-point tensors."""

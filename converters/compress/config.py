@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from ..errors import ConvertError
-from ..weight import Layer
+from ..weight import EXACT_ROLES, Layer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -168,12 +168,18 @@ class CompressionConfig:
         ]
         return out
 
-    def plan(self, name: str, shape: Sequence[int], dtype: np.dtype | str) -> TensorPlan | None:
-        """The plan for one tensor, or None when it is stored exactly."""
+    def plan(
+        self, name: str, shape: Sequence[int], dtype: np.dtype | str, role: str | None = None
+    ) -> TensorPlan | None:
+        """The plan for one tensor, or None when it is stored exactly.
+
+        ``role`` is what the model says the tensor is (see ``converters.weight.Role``): biases,
+        norms, quantization scales and zero points are stored exactly unless a rule includes them.
+        """
         matched = [rule for rule in self.rules if rule.matches(name)]
         floating = np.dtype(dtype).kind == "f"
         size = int(np.prod(shape, dtype=np.int64))
-        compress = floating and len(shape) >= 2 and size >= self.min_size
+        compress = floating and len(shape) >= 2 and size >= self.min_size and role not in EXACT_ROLES
         for rule in matched:
             if rule.compress is not None:
                 compress = rule.compress

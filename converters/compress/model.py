@@ -64,18 +64,18 @@ def compress_model(
     the weights that the result decodes to. Conv and fully connected layers are told from
     the module types.
     """
-    from ..formats.pytorch import layer_types
+    from ..formats.pytorch import module_uses
     from .finetune import TrainedQuantizer
     from .prune import Pruner
     from .retrain import RetrainStage
     from .share import share_weights
 
-    layers = layer_types(model)
+    uses = module_uses(model)
     params = dict(model.named_parameters())
 
     def weights() -> dict[str, Weight]:
         state = model.state_dict()
-        return {name: _with_layer(as_weight(name, t), layers) for name, t in state.items()}
+        return {name: _with_use(as_weight(name, t), uses) for name, t in state.items()}
 
     plans = {name: plan for name, w in weights().items() if (plan := plan_for(config, w)) is not None}
     trained = {name: plan for name, plan in plans.items() if name in params}
@@ -129,5 +129,6 @@ def compress_model(
     return _result(tensors, metrics)
 
 
-def _with_layer(weight: Weight, layers: Mapping[str, Any]) -> Weight:
-    return replace(weight, layer=layers.get(weight.name))
+def _with_use(weight: Weight, uses: Mapping[str, tuple[Any, Any]]) -> Weight:
+    role, layer = uses.get(weight.name, (None, None))
+    return replace(weight, layer=layer, role=role)

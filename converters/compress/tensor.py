@@ -38,7 +38,7 @@ def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
     # bfloat16 has no numpy dtype; any float dtype gives the same plan.
     like = np.float32 if weight.dtype == "bfloat16" else weight.array.dtype
     try:
-        plan = config.plan(weight.name, weight.array.shape, like)
+        plan = config.plan(weight.name, weight.array.shape, like, weight.role)
     except ValueError as exc:
         raise ConvertError(str(exc), rule="usage") from None
     if plan is None or weight.layer is None or weight.layer == plan.layer:

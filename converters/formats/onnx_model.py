@@ -21,15 +21,50 @@ import numpy as np
 from dcformat import DcnnIOError, Source, dtypes
 
 from ..errors import ConvertError
-from ..weight import DTYPE_NAMES, Layer, Weight
+from ..weight import DTYPE_NAMES, Layer, Role, Weight
 from .base import Format, ModelInput, check_input, stored_tensors
 
 MARKER_LOCATION = "dcnn"
 CONSTANT_MIN_BYTES = 1024  # smaller Constant values (shapes, scalars) stay in the graph
 EXTERNAL_DATA_BYTES = 1 << 30  # larger rebuilt models keep their weights in a .data file
 # operators whose weight input is a convolution kernel or a fully connected matrix
-CONV_OPS = {"Conv": (1,), "ConvTranspose": (1,)}
-FC_OPS = {"Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
+_CONV = ("weight", "conv")
+_FC = ("weight", "fc")
+_BIAS = ("bias", None)
+_NORM = ("norm", None)
+_SCALE = ("scale", None)
+_ZERO = ("zero_point", None)
+_RNN = {1: _FC, 2: _FC, 3: _BIAS}
+# How operators use their inputs, by input index: (role, conv/fc). Roles that are not weights
+# (biases, norms, quantization scales and zero points) are stored exactly.
+USES: dict[str, dict[int, tuple[Role, Layer | None]]] = {
+    "Conv": {1: _CONV, 2: _BIAS},
+    "ConvTranspose": {1: _CONV, 2: _BIAS},
+    "Gemm": {0: _FC, 1: _FC, 2: _BIAS},
+    "MatMul": {0: _FC, 1: _FC},
+    "Gather": {0: ("embedding", "fc")},
+    "LSTM": {**_RNN, 7: _BIAS},
+    "GRU": _RNN,
+    "RNN": _RNN,
+    "BatchNormalization": {1: _NORM, 2: _NORM, 3: _NORM, 4: _NORM},
+    "LayerNormalization": {1: _NORM, 2: _NORM},
+    "SimplifiedLayerNormalization": {1: _NORM},
+    "SkipLayerNormalization": {2: _NORM, 3: _NORM, 4: _BIAS},
+    "InstanceNormalization": {1: _NORM, 2: _NORM},
+    "GroupNormalization": {1: _NORM, 2: _NORM},
+    "QuantizeLinear": {1: _SCALE, 2: _ZERO},
+    "DequantizeLinear": {1: _SCALE, 2: _ZERO},
+    "MatMulInteger": {2: _ZERO, 3: _ZERO},
+    "ConvInteger": {2: _ZERO, 3: _ZERO},
+    "QLinearMatMul": {1: _SCALE, 2: _ZERO, 3: _FC, 4: _SCALE, 5: _ZERO, 6: _SCALE, 7: _ZERO},
+    "QLinearConv": {1: _SCALE, 2: _ZERO, 3: _CONV, 4: _SCALE, 5: _ZERO, 6: _SCALE, 7: _ZERO, 8: _BIAS},
+    "DynamicQuantizeMatMul": {1: _FC, 2: _SCALE, 3: _ZERO, 4: _BIAS},
+    "MatMulIntegerToFloat": {1: _FC, 2: _SCALE, 3: _SCALE, 4: _ZERO, 5: _ZERO, 6: _BIAS},
+    "DynamicQuantizeLSTM": {**_RNN, 7: _BIAS, 8: _SCALE, 9: _ZERO, 10: _SCALE, 11: _ZERO},
+    "Attention": {1: _FC, 2: _BIAS},
+}
+# An Add of a constant to the output of these is a bias.
+_BIASED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
@@ -67,17 +102,27 @@ def onnx_dtypes() -> dict[int, str]:
     return {getattr(TensorProto, names.get(d, d.upper())): d for d in DTYPE_NAMES}
 
 
-def _layers(graph: Any) -> dict[str, Layer]:
-    """conv/fc of the tensors that conv and fully connected operators take as weights."""
-    layers: dict[str, Layer] = {}
+def _uses(graph: Any) -> dict[str, tuple[Role, Layer | None]]:
+    """Role (and conv/fc) of each tensor that an operator of :data:`USES` takes, or that an Add
+    puts on a linear operator's output. A tensor with several uses keeps a role that is not a
+    weight's, if any, so that it stays exact."""
+    uses: dict[str, tuple[Role, Layer | None]] = {}
+
+    def use(name: str, how: tuple[Role, Layer | None]) -> None:
+        if name and (name not in uses or uses[name][0] in ("weight", "embedding")):
+            uses[name] = how
+
     for g in _graphs(graph):
+        made_by = {out: node.op_type for node in g.node for out in node.output}
         for node in g.node:
-            for ops, layer in ((CONV_OPS, "conv"), (FC_OPS, "fc")):
-                if node.op_type in ops:
-                    for i in ops[node.op_type]:
-                        if i < len(node.input) and node.input[i]:
-                            layers.setdefault(node.input[i], layer)  # type: ignore[arg-type]
-    return layers
+            for i, how in USES.get(node.op_type, {}).items():
+                if i < len(node.input):
+                    use(node.input[i], how)
+            if node.op_type == "Add" and len(node.input) == 2:
+                for mine, other in ((0, 1), (1, 0)):
+                    if made_by.get(node.input[other]) in _BIASED and node.input[mine] not in made_by:
+                        use(node.input[mine], _BIAS)
+    return uses
 
 
 def read_onnx(path: Path, **_: Any) -> ModelInput:
@@ -93,7 +138,7 @@ def read_onnx(path: Path, **_: Any) -> ModelInput:
     if not model.ir_version or not model.HasField("graph"):
         raise ConvertError("not an ONNX model: no IR version or no graph", path=str(path))
     supported = onnx_dtypes()
-    layers = _layers(model.graph)
+    uses = _uses(model.graph)
     weights: list[Weight] = []
     taken: set[str] = set()
     for name, tensor, is_initializer in _tensors(model.graph):
@@ -108,7 +153,8 @@ def read_onnx(path: Path, **_: Any) -> ModelInput:
             n += 1
             unique = f"{name}#{n}"
         taken.add(unique)
-        weights.append(Weight(unique, array, dtype, layers.get(name)))
+        role, layer = uses.get(name, (None, None))
+        weights.append(Weight(unique, array, dtype, layer, role=role))
         _mark(tensor, unique)
     source = Source("onnx", model.SerializeToString(), {"ir_version": str(model.ir_version)})
     return ModelInput(lambda: iter(weights), sum(w.array.nbytes for w in weights), {}, source)

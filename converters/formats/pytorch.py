@@ -10,7 +10,7 @@ from typing import Any
 from dcformat import Source, safe_open
 
 from ..errors import ConvertError
-from ..weight import Layer, Weight, from_torch
+from ..weight import Layer, Role, Weight, from_torch
 from .base import Format, ModelInput, check_input, replacing
 
 CHECKPOINT_KEYS = ("state_dict", "model")
@@ -46,25 +46,37 @@ def read_checkpoint(path: Path, **_: Any) -> ModelInput:
 
 
 def read_module(module: Any) -> ModelInput:
-    """A live ``torch.nn.Module``: its state_dict, conv/fc told from the module types."""
-    layers = layer_types(module)  # checks that it is a module
-    return _state_input(module.state_dict(), layers, Source("pytorch"), None)
+    """A live ``torch.nn.Module``: its state_dict, roles and conv/fc told from the module types."""
+    uses = module_uses(module)  # checks that it is a module
+    return _state_input(module.state_dict(), uses, Source("pytorch"), None)
 
 
-def layer_types(module: Any) -> dict[str, Layer]:
-    """ "conv" or "fc" for each weight of a ``torch.nn.Module``'s conv and linear-like layers."""
+def module_uses(module: Any) -> dict[str, tuple[Role, Layer | None]]:
+    """Role and conv/fc of the tensors of a ``torch.nn.Module``'s known layer types."""
     from torch import nn
 
     if not isinstance(module, nn.Module):
         raise ConvertError(f"expected a torch.nn.Module, got {type(module).__name__}", rule="usage")
     conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    fc = (nn.Linear, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
-    layers: dict[str, Layer] = {}
+    norm = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+    norm += (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+    uses: dict[str, tuple[Role, Layer | None]] = {}
     for prefix, sub in module.named_modules():
-        layer: Layer | None = "conv" if isinstance(sub, conv) else "fc" if isinstance(sub, fc) else None
-        if layer is not None:
-            layers[f"{prefix}.weight" if prefix else "weight"] = layer
-    return layers
+        for name, tensor in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+            if tensor is None:
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if isinstance(sub, norm):
+                uses[key] = ("norm", None)
+            elif name.startswith("bias"):
+                uses[key] = ("bias", None)
+            elif isinstance(sub, conv) and name == "weight":
+                uses[key] = ("weight", "conv")
+            elif isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and name == "weight":
+                uses[key] = ("embedding", "fc")
+            elif isinstance(sub, (nn.Linear, nn.Bilinear, nn.RNNBase)) and name.startswith("weight"):
+                uses[key] = ("weight", "fc")
+    return uses
 
 
 def _state_dict(obj: Any) -> tuple[Mapping[str, Any] | None, str]:
@@ -85,7 +97,7 @@ def _state_dict(obj: Any) -> tuple[Mapping[str, Any] | None, str]:
 
 
 def _state_input(
-    state: Mapping[str, Any], layers: Mapping[str, Layer], source: Source, path: str | None
+    state: Mapping[str, Any], uses: Mapping[str, tuple[Role, Layer | None]], source: Source, path: str | None
 ) -> ModelInput:
     for name in state:
         if not isinstance(name, str) or not name:
@@ -97,7 +109,8 @@ def _state_input(
                 weight = from_torch(name, tensor)
             except ConvertError as exc:
                 raise exc.located(path=path) from None
-            yield replace(weight, layer=layers.get(name))
+            role, layer = uses.get(name, (None, None))
+            yield replace(weight, layer=layer, role=role)
 
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
     return ModelInput(weights, nbytes, {}, source)
