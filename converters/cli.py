@@ -94,6 +94,19 @@ def convert_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prototxt", metavar="DEPLOY.prototxt", help="for a .net release file: its deploy prototxt"
     )
+    calibrated = parser.add_argument_group("calibration (ONNX sources)")
+    calibrated.add_argument(
+        "--calibration",
+        metavar="INPUTS.npz",
+        help="sample inputs: one array per graph input, named as it; sample i is array[i]",
+    )
+    calibrated.add_argument(
+        "--max-output-error",
+        action=_Ordered,
+        dest="options",
+        metavar="E",
+        help="smallest file whose mean ||y - y0|| / ||y0|| on the samples is at most E",
+    )
     parser.add_argument("--report", metavar="FILE.json", help="write the summary as JSON")
     parser.add_argument(
         "--external-data", action="store_true", help="for .onnx output: keep the weights in DST.data"
@@ -115,6 +128,7 @@ def convert_main(argv: list[str] | None = None) -> int:
             progress=not args.quiet and sys.stderr.isatty(),
             external_data=args.external_data or None,
             prototxt=args.prototxt,
+            calibration=args.calibration,
         )
         if args.report:
             with replacing(Path(args.report)) as tmp:

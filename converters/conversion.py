@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from dcformat import DcnnIOError, Source, TensorInfo, Writer, safe_open
 
 from .compress.config import SAFE, CompressionConfig
-from .compress.tensor import compress_weight
+from .compress.tensor import CompressedTensor, compress_weight, plan_for
 from .errors import ConvertError
 from .formats import by_suffix, check_input, formats
 from .formats.base import ModelInput
@@ -34,6 +35,7 @@ class ConversionReport:
     seconds: float
     errors: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] | None = None
+    output_error: float | None = None  # measured on the calibration data, when there was some
 
     @property
     def ratio(self) -> float:
@@ -46,12 +48,18 @@ class ConversionReport:
             "destination": self.destination,
             "seconds": self.seconds,
             "config": self.config,
+            "output_error": self.output_error,
             "total": totals(self.tensors, self.dcnn_bytes),
             "tensors": [row(info, self.errors.get(info.name)) for info in self.tensors],
         }
 
     def table(self) -> str:
-        return format_table(self.tensors, self.dcnn_bytes, self.errors)
+        text = format_table(self.tensors, self.dcnn_bytes, self.errors)
+        if self.output_error is not None:
+            text += (
+                f"\noutput error on the calibration data: {self.output_error:.4g} (mean ||y - y0|| / ||y0||)"
+            )
+        return text
 
 
 def convert(
@@ -63,6 +71,7 @@ def convert(
     progress: bool = False,
     external_data: bool | None = None,
     prototxt: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
 ) -> ConversionReport:
     """Convert ``src`` to ``dst``, the direction told by the file extensions.
 
@@ -72,6 +81,10 @@ def convert(
     any writable format (.onnx only for a .dcnn made from ONNX; ``external_data`` None keeps
     the weights of models over 1 GiB in a ``.data`` file beside it). ``dst`` is written
     atomically and is not overwritten unless ``force``.
+
+    ``calibration`` (ONNX sources): a ``.npz`` of sample inputs, one array per graph input,
+    sample i being ``array[i]``; the output error on it is measured and reported, and with
+    ``config.max_output_error`` each tensor's bits are searched for the smallest file within it.
     """
     src_path, dst_path = Path(src), Path(dst)
     into, out = src_path.suffix.lower(), dst_path.suffix.lower()
@@ -80,7 +93,19 @@ def convert(
         _check_paths(src_path, dst_path, force)
         options = {} if prototxt is None else {"prototxt": Path(prototxt)}
         model = reader.read(src_path, **options)
-        return _to_dcnn(model, str(src_path), dst_path, config, progress)
+        if calibration is None:
+            _no_target(config)
+            return _to_dcnn(model, str(src_path), dst_path, config, progress)
+        if reader.name != "onnx":
+            raise ConvertError(
+                "--calibration takes ONNX sources; for torch modules use save_module(calibration=...)",
+                rule="usage",
+            )
+        from .compress.outputs import onnx_outputs
+
+        check_input(Path(calibration))
+        outputs = onnx_outputs(src_path, Path(calibration))
+        return _calibrated(model, str(src_path), dst_path, config, outputs, None)
     if into == ".dcnn" and writer is not None and writer.write is not None:
         _check_paths(src_path, dst_path, force)
         start = time.perf_counter()
@@ -103,15 +128,57 @@ def save_module(
     dst: str | os.PathLike[str],
     config: CompressionConfig = SAFE,
     *,
+    calibration: Iterable[Any] | None = None,
     force: bool = False,
     progress: bool = False,
 ) -> ConversionReport:
-    """Compress a live ``torch.nn.Module`` into a .dcnn file (conv/fc told from its layers)."""
+    """Compress a live ``torch.nn.Module`` into a .dcnn file (roles and conv/fc told from its
+    layers).
+
+    ``calibration``: sample inputs, each passed as ``module(item)`` (a tuple as
+    ``module(*item)``); the module must return a tensor. With them k-means weighs each weight
+    by what it does to the output, the output error is measured and reported, and with
+    ``config.max_output_error`` (mean ||y - y0|| / ||y0|| over the items) each tensor's bits
+    are searched for the smallest file within it.
+    """
     from .formats.pytorch import read_module
 
     dst_path = Path(dst)
     _check_output(dst_path, force)
-    return _to_dcnn(read_module(module), type(module).__name__, dst_path, config, progress)
+    model = read_module(module)
+    if calibration is None:
+        _no_target(config)
+        return _to_dcnn(model, type(module).__name__, dst_path, config, progress)
+    from .compress.outputs import ModuleOutputs
+
+    outputs = ModuleOutputs(module, calibration)
+    return _calibrated(model, type(module).__name__, dst_path, config, outputs, outputs)
+
+
+def _no_target(config: CompressionConfig) -> None:
+    if config.max_output_error is not None:
+        raise ConvertError("an output-error target needs calibration data (--calibration)", rule="usage")
+
+
+def _calibrated(
+    model: ModelInput,
+    source: str,
+    dst: Path,
+    config: CompressionConfig,
+    outputs: Any,
+    gradients: Any,
+) -> ConversionReport:
+    """Compress with calibration (see :mod:`converters.compress.calibrate`), then write."""
+    from .compress.calibrate import calibrate
+
+    start = time.perf_counter()
+    weights = list(model.weights())
+    planned = [w.name for w in weights if plan_for(config, w) is not None]
+    importance = gradients.importance(planned, seed=config.seed) if gradients is not None else None
+    result = calibrate(weights, config, outputs.error, target=config.max_output_error, importance=importance)
+    report = _write(model, source, dst, config, (result.tensors[w.name] for w in weights), start)
+    report.output_error = result.error
+    return report
 
 
 def _check_paths(src: Path, dst: Path, force: bool) -> None:
@@ -131,21 +198,36 @@ def _to_dcnn(
 ) -> ConversionReport:
     from tqdm import tqdm
 
-    start = time.perf_counter()
+    bar = tqdm(total=model.nbytes, unit="B", unit_scale=True, disable=not progress, leave=False)
+
+    def compressed() -> Iterator[CompressedTensor]:
+        for weight in model.weights():
+            bar.set_postfix_str(weight.name, refresh=False)
+            yield compress_weight(weight, config)
+            bar.update(weight.array.nbytes)
+
+    with bar:
+        return _write(model, source, dst, config, compressed(), time.perf_counter())
+
+
+def _write(
+    model: ModelInput,
+    source: str,
+    dst: Path,
+    config: CompressionConfig,
+    tensors: Iterable[CompressedTensor],
+    start: float,
+) -> ConversionReport:
     settings = {"lossless": True} if model.lossless else config.to_dict()
     attributes = dict(model.source.attributes)
     if not model.lossless:
         attributes["compression"] = json.dumps(settings, sort_keys=True)
     origin = Source(model.source.format, model.source.skeleton, attributes)
     errors: dict[str, float] = {}
-    bar = tqdm(total=model.nbytes, unit="B", unit_scale=True, disable=not progress, leave=False)
-    with bar, Writer(dst, metadata=model.metadata, source=origin) as writer:
-        for weight in model.weights():
-            bar.set_postfix_str(weight.name, refresh=False)
-            compressed = compress_weight(weight, config)
-            writer.add_encoded(compressed.encoded)
-            errors[weight.name] = compressed.error
-            bar.update(weight.array.nbytes)
+    with Writer(dst, metadata=model.metadata, source=origin) as writer:
+        for tensor in tensors:
+            writer.add_encoded(tensor.encoded)
+            errors[tensor.report.name] = tensor.error
     with safe_open(dst) as dcnn:
         infos = [dcnn.info(name) for name in dcnn.keys()]
     seconds = time.perf_counter() - start

@@ -116,6 +116,8 @@ class CompressionConfig:
     compressed: rank >= 3 (convolutions) with ``conv_bits``, rank 2 (fully connected) with
     ``fc_bits``. Without a rule nothing is pruned. ``prune_steps`` is the number of
     prune-then-retrain rounds when retraining is available (the target is reached at the last).
+    ``max_output_error``, with calibration data, is the mean ||y - y0|| / ||y0|| over the
+    calibration items that the per-tensor bits are searched to stay within.
     """
 
     conv_bits: int = 8
@@ -125,6 +127,7 @@ class CompressionConfig:
     prune_steps: int = 1
     kmeans_iters: int = 300
     seed: int = 0
+    max_output_error: float | None = None
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -136,6 +139,11 @@ class CompressionConfig:
             low = 0 if key in ("min_size", "seed") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+        target = self.max_output_error
+        if target is not None and (
+            isinstance(target, bool) or not isinstance(target, int | float) or not target > 0
+        ):
+            raise ValueError(f"max_output_error must be a positive number, got {target!r}")
         if not all(isinstance(rule, LayerRule) for rule in self.rules):
             raise ValueError("rules must be LayerRule instances")
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -263,7 +271,8 @@ def apply_options(
     ``options`` are (option, text) pairs: ``bits`` "N" (the default of every tensor) or
     "PATTERN=N" (a rule, which beats the default);
     ``prune`` "F" or "PATTERN=F", F the fraction of weights removed (0.9 or 90%);
-    ``include``/``exclude`` a PATTERN to compress or store exactly.
+    ``include``/``exclude`` a PATTERN to compress or store exactly;
+    ``max-output-error`` "E", the output-error target of a calibrated conversion.
     """
     config, rules = base, list(base.rules)
     try:
@@ -282,6 +291,8 @@ def apply_options(
                     rules.append(LayerRule(pattern, bits=bits))
                 else:
                     config = replace(config, conv_bits=bits, fc_bits=bits)
+            elif option == "max-output-error":
+                config = replace(config, max_output_error=_number(float, value, text))
             elif option == "prune":
                 percent = value.endswith("%")
                 sparsity = _number(float, value[:-1] if percent else value, text) / (100 if percent else 1)

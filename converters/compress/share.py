@@ -50,34 +50,49 @@ def _code_dtype(k: int) -> type[np.unsignedinteger]:
 
 
 def share_weights(
-    weights: np.ndarray, bits: int, *, init: Init = "linear", max_iter: int = 300, seed: int = 0
+    weights: np.ndarray,
+    bits: int,
+    *,
+    init: Init = "linear",
+    max_iter: int = 300,
+    seed: int = 0,
+    importance: np.ndarray | None = None,
 ) -> SharedTensor:
     """Quantize ``weights`` (flattened) to at most 2**bits shared values with 1-D k-means.
 
     Exact zeros are kept exact (code 0) when the tensor has any; the k-means then clusters the
-    nonzero weights into 2**bits - 1 centroids. Tensors over KMEANS_SAMPLE weights are
-    clustered from about KMEANS_SAMPLE evenly spaced order statistics (the weights'
-    distribution at a fixed cost, with the extremes), then every weight takes its nearest
-    centroid, as k-means assigns them.
+    nonzero weights into 2**bits - 1 centroids. ``importance`` (one value >= 0 per weight)
+    weighs each weight's squared error, as calibration measures it. Tensors over
+    KMEANS_SAMPLE weights are clustered from about KMEANS_SAMPLE of them (evenly ranked
+    values and the extremes; with importance, an even stride through the tensor), then every
+    weight takes its nearest centroid, as k-means assigns them.
     """
     w = np.asarray(weights).reshape(-1)
     if w.size == 0:
         raise ValueError("cannot quantize an empty tensor")
     k = 2**bits
     kmeans = {"init": init, "max_iter": max_iter, "seed": seed}
+    imp = None if importance is None else np.asarray(importance, dtype=np.float32).reshape(-1)
+    if imp is not None and imp.size != w.size:
+        raise ValueError(f"{imp.size} importance values for {w.size} weights")
     nonzero = w != 0
     zero_symbol = not nonzero.all()
     if zero_symbol and not nonzero.any():
         return SharedTensor(np.zeros(1, dtype=np.float32), np.zeros(w.size, np.uint8), zero_symbol=True)
+    kept = w[nonzero] if zero_symbol else w
+    kept_imp = None if imp is None else imp[nonzero] if zero_symbol else imp
     if w.size > KMEANS_SAMPLE:
-        centroids = kmeans_1d(_ranked_sample(w[nonzero] if zero_symbol else w), k - zero_symbol, **kmeans)
-        return _assign(w, centroids.centroids.astype(np.float32), zero_symbol)
+        if kept_imp is None:
+            fitted = kmeans_1d(_ranked_sample(kept), k - zero_symbol, **kmeans)
+        else:
+            step = -(-kept.size // KMEANS_SAMPLE)
+            fitted = kmeans_1d(kept[::step], k - zero_symbol, importance=kept_imp[::step], **kmeans)
+        return _assign(w, fitted.centroids.astype(np.float32), zero_symbol)
+    result = kmeans_1d(kept, k - zero_symbol, importance=kept_imp, **kmeans)
+    centroids = result.centroids.astype(np.float32)
     if not zero_symbol:
-        result = kmeans_1d(w, k, **kmeans)
-        codebook = result.centroids.astype(np.float32)
-        return SharedTensor(codebook, result.labels.astype(_code_dtype(len(codebook))), zero_symbol=False)
-    result = kmeans_1d(w[nonzero], k - 1, **kmeans)
-    codebook = np.concatenate(([0.0], result.centroids)).astype(np.float32)
+        return SharedTensor(centroids, result.labels.astype(_code_dtype(len(centroids))), zero_symbol=False)
+    codebook = np.concatenate(([np.float32(0)], centroids))
     codes = np.zeros(w.size, dtype=_code_dtype(len(codebook)))
     codes[nonzero] = result.labels + 1
     return SharedTensor(codebook, codes, zero_symbol=True)

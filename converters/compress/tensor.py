@@ -26,11 +26,21 @@ from .share import SharedTensor, share_weights
 @dataclass(frozen=True)
 class CompressedTensor:
     """A tensor ready for ``Writer.add_encoded``, its relative RMS error against the weight
-    given (0.0 when stored exactly) and its report row."""
+    given (0.0 when stored exactly) and its report row; coded tensors keep the values of their
+    codebook (as the file decodes them) and their flat codes."""
 
     encoded: EncodedTensor
     error: float
     report: TensorReport
+    codebook: np.ndarray | None = None
+    codes: np.ndarray | None = None
+
+    def values(self, weight: Weight) -> np.ndarray:
+        """The float values the file decodes to, in the weight's shape (``weight`` is the
+        tensor this was compressed from)."""
+        if self.codes is None:
+            return weight.values()
+        return self.codebook[self.codes].reshape(weight.array.shape)
 
 
 def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
@@ -49,17 +59,26 @@ def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
     return replace(plan, layer=weight.layer, bits=bits)
 
 
-def compress_weight(weight: Weight, config: CompressionConfig) -> CompressedTensor:
+def compress_weight(
+    weight: Weight, config: CompressionConfig, importance: np.ndarray | None = None
+) -> CompressedTensor:
     """Compress one tensor as ``config`` plans it (data-free), or store it exactly.
 
-    With a plan: pruned as planned, then k-means weight sharing; stored as sparse codes,
-    dense codes or exactly, whichever is smallest in the file. A source that is already
-    encoded (``weight.encodings``) keeps the cheapest of its exact encodings.
+    With a plan: pruned as planned, then k-means weight sharing (each weight's error weighed
+    by ``importance`` when calibration measured it); stored as sparse codes, dense codes or
+    exactly, whichever is smallest in the file. A source that is already encoded
+    (``weight.encodings``) keeps the cheapest of its exact encodings.
     Raises ConvertError for NaN or infinite values, which weight sharing cannot represent.
     """
     if weight.encodings:
         return _stored_as_is(weight, cheapest(weight.name, weight.encodings))
-    plan = plan_for(config, weight)
+    return compress_planned(weight, plan_for(config, weight), config, importance)
+
+
+def compress_planned(
+    weight: Weight, plan: TensorPlan | None, config: CompressionConfig, importance: np.ndarray | None = None
+) -> CompressedTensor:
+    """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`."""
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     original = values = weight.values().reshape(-1)
@@ -73,7 +92,12 @@ def compress_weight(weight: Weight, config: CompressionConfig) -> CompressedTens
 
             values = prune_array(values, plan)
         shared = share_weights(
-            values, plan.bits, init=plan.init, max_iter=config.kmeans_iters, seed=config.seed
+            values,
+            plan.bits,
+            init=plan.init,
+            max_iter=config.kmeans_iters,
+            seed=config.seed,
+            importance=importance,
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
@@ -105,7 +129,7 @@ def encode_shared(
         quantized_bytes=stage_bytes(survivors, values.size, bits) + 4 * len(shared.codebook),
         error=error,
     )
-    return CompressedTensor(encoded, error, row)
+    return CompressedTensor(encoded, error, row, codebook, shared.codes)
 
 
 def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:
