@@ -15,10 +15,12 @@ import numpy as np
 from dcformat import DcnnFile, DcnnIOError, Source, TensorInfo, Writer, safe_open
 
 from .arrays import from_torch
-from .compress import compress, plan_for
 from .errors import ConvertError
+from .folder_io import FORMAT as FOLDER_FORMAT
+from .folder_io import file_tasks, is_folder_target, read_folder, write_folder
 from .model_io import ModelInput, check_input
 from .onnx_io import read_onnx, write_onnx
+from .parallel import InMemory, Task, WorkerStats, compressed
 from .pipeline.config import CompressionConfig
 from .safetensors_io import read_safetensors, write_safetensors
 from .settings import SAFE
@@ -48,6 +50,8 @@ class ConversionReport:
     seconds: float
     errors: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] | None = None
+    workers: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -62,6 +66,8 @@ class ConversionReport:
             "config": self.config,
             "total": totals(self.tensors, self.dcnn_bytes),
             "tensors": [row(info, self.errors.get(info.name)) for info in self.tensors],
+            **({"workers": self.workers} if self.workers is not None else {}),
+            **({"notes": self.notes} if self.notes else {}),
         }
 
     def table(self) -> str:
@@ -77,6 +83,9 @@ def convert(
     progress: bool = False,
     external_data: bool | None = None,
     prototxt: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    ray: bool = False,
+    single_file: bool = False,
 ) -> ConversionReport:
     """Convert ``src`` to ``dst``, the direction told by the file extensions.
 
@@ -86,9 +95,21 @@ def convert(
     these (.onnx only for a .dcnn made from ONNX; ``external_data`` None keeps the weights
     of models over 1 GiB in a ``.data`` file beside it). ``dst`` is written atomically and
     is not overwritten unless ``force``.
+
+    ``src`` may be a model folder (single or sharded safetensors or .bin/.pt, see
+    :mod:`converters.folder_io`), and ``dst`` a folder to restore one (``single_file``:
+    one weight file instead of the shards). Tensors are compressed by ``workers``
+    processes, or by Ray tasks with ``ray``; the file is the same either way.
     """
     src_path, dst_path = Path(src), Path(dst)
     into, out = src_path.suffix.lower(), dst_path.suffix.lower()
+    if src_path.is_dir() and out == ".dcnn":
+        _check_output(dst_path, force)
+        model, tasks = read_folder(src_path)
+        return _to_dcnn(model, str(src_path), dst_path, config, progress, tasks, workers, ray)
+    if into == ".dcnn" and is_folder_target(dst_path):
+        check_input(src_path)
+        return _to_folder(src_path, dst_path, force, single_file)
     if into == ".net" and out == ".dcnn":
         if prototxt is None:
             raise ConvertError("a .net release file needs its deploy prototxt (--prototxt)", rule="usage")
@@ -97,14 +118,16 @@ def convert(
         return _release_to_dcnn(src_path, Path(prototxt), dst_path)
     if out == ".dcnn" and into in READERS:
         _check_paths(src_path, dst_path, force)
-        return _to_dcnn(READERS[into](src_path), str(src_path), dst_path, config, progress)
+        model = READERS[into](src_path)
+        tasks = file_tasks(src_path)[0] if into != ".onnx" else None
+        return _to_dcnn(model, str(src_path), dst_path, config, progress, tasks, workers, ray)
     if into == ".dcnn" and out in READERS:
         _check_paths(src_path, dst_path, force)
         return _from_dcnn(src_path, dst_path, external_data)
     kinds = ", ".join(sorted(READERS))
     raise ConvertError(
-        f"cannot convert {into or 'no extension'} to {out or 'no extension'}: convert {kinds} to .dcnn, "
-        "or .dcnn to one of them",
+        f"cannot convert {into or 'no extension'} to {out or 'no extension'}: convert {kinds} or a model "
+        "folder to .dcnn, or .dcnn to one of them or a folder",
         rule="usage",
     )
 
@@ -136,8 +159,16 @@ def _check_output(dst: Path, force: bool) -> None:
 
 
 def _to_dcnn(
-    model: ModelInput, source: str, dst: Path, config: CompressionConfig | None, progress: bool
+    model: ModelInput,
+    source: str,
+    dst: Path,
+    config: CompressionConfig | None,
+    progress: bool,
+    tasks: list[Task] | None = None,
+    workers: int = 1,
+    ray: bool = False,
 ) -> ConversionReport:
+    """Compress ``tasks`` (default: the model's weights, in memory) into ``dst``, in order."""
     from tqdm import tqdm
 
     config = SAFE if config is None else config
@@ -145,17 +176,32 @@ def _to_dcnn(
     attributes = {**model.source.attributes, "compression": json.dumps(config.to_dict(), sort_keys=True)}
     origin = Source(model.source.format, model.source.skeleton, attributes)
     errors: dict[str, float] = {}
+    stats = WorkerStats()
+    todo = tasks if tasks is not None else (InMemory(weight) for weight in model.weights())
     bar = tqdm(total=model.nbytes, unit="B", unit_scale=True, disable=not progress, leave=False)
     with bar, Writer(dst, metadata=model.metadata, source=origin) as writer:
-        for weight in model.weights():
-            bar.set_postfix_str(weight.name, refresh=False)
-            tensor, errors[weight.name] = compress(weight, plan_for(config, weight), config)
-            writer.add(weight.name, tensor)
-            bar.update(weight.array.nbytes)
+        for result in compressed(todo, config, workers, ray=ray):
+            record = writer.add_encoded(result.encoded())
+            errors[record.name] = result.error
+            stats.add(result)
+            bar.set_postfix_str(record.name, refresh=False)
+            bar.update(result.nbytes)
     with safe_open(dst) as dcnn:
         infos = [dcnn.info(name) for name in dcnn.keys()]
     seconds = time.perf_counter() - start
-    return ConversionReport(source, str(dst), infos, dst.stat().st_size, seconds, errors, config.to_dict())
+    backend = {"backend": "ray" if ray else "processes" if workers > 1 else "driver", "workers": workers}
+    left_out = model.source.attributes.get("left_out")
+    return ConversionReport(
+        source,
+        str(dst),
+        infos,
+        dst.stat().st_size,
+        seconds,
+        errors,
+        config.to_dict(),
+        {**backend, "processes": stats.rows(), "tasks": stats.tasks},
+        [f"left out of the .dcnn: {left_out}"] if left_out else [],
+    )
 
 
 def _release_to_dcnn(net: Path, prototxt: Path, dst: Path) -> ConversionReport:
@@ -192,6 +238,22 @@ def _from_dcnn(src: Path, dst: Path, external_data: bool | None) -> ConversionRe
             write_safetensors(dcnn, dst, _stored(dcnn))
         infos = [dcnn.info(name) for name in dcnn.keys()]
     return ConversionReport(str(src), str(dst), infos, src.stat().st_size, time.perf_counter() - start)
+
+
+def _to_folder(src: Path, dst: Path, force: bool, single_file: bool) -> ConversionReport:
+    start = time.perf_counter()
+    with safe_open(src) as dcnn:
+        bfloat16 = any(dcnn.info(name).dtype == "bfloat16" for name in dcnn.keys())
+        source = dcnn.source()
+    pytorch = source.format == FOLDER_FORMAT and source.attributes.get("kind") == "pytorch"
+    with safe_open(src, framework="torch" if pytorch or bfloat16 else "numpy") as dcnn:
+        written = write_folder(dcnn, dst, _stored(dcnn), force=force, single_file=single_file)
+        infos = [dcnn.info(name) for name in dcnn.keys()]
+    notes = [f"restored {len(written)} files: {', '.join(written)}"]
+    if source.attributes.get("left_out"):
+        notes.append(f"left out when converted: {source.attributes['left_out']}")
+    seconds = time.perf_counter() - start
+    return ConversionReport(str(src), str(dst), infos, src.stat().st_size, seconds, notes=notes)
 
 
 def _stored(dcnn: DcnnFile) -> Callable[[str], np.ndarray]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,13 @@ def read_checkpoint(path: Path) -> ModelInput:
 
     Loaded with ``weights_only=True``: no pickled code runs. Zip checkpoints are memory-mapped.
     """
+    state, key = load_state(path)
+    attributes = {"checkpoint_key": key} if key else {}
+    return _state_input(state, {}, Source("pytorch", b"", attributes), str(path))
+
+
+def load_state(path: Path) -> tuple[Mapping[str, Any], str]:
+    """A checkpoint's state_dict (memory-mapped when it can be) and the key it was under."""
     import torch
 
     check_input(path)
@@ -40,8 +47,7 @@ def read_checkpoint(path: Path) -> ModelInput:
             + " or ".join(repr(k) for k in CHECKPOINT_KEYS),
             path=str(path),
         )
-    attributes = {"checkpoint_key": key} if key else {}
-    return _state_input(state, {}, Source("pytorch", b"", attributes), str(path))
+    return state, key
 
 
 def read_module(module: Any) -> ModelInput:
@@ -96,10 +102,11 @@ def _state_input(
     return ModelInput(weights, nbytes, {}, source)
 
 
-def write_checkpoint(dcnn: DcnnFile, path: Path) -> None:
-    """Write every tensor of a .dcnn file (opened with framework="torch") as a state_dict."""
+def write_checkpoint(dcnn: DcnnFile, path: Path, names: Sequence[str] | None = None) -> None:
+    """Write the tensors ``names`` (default: all) of a .dcnn file (opened with
+    framework="torch") as a state_dict."""
     import torch
 
-    state = {name: dcnn.get_tensor(name) for name in dcnn.keys()}
+    state = {name: dcnn.get_tensor(name) for name in (dcnn.keys() if names is None else names)}
     with replacing(path) as tmp:
         torch.save(state, tmp)

@@ -20,7 +20,7 @@ from types import TracebackType
 import numpy as np
 
 from . import dcnn_pb2 as pb
-from .encode import DEFAULT_CHUNK_SIZE, encode_tensor
+from .encode import DEFAULT_CHUNK_SIZE, EncodedTensor, encode_tensor
 from .errors import DcnnIOError, EncodeError
 from .layout import MAGIC, MAJOR, MAX_HEADER_BYTES, MINOR, PREAMBLE, align_up
 from .tensors import Quantized, Raw, Source
@@ -74,9 +74,16 @@ class Writer:
         """Encode and append one tensor; returns its header record."""
         if self._closed:
             raise EncodeError("the writer is closed")
+        return self.add_encoded(encode_tensor(name, tensor, self.chunk_size))
+
+    def add_encoded(self, encoded: EncodedTensor) -> pb.Tensor:
+        """Append a tensor already encoded (by ``encode_tensor`` with this writer's chunk size,
+        e.g. in another process); returns its header record."""
+        if self._closed:
+            raise EncodeError("the writer is closed")
+        name = encoded.record.name
         if name in self._names:
             raise EncodeError(f"duplicate tensor name {name!r}")
-        encoded = encode_tensor(name, tensor, self.chunk_size)
         for section, data in encoded.payloads:
             start = align_up(self._data_end)
             self._spool.write(bytes(start - self._data_end))
