@@ -203,3 +203,26 @@ def test_ray_gives_the_same_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "ray.dcnn").read_bytes() == (tmp_path / "one.dcnn").read_bytes()
     assert report.workers["backend"] == "ray"
     assert all(row["pid"] != os.getpid() for row in report.workers["processes"])
+
+
+def test_two_shard_minilm_folder_round_trips(tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 as a 2-shard folder converts (2 workers) and restores every
+    file, and sentence-transformers loads it (benchmarks/folders.py also compares 1 worker
+    and Ray)."""
+    import shutil
+
+    from converters.demo import embed, model_dir
+
+    folder = tmp_path / "minilm"
+    shutil.copytree(model_dir(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    split_safetensors(model_dir() / "model.safetensors", folder, 2)
+    convert(folder, tmp_path / "w2.dcnn", workers=2)
+
+    restored = tmp_path / "restored"
+    convert(tmp_path / "w2.dcnn", restored)
+    for path in folder.rglob("*"):
+        assert (restored / path.relative_to(folder)).exists(), path
+        if path.is_file() and path.suffix != ".safetensors":
+            assert (restored / path.relative_to(folder)).read_bytes() == path.read_bytes()
+    cosine = (embed(restored) * embed(model_dir())).sum(axis=1)
+    assert cosine.min() > 0.99
