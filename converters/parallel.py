@@ -3,8 +3,8 @@
 Each tensor is one task: a worker reads the tensor from the source file itself (a task
 names the file, the tensor and where it lies, never carries the array, except for
 inputs that only exist in memory), compresses and encodes it, and sends back the encoded
-tensor. The driver writes results in task order with at most ``workers`` tasks in flight,
-so memory stays bounded whatever the model's size. Compression is seeded per tensor and
+tensor. The driver writes results in task order with at most twice ``workers`` tasks in
+flight, so memory stays bounded whatever the model's size. Compression is seeded per tensor and
 depends on nothing but the tensor and the config, so the file is byte-identical whatever
 the number of workers or the backend: a process pool on this machine, or Ray tasks on a
 cluster (``RAY_ADDRESS``, or a local Ray instance).
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,11 +170,13 @@ def default_workers() -> int:
 def compressed(
     tasks: Iterable[Task], config: CompressionConfig, workers: int = 1, *, ray: bool = False
 ) -> Iterator[Compressed]:
-    """Results of ``tasks`` in their order, at most ``workers`` in flight.
+    """Results of ``tasks`` in their order.
 
     ``workers`` 1 runs in this process; more runs a process pool (forkserver where the
-    platform has it, else spawn); ``ray`` runs Ray tasks (``workers`` then bounds the
-    tasks in flight; 0 means the cluster's CPUs). A worker that dies raises ConvertError.
+    platform has it, else spawn); ``ray`` runs Ray tasks on ``workers`` CPUs (0: all the
+    cluster's). At most ``2 * workers`` tasks are in flight: one per worker being compressed,
+    and as many finished ones waiting for an earlier, longer one to be written. A worker
+    that dies raises ConvertError.
     """
     if workers < 0 or (workers == 0 and not ray):
         raise ConvertError(f"workers must be at least 1, got {workers}", rule="usage")
@@ -195,7 +198,8 @@ def _pool(tasks: list[Task], config: CompressionConfig, workers: int) -> Iterato
         context.set_forkserver_preload([__name__])
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
     try:
-        yield from _ordered(tasks, lambda task: executor.submit(run_task, task, config), workers)
+        submit = partial(executor.submit, run_task, config=config)
+        yield from _ordered(tasks, submit, Future.result, 2 * workers)
     except BrokenProcessPool:
         raise ConvertError("a worker process died (killed, or out of memory?); nothing was written") from None
     finally:
@@ -203,16 +207,16 @@ def _pool(tasks: list[Task], config: CompressionConfig, workers: int) -> Iterato
 
 
 def _ordered(
-    tasks: Iterable[Task], submit: Callable[[Task], Future[Compressed]], window: int
+    tasks: Iterable[Task], submit: Callable[[Task], Any], get: Callable[[Any], Compressed], window: int
 ) -> Iterator[Compressed]:
     """Submit tasks keeping ``window`` in flight, and yield their results in order."""
-    pending: deque[Future[Compressed]] = deque()
+    pending: deque[Any] = deque()
     for task in tasks:
         pending.append(submit(task))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            yield get(pending.popleft())
     while pending:
-        yield pending.popleft().result()
+        yield get(pending.popleft())
 
 
 def _ray(tasks: Iterable[Task], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
@@ -224,16 +228,10 @@ def _ray(tasks: Iterable[Task], config: CompressionConfig, workers: int) -> Iter
     if started:  # RAY_ADDRESS names a cluster; without it Ray starts a local instance
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        window = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
         shared = ray.put(config)
-        pending: deque[Any] = deque()
-        for task in tasks:
-            pending.append(remote.remote(task, shared))
-            if len(pending) >= window:
-                yield _ray_get(ray, pending.popleft())
-        while pending:
-            yield _ray_get(ray, pending.popleft())
+        yield from _ordered(tasks, lambda task: remote.remote(task, shared), partial(_ray_get, ray), 2 * cpus)
     finally:
         if started:
             ray.shutdown()
