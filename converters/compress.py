@@ -15,6 +15,7 @@ import numpy as np
 from dcformat import Quantized, Raw, dtypes
 
 from .arrays import float_values
+from .assign import assign
 from .errors import ConvertError
 from .model_io import Kind, Weight
 from .pipeline.config import CompressionConfig, TensorPlan
@@ -123,7 +124,7 @@ def share(flat: np.ndarray, dtype: str, plan: TensorPlan, config: CompressionCon
     codes = np.empty(flat.size, dtype=np.uint8 if fitted.codebook.size <= 256 else np.uint16)
     for block, out in zip(_blocks(flat), _blocks(codes), strict=True):
         values = float_values(block, dtype)
-        out[:] = np.searchsorted(boundaries, values, side="right")
+        out[:] = assign(boundaries, values)
         if fitted.zero_symbol:  # code 0 is the exact zero, the centroids follow
             out += 1
             out[values == 0] = 0
