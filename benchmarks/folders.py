@@ -100,7 +100,8 @@ def minilm(out: Path, ray: bool) -> None:
     )
     cosine = (embed(restored) * embed(model_dir())).sum(axis=1)
     print(
-        f"sentence-transformers on the restored folder: cosine min {cosine.min():.4f}, mean {cosine.mean():.4f}\n"
+        f"sentence-transformers on the restored folder: cosine min {cosine.min():.4f}, "
+        f"mean {cosine.mean():.4f}\n"
     )
 
 
