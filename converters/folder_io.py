@@ -11,6 +11,7 @@ out and listed; side files over SIDE_TOTAL_LIMIT bytes in all are an error.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -23,6 +24,7 @@ from typing import Any
 import zstandard
 
 from dcformat import DcnnFile, Source
+from dcformat.layout import MAX_HEADER_BYTES
 
 from .errors import ConvertError
 from .model_io import ModelInput, Weight, replacing
@@ -73,9 +75,10 @@ class Layout:
     def unpack(cls, skeleton: bytes, names: Sequence[str]) -> Layout:
         """The layout in a skeleton, checked against the file's tensor ``names``."""
         try:
-            body = zstandard.ZstdDecompressor().decompress(
-                skeleton, max_output_size=SIDE_TOTAL_LIMIT + (64 << 20)
-            )
+            limit = SIDE_TOTAL_LIMIT + MAX_HEADER_BYTES  # side files and a manifest within a header
+            body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(skeleton)).read(limit + 1)
+            if len(body) > limit:
+                raise ValueError(f"over {limit} bytes")
             (length,) = struct.unpack_from("<Q", body)
             manifest = json.loads(body[8 : 8 + length])
             kind, index = manifest["kind"], manifest["index"]

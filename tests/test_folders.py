@@ -155,6 +155,19 @@ def test_skeleton_paths_are_checked_on_restore(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_worker_error_is_one_line(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "model"
+    make_folder(folder)
+    shard = folder / "model-00002-of-00003.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-4:] = np.array([np.nan], np.float32).tobytes()  # a NaN in a compressed tensor
+    shard.write_bytes(bytes(data))
+    assert convert_main([str(folder), "-o", str(tmp_path / "m.dcnn"), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.dcnn").exists()
+
+
 @dataclass(frozen=True)
 class Killed:
     """A task whose worker dies while reading it."""
