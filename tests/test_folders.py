@@ -102,6 +102,36 @@ def test_order_is_the_source_order(tmp_path: Path) -> None:
     assert model.source.format == "hf-folder" and model.source.attributes["shards"] == "2"
 
 
+def test_bin_shards_convert_and_restore(tmp_path: Path) -> None:
+    import torch
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    shards = {
+        "pytorch_model-00001-of-00002.bin": {
+            "a.weight": rng.standard_normal((64, 32)),
+            "a.bias": np.ones(64),
+        },
+        "pytorch_model-00002-of-00002.bin": {"b.weight": rng.standard_normal((32, 64))},
+    }
+    weight_map = {}
+    for file, state in shards.items():
+        torch.save({k: torch.tensor(v, dtype=torch.bfloat16) for k, v in state.items()}, folder / file)
+        weight_map |= dict.fromkeys(state, file)
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text("{}")
+    convert(folder, tmp_path / "m.dcnn", workers=2)
+    convert(tmp_path / "m.dcnn", tmp_path / "back")
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(p.name for p in folder.iterdir())
+    for file, state in shards.items():
+        back = torch.load(tmp_path / "back" / file, weights_only=True)
+        assert list(back) == list(state) and all(t.dtype == torch.bfloat16 for t in back.values())
+        for name, array in state.items():
+            error = back[name].double().numpy() - array
+            assert np.sqrt(np.mean(error**2) / np.mean(array**2)) < 0.05
+
+
 def _break(folder: Path, how: str) -> None:
     index = folder / "model.safetensors.index.json"
     data = json.loads(index.read_text())
