@@ -4,8 +4,8 @@ Each tensor is one task: a worker reads the tensor from the source file itself (
 names the file, the tensor and where it lies, never carries the array, except for
 inputs that only exist in memory), compresses and encodes it, and sends back the encoded
 tensor. The driver writes results in task order with at most twice ``workers`` tasks in
-flight, so memory stays bounded whatever the model's size. Compression is seeded per tensor and
-depends on nothing but the tensor and the config, so the file is byte-identical whatever
+flight, so memory stays bounded whatever the model's size. Compression is seeded per tensor
+and depends on nothing but the tensor and the config, so the file is byte-identical whatever
 the number of workers or the backend: a process pool on this machine, or Ray tasks on a
 cluster (``RAY_ADDRESS``, or a local Ray instance).
 """
@@ -183,8 +183,11 @@ def compressed(
     if ray:
         yield from _ray(tasks, config, workers)
     elif workers == 1:
-        for task in tasks:
-            yield run_task(task, config)
+        try:
+            for task in tasks:
+                yield run_task(task, config)
+        finally:
+            _mapped.clear()  # no checkpoint stays mapped in this process
     else:
         yield from _pool(list(tasks), config, workers)
 
