@@ -16,11 +16,12 @@ import json
 import os
 import stat
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import zstandard
 
 from dcformat import DcnnFile, Source
@@ -266,7 +267,12 @@ def _side_files(root: Path, shards: set[str]) -> tuple[list[tuple[str, bytes]], 
 
 
 def write_folder(
-    dcnn: DcnnFile, dst: Path, stored: Any, *, force: bool = False, single_file: bool = False
+    dcnn: DcnnFile,
+    dst: Path,
+    stored: Callable[[str], np.ndarray],
+    *,
+    force: bool = False,
+    single_file: bool = False,
 ) -> list[str]:
     """Restore a folder from an open .dcnn: the shards (or one weight file), the index and
     the side files, each file written atomically. A .dcnn not made from a folder gives one
