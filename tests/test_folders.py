@@ -148,6 +148,9 @@ def _break(folder: Path, how: str) -> None:
         save_file({"x": np.zeros(2, np.float32)}, str(folder.parent / "evil.safetensors"))
         (folder / first).unlink()
         (folder / first).symlink_to(folder.parent / "evil.safetensors")
+    elif how == "side file links outside":
+        (folder.parent / "secret.txt").write_text("not the model's")
+        (folder / "tokenizer.json").symlink_to(folder.parent / "secret.txt")
     elif how == "unlisted tensor":
         del data["weight_map"]["head.weight"]
     index.write_text(json.dumps(data))
@@ -161,6 +164,7 @@ def _break(folder: Path, how: str) -> None:
         ("parent", "outside the folder"),
         ("absolute", "outside the folder"),
         ("link outside", "links outside the folder"),
+        ("side file links outside", "tokenizer.json links outside the folder"),
         ("unlisted tensor", "holds tensor 'head.weight' but the index maps it nowhere"),
     ],
 )
