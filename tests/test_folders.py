@@ -80,8 +80,12 @@ def test_folder_converts_the_same_with_any_workers_and_restores(tmp_path: Path) 
             want = tensors[name].astype(np.float64)
             assert np.sqrt(np.mean((array - want) ** 2) / np.mean(want**2)) < 0.05  # 8-bit codes
 
+    (restored / "config.json").write_bytes(b"edited")
     with pytest.raises(ConvertError, match="not empty"):
         convert(tmp_path / "w2.dcnn", restored)
+    assert (restored / "config.json").read_bytes() == b"edited"
+    convert(tmp_path / "w2.dcnn", restored, force=True)
+    assert (restored / "config.json").read_bytes() == SIDE["config.json"]
     single = tmp_path / "single"
     convert(tmp_path / "w2.dcnn", single, single_file=True)
     assert sorted(p.name for p in single.iterdir()) == sorted(
