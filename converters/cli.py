@@ -22,6 +22,9 @@ examples:
   dcnn-convert model.pt -o model.dcnn --paper              the paper's 8-bit conv, 5-bit fc
   dcnn-convert model.pt -o model.dcnn --config settings.toml
   dcnn-convert squeezenet.net --prototxt deploy.prototxt -o squeezenet.dcnn   lossless
+  dcnn-convert llama-folder/ -o llama.dcnn --workers 8   a model folder, sharded or not
+  dcnn-convert llama.dcnn -o restored/                   the folder back: shards, index, configs
+  dcnn-convert llama-folder/ -o llama.dcnn --ray         on the Ray cluster at RAY_ADDRESS
 
 By default floating-point tensors of rank >= 2 with at least 1024 elements are compressed;
 the rest (biases, norms, integer buffers) is stored exactly. Patterns are shell-style
@@ -75,8 +78,12 @@ def convert_main(argv: list[str] | None = None) -> int:
         epilog=CONVERT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC", help=".safetensors, .pt/.pth, .onnx, .net or .dcnn")
-    parser.add_argument("-o", "--output", required=True, metavar="DST", help="the file to write")
+    parser.add_argument(
+        "src", metavar="SRC", help=".safetensors, .pt/.pth, .onnx, .net, .dcnn or a model folder"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="DST", help="the file to write (a folder for a .dcnn SRC)"
+    )
     parser.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--config", metavar="FILE.toml", help="start from the settings in this file")
@@ -107,6 +114,18 @@ def convert_main(argv: list[str] | None = None) -> int:
         metavar="E",
         help="smallest file whose mean ||y - y0|| / ||y0|| on the samples is at most E",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="compress tensors in N processes (default: this machine's cores; the file is the same)",
+    )
+    parser.add_argument(
+        "--ray", action="store_true", help="compress tensors as Ray tasks (RAY_ADDRESS, or a local Ray)"
+    )
+    parser.add_argument(
+        "--single-file", action="store_true", help="for folder output: one weight file, not the shards"
+    )
     parser.add_argument("--report", metavar="FILE.json", help="write the summary as JSON")
     parser.add_argument(
         "--external-data", action="store_true", help="for .onnx output: keep the weights in DST.data"
@@ -116,7 +135,10 @@ def convert_main(argv: list[str] | None = None) -> int:
 
     from .compress.config import PAPER, SAFE, apply_options, load_config
     from .conversion import convert
+    from .parallel import default_workers
 
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     try:
         config = load_config(args.config) if args.config else PAPER if args.paper else SAFE
         config = apply_options(config, args.options, init=args.init, min_size=args.min_size)
@@ -129,6 +151,9 @@ def convert_main(argv: list[str] | None = None) -> int:
             external_data=args.external_data or None,
             prototxt=args.prototxt,
             calibration=args.calibration,
+            workers=args.workers or (0 if args.ray else default_workers()),
+            ray=args.ray,
+            single_file=args.single_file,
         )
         if args.report:
             with replacing(Path(args.report)) as tmp:
@@ -139,6 +164,8 @@ def convert_main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: interrupted; nothing was written", file=sys.stderr)
         return 130
     if not args.quiet:
+        for note in report.notes:
+            print(note, file=sys.stderr)
         if report.config is not None:
             print(report.table())
         print(f"wrote {report.destination} in {report.seconds:.1f} s")

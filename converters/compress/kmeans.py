@@ -85,6 +85,8 @@ def kmeans_1d(
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     values = np.asarray(x).ravel()
+    if values.size == 0:
+        raise ValueError("cannot initialize centroids from no data")
     if not np.isfinite(values).all():
         raise ValueError("k-means input contains NaN or infinity")
     if importance is None:

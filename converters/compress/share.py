@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.compress.assign import assign
 from converters.compress.config import Init
 from converters.compress.kmeans import kmeans_1d
 from dcformat.huffman import frequencies
@@ -112,7 +113,7 @@ def _assign(values: np.ndarray, centroids: np.ndarray, zero_symbol: bool) -> Sha
     for first in range(0, values.size, BLOCK):
         block = values[first : first + BLOCK]
         out = codes[first : first + BLOCK]
-        out[:] = np.searchsorted(boundaries, block, side="right")
+        out[:] = assign(boundaries, block)
         if zero_symbol:
             out += 1
             out[block == 0] = 0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dcformat import Source, safe_open
+from dcformat import DcnnFile, Source, safe_open
 
 from ..errors import ConvertError
 from ..weight import Layer, Role, Weight, from_torch
@@ -21,6 +21,13 @@ def read_checkpoint(path: Path, **_: Any) -> ModelInput:
 
     Loaded with ``weights_only=True``: no pickled code runs. Zip checkpoints are memory-mapped.
     """
+    state, key = load_state(path)
+    attributes = {"checkpoint_key": key} if key else {}
+    return _state_input(state, {}, Source("pytorch", b"", attributes), str(path))
+
+
+def load_state(path: Path) -> tuple[Mapping[str, Any], str]:
+    """A checkpoint's state_dict (memory-mapped when it can be) and the key it was under."""
     import torch
 
     check_input(path)
@@ -41,8 +48,7 @@ def read_checkpoint(path: Path, **_: Any) -> ModelInput:
             + " or ".join(repr(k) for k in CHECKPOINT_KEYS),
             path=str(path),
         )
-    attributes = {"checkpoint_key": key} if key else {}
-    return _state_input(state, {}, Source("pytorch", b"", attributes), str(path))
+    return state, key
 
 
 def read_module(module: Any) -> ModelInput:
@@ -118,10 +124,16 @@ def _state_input(
 
 def write_checkpoint(src: Path, path: Path, options: Mapping[str, Any]) -> None:
     """Write every tensor of a .dcnn file as a state_dict (atomically)."""
+    with safe_open(src, framework="torch") as dcnn:
+        write_state(dcnn, path)
+
+
+def write_state(dcnn: DcnnFile, path: Path, names: Sequence[str] | None = None) -> None:
+    """Write the tensors ``names`` (default: all) of a .dcnn file (opened with
+    framework="torch") as a state_dict, atomically."""
     import torch
 
-    with safe_open(src, framework="torch") as dcnn:
-        state = {name: dcnn.get_tensor(name) for name in dcnn.keys()}
+    state = {name: dcnn.get_tensor(name) for name in (dcnn.keys() if names is None else names)}
     with replacing(path) as tmp:
         torch.save(state, tmp)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from dcformat import Source, dtypes
+from dcformat import DcnnFile, Source, dtypes
 
 from ..errors import ConvertError
 from ..weight import Weight
@@ -39,8 +39,37 @@ DTYPE_CODES = {
 DTYPES = {code: name for name, code in DTYPE_CODES.items()}
 
 
+Entry = tuple[str, str, tuple[int, ...], int, int]  # name, dtype, shape, data begin, data end
+
+
 def read_safetensors(path: Path, **_: Any) -> ModelInput:
     """Open a .safetensors file; its header is checked now, tensors are read as iterated."""
+    start, entries, metadata = read_header(path)
+
+    def weights() -> Iterator[Weight]:
+        # read, not mapped: pages of a mapped file would count in the process's memory
+        with open(path, "rb") as f:
+            for name, dtype, shape, begin, stop in entries:
+                yield read_tensor(f, path, name, dtype, shape, start + begin, stop - begin)
+
+    nbytes = sum(e[4] - e[3] for e in entries)
+    return ModelInput(weights, nbytes, metadata, Source("safetensors"))
+
+
+def read_tensor(
+    f: BinaryIO, path: Path, name: str, dtype: str, shape: tuple[int, ...], offset: int, nbytes: int
+) -> Weight:
+    """One tensor of ``nbytes`` at file ``offset`` of an open safetensors file."""
+    array = np.empty(shape, dtype=dtypes.storage(dtype))
+    f.seek(offset)
+    if f.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
+        raise _corrupt(path, f"tensor {name!r} is cut short")
+    return Weight(name, array, dtype)
+
+
+def read_header(path: Path) -> tuple[int, list[Entry], dict[str, str]]:
+    """A checked safetensors header: where the data starts, the entries in header order
+    (offsets relative to the data) and ``__metadata__``."""
     check_input(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -71,22 +100,10 @@ def read_safetensors(path: Path, **_: Any) -> ModelInput:
         end = stop
     if start + end != size:
         raise _corrupt(path, f"tensors take {end} bytes but the file holds {size - start} after the header")
-
-    def weights() -> Iterator[Weight]:
-        # read, not mapped: pages of a mapped file would count in the process's memory
-        with open(path, "rb") as f:
-            for name, dtype, shape, begin, stop in entries:
-                array = np.empty(shape, dtype=dtypes.storage(dtype))
-                f.seek(start + begin)
-                if f.readinto(array.reshape(-1).view(np.uint8)) != stop - begin:
-                    raise _corrupt(path, f"tensor {name!r} is cut short")
-                yield Weight(name, array, dtype)
-
-    nbytes = sum(e[4] - e[3] for e in entries)
-    return ModelInput(weights, nbytes, metadata, Source("safetensors"))
+    return start, entries, metadata
 
 
-def _entry(path: Path, name: str, info: Any) -> tuple[str, str, tuple[int, ...], int, int]:
+def _entry(path: Path, name: str, info: Any) -> Entry:
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
         raise _corrupt(path, f"entry {name!r} lacks dtype, shape or data_offsets")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
@@ -109,21 +126,32 @@ def _corrupt(path: Path, message: str) -> ConvertError:
 
 
 def write_safetensors(src: Path, path: Path, options: Mapping[str, Any]) -> None:
-    """Write every tensor of a .dcnn file to ``path`` (atomically), one at a time.
-
-    The .dcnn metadata becomes ``__metadata__``.
-    """
+    """Write every tensor of a .dcnn file to ``path`` (atomically), one at a time; the .dcnn
+    metadata becomes ``__metadata__``."""
     with stored_tensors(src) as (dcnn, stored):
-        _write(dcnn, stored, path)
+        write_tensors(dcnn, path, stored)
 
 
-def _write(dcnn: Any, stored: Any, path: Path) -> None:
+def write_tensors(
+    dcnn: DcnnFile,
+    path: Path,
+    stored: Callable[[str], np.ndarray],
+    names: Sequence[str] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write the tensors ``names`` (default: all) of an open .dcnn file to ``path``
+    (atomically), one at a time.
+
+    ``stored(name)`` gives a tensor's stored-form array; ``metadata`` (default: the .dcnn
+    metadata) becomes ``__metadata__``.
+    """
+    names = dcnn.keys() if names is None else names
     header: dict[str, Any] = {}
-    metadata: Mapping[str, str] = dcnn.metadata()
+    metadata = dcnn.metadata() if metadata is None else metadata
     if metadata:
         header["__metadata__"] = dict(metadata)
     offset = 0
-    for name in dcnn.keys():
+    for name in names:
         info = dcnn.info(name)
         header[name] = {
             "dtype": DTYPE_CODES[info.dtype],
@@ -135,7 +163,7 @@ def _write(dcnn: Any, stored: Any, path: Path) -> None:
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
     with replacing(path) as tmp, open(tmp, "wb") as out:
         out.write(struct.pack("<Q", len(text)) + text)
-        for name in dcnn.keys():
+        for name in names:
             out.write(np.ascontiguousarray(stored(name)).data)
 
 
