@@ -168,8 +168,12 @@ class CompressionConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, accepted back by :meth:`from_dict`."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rules"}
+        """Plain-data form, accepted back by :meth:`from_dict` (unset optional fields left out)."""
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "rules" and getattr(self, f.name) is not None
+        }
         out["rules"] = [
             {f.name: getattr(r, f.name) for f in fields(r) if getattr(r, f.name) is not None}
             for r in self.rules
