@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
-from dcformat.header import sections_of
+from dcformat.file.header import sections_of
 from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
 
 FLOATS = ("float32", "float16", "bfloat16", "float64")

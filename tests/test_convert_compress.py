@@ -12,8 +12,9 @@ from converters.compress import compress, plan_for
 from converters.errors import ConvertError
 from converters.model_io import Weight
 from converters.settings import SAFE, apply_options
-from dcformat import Quantized, Raw, dtypes, huffman, stored_size
-from dcformat.encode import encode_tensor
+from dcformat import Quantized, Raw, dtypes, stored_size
+from dcformat import encode as encode_tensor
+from dcformat.codec import huffman
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import numpy as np
 
 from converters.pipeline.quantize import SharedTensor
 from dcformat import Quantized, Raw
+from dcformat import encode as encode_tensor
 from dcformat.dtypes import convert_floats
-from dcformat.encode import encode_tensor
 
 ZSTD_LEVEL = 9
 
