@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse  # noqa: F401  (the harness builds sparse matrices: timed checks exclude its import)
 import zstandard
 
 import dcformat
