@@ -8,6 +8,8 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("dcformat._native", ["dcformat/_native.c"], optional=True, extra_compile_args=["-O3"])
+        Extension(
+            "dcformat.codec._native", ["dcformat/codec/_native.c"], optional=True, extra_compile_args=["-O3"]
+        )
     ]
 )

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dcformat import DcnnError, safe_open
+from dcformat import DcnnError, replacing, safe_open
 
-from .formats.base import replacing
 from .summary import format_table, row, totals
 
 CONVERT_EPILOG = """\

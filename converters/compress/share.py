@@ -9,7 +9,7 @@ import numpy as np
 from converters.compress.assign import assign
 from converters.compress.config import Init
 from converters.compress.kmeans import kmeans_1d
-from dcformat.huffman import frequencies
+from dcformat.codec.huffman import frequencies
 
 KMEANS_SAMPLE = 1 << 22  # larger tensors are clustered from this many evenly ranked weights
 BLOCK = 1 << 20  # weights assigned to centroids at a time

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,28 +63,3 @@ def check_input(path: Path) -> None:
         raise DcnnIOError("no such file", path=str(path))
     if not path.is_file():
         raise DcnnIOError("not a regular file", path=str(path))
-
-
-@contextlib.contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it when the block succeeds.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    directory = path.parent
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-        os.close(fd)
-    except OSError as exc:
-        raise DcnnIOError(f"cannot write here: {exc.strerror or exc}", path=str(path)) from None
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, DcnnIOError):
-            raise DcnnIOError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
-        raise

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from dcformat import DcnnFile, Source
+from dcformat import DcnnFile, Source, replacing
 from dcformat.layout import MAX_HEADER_BYTES
 
 from ..errors import ConvertError
 from ..parallel import CheckpointRef, SafetensorsRef, Task
 from ..weight import Weight
-from .base import ModelInput, replacing
+from .base import ModelInput
 
 SOURCE_FORMAT = "hf-folder"  # the .dcnn source format of a converted folder
 SIDE_FILE_LIMIT = 16 << 20  # bytes of one side file kept in the .dcnn; larger ones are left out

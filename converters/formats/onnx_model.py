@@ -9,16 +9,13 @@ name of its .dcnn tensor, so the model can be rebuilt with the decoded weights.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcformat import DcnnIOError, Source, dtypes
+from dcformat import Source, dtypes, replacing
 
 from ..errors import ConvertError
 from ..weight import DTYPE_NAMES, Layer, Role, Weight
@@ -241,30 +238,32 @@ def _write(dcnn: Any, stored: Callable[[str], np.ndarray], path: Path, external_
 
 
 def _save(model: Any, path: Path, external: bool) -> None:
-    """Save atomically: written in a temporary folder beside ``path``, then moved into place."""
-    import onnx
-
-    try:
-        folder = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError as exc:
-        raise DcnnIOError(f"cannot write here: {exc.strerror or exc}", path=str(path)) from None
+    """Save atomically; with ``external``, the bytes of tensors of 1 KiB or more go to
+    ``<path>.data`` (64-byte aligned), replaced before the model so that a new model never
+    names old data."""
+    if not external:
+        with replacing(path) as tmp:
+            tmp.write_bytes(model.SerializeToString())
+        return
     location = f"{path.name}.data"
-    try:
-        tmp = Path(folder) / path.name
-        onnx.save_model(
-            model, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True, location=location
-        )
-        if external:
-            os.replace(Path(folder) / location, path.parent / location)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DcnnIOError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
-    finally:
-        for leftover in Path(folder).iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
+    with replacing(path.parent / location) as tmp_data:
+        with open(tmp_data, "wb") as out:
+            for _, tensor, _ in _tensors(model.graph):
+                if len(tensor.raw_data) < CONSTANT_MIN_BYTES:  # small values stay in the graph
+                    continue
+                out.write(bytes(-out.tell() % 64))
+                offset = out.tell()
+                out.write(tensor.raw_data)
+                tensor.ClearField("raw_data")
+                tensor.data_location = tensor.EXTERNAL
+                for key, value in (
+                    ("location", location),
+                    ("offset", offset),
+                    ("length", out.tell() - offset),
+                ):
+                    tensor.external_data.add(key=key, value=str(value))
+    with replacing(path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
 
 
 FORMAT = Format("onnx", (".onnx",), read=read_onnx, write=write_onnx)

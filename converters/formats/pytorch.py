@@ -7,11 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dcformat import DcnnFile, Source, safe_open
+from dcformat import DcnnFile, Source, replacing, safe_open
 
 from ..errors import ConvertError
 from ..weight import Layer, Role, Weight, from_torch
-from .base import Format, ModelInput, check_input, replacing
+from .base import Format, ModelInput, check_input
 
 CHECKPOINT_KEYS = ("state_dict", "model")
 

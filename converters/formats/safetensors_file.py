@@ -14,11 +14,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from dcformat import DcnnFile, Source, dtypes
+from dcformat import DcnnFile, Source, dtypes, replacing
 
 from ..errors import ConvertError
 from ..weight import Weight
-from .base import Format, ModelInput, check_input, replacing, stored_tensors
+from .base import Format, ModelInput, check_input, stored_tensors
 
 MAX_HEADER_BYTES = 100 << 20  # the limit of the safetensors library
 DTYPE_CODES = {

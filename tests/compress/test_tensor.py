@@ -13,7 +13,8 @@ from converters.compress.config import SAFE, apply_options
 from converters.compress.tensor import CompressedTensor, compress_weight
 from converters.errors import ConvertError
 from converters.weight import Weight
-from dcformat import dtypes, huffman
+from dcformat import dtypes
+from dcformat.codec import huffman
 
 
 @pytest.fixture

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_support import SAMPLES, harness
 
 import dcformat
-from dcformat.header import sections_of
+from dcformat.file.header import sections_of
 from dcformat.layout import PREAMBLE_SIZE, align_up
+from fuzz import harness
+from fuzz.make_seeds import sample_files
+
+SAMPLES = sample_files()
 
 PARTS = 4  # each sample's bits are split over this many tests, for pytest-xdist
 

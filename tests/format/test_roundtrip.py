@@ -1,7 +1,7 @@
 """Write then read reproduces any tensor exactly, dense and sparse (property tests)."""
 
 import numpy as np
-import torch
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -45,12 +45,19 @@ def test_raw_any_dtype(tmp_path_factory, data, dtype, shape, level):
 def test_raw_bfloat16_bits_survive(tmp_path_factory, bits):
     path = tmp_path_factory.mktemp("bf16") / "t.dcnn"
     dcformat.save_file({"t": dcformat.Raw(bits, dtype="bfloat16")}, path)
+    numpy_values = dcformat.load_file(path)["t"]  # numpy has no bfloat16: exact float32 values
+    assert bitwise_equal(numpy_values, dtypes.bfloat16_to_float32(bits))
+
+
+@given(hnp.arrays(np.uint16, shapes))
+def test_raw_bfloat16_bits_survive_in_torch(tmp_path_factory, bits):
+    torch = pytest.importorskip("torch")
+    path = tmp_path_factory.mktemp("bf16") / "t.dcnn"
+    dcformat.save_file({"t": dcformat.Raw(bits, dtype="bfloat16")}, path)
     with dcformat.safe_open(path, framework="torch") as f:
         tensor = f.get_tensor("t")
     assert str(tensor.dtype) == "torch.bfloat16"
     assert np.array_equal(tensor.view(torch.int16).numpy().view(np.uint16), bits)
-    numpy_values = dcformat.load_file(path)["t"]  # numpy has no bfloat16: exact float32 values
-    assert bitwise_equal(numpy_values, dtypes.bfloat16_to_float32(bits))
 
 
 @st.composite

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
-from dcformat import huffman, native
+from dcformat.codec import decode as codec
+from dcformat.codec import huffman
+from dcformat.codec.huffman import Stream
 from dcformat.layout import PREAMBLE, PREAMBLE_SIZE, align_up
 
 NATIVE_WANTED = os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
@@ -21,8 +24,8 @@ PATHS = ["numpy", "native"] if NATIVE_WANTED else ["numpy"]
 
 def test_native_extension_is_built() -> None:
     # The package build compiles it; set DCNN_NO_NATIVE=1 to run the suite on the numpy path alone.
-    assert native.AVAILABLE or not NATIVE_WANTED
-    assert native.enabled() == NATIVE_WANTED
+    assert codec.AVAILABLE or not NATIVE_WANTED
+    assert codec.enabled() == NATIVE_WANTED
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def path_mode(monkeypatch: pytest.MonkeyPatch):
     def run(path: str, fn):
         with monkeypatch.context() as m:
             m.setenv("DCNN_NO_NATIVE", "1" if path == "numpy" else "0")
-            assert native.enabled() == (path == "native")
+            assert codec.enabled() == (path == "native")
             return fn()
 
     return run
@@ -62,17 +65,9 @@ def assert_same(a, b) -> None:
             assert x == y
 
 
-def make_stream(symbols: np.ndarray, freqs: np.ndarray, chunk_size: int, origin: int = 0) -> native.Stream:
-    lengths = huffman.code_lengths(freqs)
-    coded = huffman.encode(symbols, lengths, chunk_size)
-    return native.Stream(
-        data=np.frombuffer(coded.data, dtype=np.uint8).copy(),
-        bit_length=coded.bit_length,
-        count=symbols.size,
-        lengths=lengths,
-        chunk_size=chunk_size,
-        offsets=coded.chunk_offsets.astype(np.uint64),
-        origin=origin,
+def make_stream(symbols: np.ndarray, freqs: np.ndarray, chunk_size: int, origin: int = 0) -> Stream:
+    return dataclasses.replace(
+        huffman.encode(symbols, huffman.code_lengths(freqs), chunk_size), origin=origin
     )
 
 
@@ -112,14 +107,14 @@ def test_decode_matches_truth(path_mode, alphabet: int, count: int, chunk_size: 
         assert stream.lengths.max() > 11  # the second-level tables are exercised
     for path in PATHS:
         for threads in (1, 3):
-            got = path_mode(path, lambda t=threads: native.decode_symbols(stream, t))
+            got = path_mode(path, lambda t=threads: codec.decode_symbols(stream, t))
             assert got.dtype == np.uint16
             np.testing.assert_array_equal(got, symbols)
 
 
 def test_decode_large_stream_on_threads(path_mode) -> None:
     rng = np.random.default_rng(7)
-    count = native.MIN_PARALLEL_SYMBOLS * 2 + 12345
+    count = codec.MIN_PARALLEL_SYMBOLS * 2 + 12345
     symbols = skewed_symbols(rng, 64, count, 0.1)
     stream = make_stream(symbols, np.bincount(symbols, minlength=64), 1000)
     values = rng.normal(size=64).astype(np.float32)
@@ -127,7 +122,7 @@ def test_decode_large_stream_on_threads(path_mode) -> None:
     flags = (values != 0).astype(np.uint8)
     for path in PATHS:
         for threads in (1, 2, 5):
-            out, nonzeros = path_mode(path, lambda t=threads: native.decode_values(stream, values, flags, t))
+            out, nonzeros = path_mode(path, lambda t=threads: codec.decode_values(stream, values, flags, t))
             np.testing.assert_array_equal(out, values[symbols])
             assert nonzeros == int(np.count_nonzero(values[symbols]))
 
@@ -143,7 +138,7 @@ def test_decode_values_of_each_width(path_mode, value_dtype: str) -> None:
     for path in PATHS:
         assert_same(
             ("ok", expect),
-            path_mode(path, lambda: outcome(lambda: native.decode_values(stream, values, flags))),
+            path_mode(path, lambda: outcome(lambda: codec.decode_values(stream, values, flags))),
         )
 
 
@@ -153,14 +148,12 @@ def test_one_symbol_stream(path_mode) -> None:
     stream = make_stream(np.full(100, 5), freqs, 16)
     values = np.arange(8, dtype=np.float32)
     for path in PATHS:
-        out, nonzeros = path_mode(path, lambda: native.decode_values(stream, values, np.ones(8, np.uint8)))
+        out, nonzeros = path_mode(path, lambda: codec.decode_values(stream, values, np.ones(8, np.uint8)))
         np.testing.assert_array_equal(out, np.full(100, 5.0, np.float32))
         assert nonzeros == 100
-    bad = native.Stream(
-        stream.data.copy(), stream.bit_length, stream.count, stream.lengths, 16, stream.offsets
-    )
+    bad = Stream(stream.data.copy(), stream.bit_length, stream.count, stream.lengths, 16, stream.offsets)
     bad.data[3] = 1
-    results = both(path_mode, lambda: native.decode_symbols(bad))
+    results = both(path_mode, lambda: codec.decode_symbols(bad))
     assert results[0][:3] == ("error", "FormatError", "huffman-data")
     for r in results[1:]:
         assert_same(results[0], r)
@@ -184,7 +177,7 @@ def test_decode_property(
         freqs[(symbols[0] + 1) % alphabet] = 1  # keep a two-symbol table
     stream = make_stream(symbols, freqs, chunk_size)
     for path in PATHS:
-        np.testing.assert_array_equal(path_mode(path, lambda: native.decode_symbols(stream, 2)), symbols)
+        np.testing.assert_array_equal(path_mode(path, lambda: codec.decode_symbols(stream, 2)), symbols)
 
 
 # -- corrupt streams: both paths must agree on the error, or on the (wrong) symbols ----------------
@@ -215,10 +208,10 @@ def test_corrupt_stream_property(
     if shuffle_offsets and offsets.size:  # other valid-looking offsets: increasing, inside the stream
         offsets = np.sort(rng.choice(np.arange(1, stream.bit_length), size=offsets.size, replace=False))
         offsets = offsets.astype(np.uint64)
-    bad = native.Stream(data, stream.bit_length, count, stream.lengths, chunk_size, offsets, origin=1000)
+    bad = Stream(data, stream.bit_length, count, stream.lengths, chunk_size, offsets, origin=1000)
     values = rng.normal(size=alphabet).astype(np.float32)
     flags = (rng.random(alphabet) < 0.5).astype(np.uint8)
-    results = both(path_mode, lambda: native.decode_values(bad, values, flags, 2))
+    results = both(path_mode, lambda: codec.decode_values(bad, values, flags, 2))
     for r in results[1:]:
         assert_same(results[0], r)
     if flips == 0 and not shuffle_offsets:
@@ -231,8 +224,8 @@ def test_chunk_end_error_is_the_first_bad_chunk(path_mode) -> None:
     stream = make_stream(symbols, np.bincount(symbols, minlength=16), 100, origin=64)
     offsets = stream.offsets.copy()
     offsets[9] += 1  # chunk 9 now ends one bit late, chunk 10 starts one bit late
-    bad = native.Stream(stream.data, stream.bit_length, 4000, stream.lengths, 100, offsets, origin=64)
-    results = both(path_mode, lambda: native.decode_symbols(bad, 2))
+    bad = Stream(stream.data, stream.bit_length, 4000, stream.lengths, 100, offsets, origin=64)
+    results = both(path_mode, lambda: codec.decode_symbols(bad, 2))
     kind, name, rule, message, offset = results[0]
     assert (kind, name, rule) == ("error", "FormatError", "huffman-data")
     assert message == f"chunk 9 does not end at bit {int(offsets[9])}"
@@ -247,8 +240,8 @@ def test_padding_bits_must_be_zero(path_mode) -> None:
     assert stream.bit_length % 8
     data = stream.data.copy()
     data[-1] |= 0x80
-    bad = native.Stream(data, stream.bit_length, 5, stream.lengths, 4096, stream.offsets, origin=128)
-    results = both(path_mode, lambda: native.decode_symbols(bad))
+    bad = Stream(data, stream.bit_length, 5, stream.lengths, 4096, stream.offsets, origin=128)
+    results = both(path_mode, lambda: codec.decode_symbols(bad))
     assert results[0] == (
         "error",
         "FormatError",
@@ -264,7 +257,7 @@ def test_padding_bits_must_be_zero(path_mode) -> None:
 
 
 def sparse_case(rng: np.random.Generator, numel: int, entries: int, index_bits: int, chunk_size: int):
-    from dcformat import gaps as gaps_mod
+    from dcformat.codec import gaps as gaps_mod
 
     positions = np.sort(rng.choice(numel, size=entries, replace=False))
     codes = rng.integers(1, 16, size=entries)
@@ -287,9 +280,9 @@ def test_sparse_scatter(path_mode, numel: int, entries: int, index_bits: int) ->
         for threads in (1, 4):
 
             def run(t=threads):
-                code_symbols = native.decode_symbols(code_stream, t)
+                code_symbols = codec.decode_symbols(code_stream, t)
                 flags = (values != 0).astype(np.uint8)  # fillers carry code 0, value 0.0
-                return native.decode_sparse(code_symbols, gap_stream, numel, values, flags, t)
+                return codec.decode_sparse(code_symbols, gap_stream, numel, values, flags, t)
 
             out, nonzeros = path_mode(path, run)
             np.testing.assert_array_equal(out, expect)
@@ -322,7 +315,7 @@ def test_sparse_property(
     data = gap_stream.data.copy()
     for _ in range(flips if data.size else 0):
         data[rng.integers(data.size)] ^= np.uint8(1 << rng.integers(8))
-    gap_bad = native.Stream(
+    gap_bad = Stream(
         data, gap_stream.bit_length, gap_stream.count, gap_stream.lengths, chunk_size, gap_stream.offsets
     )
     values = rng.normal(size=16).astype(np.float16)
@@ -331,8 +324,8 @@ def test_sparse_property(
     tensor_numel = max(0, numel - shrink)  # positions may now run past the end
 
     def run():
-        code_symbols = native.decode_symbols(code_stream, 2)
-        return native.decode_sparse(code_symbols, gap_bad, tensor_numel, values, flags, 2)
+        code_symbols = codec.decode_symbols(code_stream, 2)
+        return codec.decode_sparse(code_symbols, gap_bad, tensor_numel, values, flags, 2)
 
     results = both(path_mode, run)
     for r in results[1:]:
@@ -356,7 +349,7 @@ def rewrite(path, change) -> None:
     data = bytearray(raw[align_up(PREAMBLE_SIZE + header_length) :])
     change(header, data)
     for tensor in header.tensors:
-        for section in dcformat.header.sections_of(tensor):
+        for section in dcformat.file.header.sections_of(tensor):
             section.crc32 = zlib.crc32(data[section.offset : section.offset + section.length])
     blob = header.SerializeToString()
     head = PREAMBLE.pack(b"\x89DCN\r\n\x1a\n", 1, 0, len(blob), zlib.crc32(blob), 0)
@@ -403,7 +396,7 @@ def test_corrupt_file_property(
 
     def change(header, data) -> None:
         tensor = header.tensors[int(rng.integers(2))]
-        sections = list(dcformat.header.sections_of(tensor))
+        sections = list(dcformat.file.header.sections_of(tensor))
         for _ in range(flips):
             s = sections[int(rng.integers(len(sections)))]
             data[s.offset + int(rng.integers(s.length))] ^= 1 << int(rng.integers(8))
@@ -438,8 +431,8 @@ GUARD_CASES = {
     "zero chunk size": {3: 0},
 }
 
-if native.AVAILABLE:  # the kernels themselves; the numpy path has no counterpart
-    from dcformat import _native
+if codec.AVAILABLE:  # the kernels themselves; the numpy path has no counterpart
+    from dcformat.codec import _native
 
     def guard_args():
         symbols = np.array([0, 1, 2, 1, 0, 2] * 10)
@@ -493,8 +486,8 @@ if native.AVAILABLE:  # the kernels themselves; the numpy path has no counterpar
 def test_data_size_must_match_bit_length(path_mode) -> None:
     symbols = np.array([0, 1, 1, 0, 1, 1, 1, 0, 0])
     stream = make_stream(symbols, np.array([4, 5]), 4)
-    short = native.Stream(stream.data[:-1], stream.bit_length, 9, stream.lengths, 4, stream.offsets)
-    results = both(path_mode, lambda: native.decode_values(short, np.arange(2, dtype=np.float32), None))
+    short = Stream(stream.data[:-1], stream.bit_length, 9, stream.lengths, 4, stream.offsets)
+    results = both(path_mode, lambda: codec.decode_values(short, np.arange(2, dtype=np.float32), None))
     assert results[0][:3] == ("error", "FormatError", "huffman-data")
     for r in results[1:]:
         assert_same(results[0], r)

@@ -1,5 +1,6 @@
 """Canonical Huffman: lengths, canonical codes, bit order, chunked round trips, invalid tables."""
 
+import dataclasses
 import heapq
 
 import numpy as np
@@ -8,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dcformat import huffman
+from dcformat.codec import decode, huffman, huffman_numpy
 from dcformat.errors import FormatError
 
 
@@ -43,10 +44,10 @@ def test_spec_worked_example_bytes():
     lengths = huffman.code_lengths(np.bincount(symbols, minlength=5))
     assert lengths.tolist() == [3, 1, 3, 3, 3]
     stream = huffman.encode(symbols, lengths, chunk_size=4)
-    assert stream.data == bytes([0x34, 0xA6, 0x0E])
-    assert stream.bit_length == 20
-    assert stream.chunk_offsets.tolist() == [8, 16]
-    decoded = huffman.decode(stream.data, 20, 10, lengths, 4, stream.chunk_offsets.astype(np.int64))
+    assert stream.data.tobytes() == bytes([0x34, 0xA6, 0x0E])
+    assert stream.bit_length == 20 and stream.count == 10
+    assert stream.offsets.tolist() == [8, 16]
+    decoded = huffman_numpy.decode(stream)
     assert decoded.tolist() == symbols.tolist()
 
 
@@ -92,9 +93,7 @@ def test_round_trip_any_alphabet_and_chunking(alphabet, count, chunk_size, seed)
     symbols = np.minimum(rng.pareto(skew, count) * 3, alphabet - 1).astype(np.int64)
     lengths = huffman.code_lengths(np.bincount(symbols, minlength=alphabet))
     stream = huffman.encode(symbols, lengths, chunk_size)
-    out = huffman.decode(
-        stream.data, stream.bit_length, count, lengths, chunk_size, stream.chunk_offsets.astype(np.int64)
-    )
+    out = huffman_numpy.decode(stream)
     assert np.array_equal(out, symbols)
 
 
@@ -103,9 +102,7 @@ def test_full_16_bit_alphabet_round_trip():
     symbols = rng.integers(0, 65536, 200_000)
     lengths = huffman.code_lengths(np.bincount(symbols, minlength=65536))
     stream = huffman.encode(symbols, lengths, 4096)
-    out = huffman.decode(
-        stream.data, stream.bit_length, symbols.size, lengths, 4096, stream.chunk_offsets.astype(np.int64)
-    )
+    out = huffman_numpy.decode(stream)
     assert np.array_equal(out, symbols)
 
 
@@ -113,8 +110,8 @@ def test_one_symbol_stream_is_one_zero_bit_per_symbol():
     lengths = huffman.code_lengths(np.array([0, 0, 9, 0]))
     assert lengths.tolist() == [0, 0, 1, 0]
     stream = huffman.encode(np.full(9, 2), lengths, 4)
-    assert stream.bit_length == 9 and stream.data == bytes(2)
-    out = huffman.decode(stream.data, 9, 9, lengths, 4, stream.chunk_offsets.astype(np.int64))
+    assert stream.bit_length == 9 and stream.data.tobytes() == bytes(2)
+    out = decode.decode_symbols(stream)  # one-symbol streams are decoded before any table lookup
     assert out.tolist() == [2] * 9
 
 
@@ -138,10 +135,10 @@ def test_decode_detects_chunk_end_mismatch():
     symbols = np.array([0, 1, 2, 3] * 5)
     lengths = huffman.code_lengths(np.array([4, 3, 2, 1]))
     stream = huffman.encode(symbols, lengths, 5)
-    offsets = stream.chunk_offsets.astype(np.int64)
+    offsets = stream.offsets.copy()
     offsets[1] += 1
     with pytest.raises(FormatError) as info:
-        huffman.decode(stream.data, stream.bit_length, symbols.size, lengths, 5, offsets)
+        huffman_numpy.decode(dataclasses.replace(stream, offsets=offsets))
     assert info.value.rule == "huffman-data"
 
 
@@ -152,16 +149,15 @@ def test_sweep_and_pointer_jumping_decode_alike(corrupt, alphabet, count, chunk_
     symbols = np.minimum(rng.geometric(0.2, count) - 1, alphabet - 1)
     lengths = huffman.code_lengths(np.bincount(symbols, minlength=alphabet))
     stream = huffman.encode(symbols, lengths, chunk_size)
-    data = bytearray(stream.data)
-    if corrupt and data:
-        data[rng.integers(len(data))] ^= 1 << int(rng.integers(8))
+    data = stream.data.copy()
+    if corrupt and data.size:
+        data[rng.integers(data.size)] ^= 1 << int(rng.integers(8))
     results = []
     for jumps in (False, True):
         try:
-            args = (bytes(data), stream.bit_length, count, lengths, chunk_size)
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(huffman, "_jumps_are_cheaper", lambda *_, jumps=jumps: jumps)
-                results.append(huffman.decode(*args, stream.chunk_offsets.astype(np.int64)).tolist())
+                patch.setattr(huffman_numpy, "_jumps_are_cheaper", lambda *_, jumps=jumps: jumps)
+                results.append(huffman_numpy.decode(dataclasses.replace(stream, data=data)).tolist())
         except FormatError as exc:
             results.append((exc.rule, exc.message, exc.offset))
     assert results[0] == results[1]

@@ -22,14 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse  # noqa: F401  (the harness builds sparse matrices: timed checks exclude its import)
 import zstandard
-from fuzz_support import SAMPLES, harness
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
 from dcformat.layout import MAX_CHUNK_SIZE, PREAMBLE, PREAMBLE_SIZE
+from fuzz import harness
+from fuzz.make_seeds import sample_files
 
-ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sample_files()
+
+ROOT = Path(__file__).resolve().parents[2]
 TIME_LIMIT_S = 1.0  # per input of a few hundred bytes; the must-hold is ~1 s per few MB
 MEMORY_LIMIT = 8 << 20  # peak traced allocation while validating one tiny hostile file
 

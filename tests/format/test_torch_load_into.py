@@ -1,4 +1,4 @@
-"""dcformat.torch.load_into: filling a module's parameters and buffers in place."""
+"""dcformat.interop.torch.load_into: filling a module's parameters and buffers in place."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import dcformat
-import dcformat.torch
-from dcformat import native
+from dcformat.codec import decode as codec
+from dcformat.interop import torch as dcnn_torch
+
+torch = pytest.importorskip("torch")
 
 
 def make_module(seed: int) -> torch.nn.Module:
@@ -54,8 +55,8 @@ def test_fills_in_place(saved, threads: int) -> None:
     path, expect = saved
     module = make_module(1)
     before = {name: (id(t), t.data_ptr()) for name, t in module.state_dict(keep_vars=True).items()}
-    result = dcformat.torch.load_into(module, path, threads=threads)
-    assert result == dcformat.torch.LoadResult([], [])
+    result = dcnn_torch.load_into(module, path, threads=threads)
+    assert result == dcnn_torch.LoadResult([], [])
     assert result.missing_keys == [] and result.unexpected_keys == []
     after = module.state_dict(keep_vars=True)
     assert {name: (id(t), t.data_ptr()) for name, t in after.items()} == before
@@ -75,7 +76,7 @@ def test_fills_in_place(saved, threads: int) -> None:
 def test_decodes_to_the_module_dtype(saved, dtype: torch.dtype) -> None:
     path, expect = saved
     module = make_module(1).to(dtype)
-    dcformat.torch.load_into(module, path)
+    dcnn_torch.load_into(module, path)
     state = module.state_dict()
     assert state["3.weight"].dtype == dtype
     assert state["1.num_batches_tracked"].dtype == torch.int64
@@ -92,10 +93,10 @@ def test_strict_reports_missing_and_unexpected_keys(tmp_path, saved) -> None:
     module = make_module(1)
     snapshot = {name: t.clone() for name, t in module.state_dict().items()}
     with pytest.raises(dcformat.DcnnError) as info:
-        dcformat.torch.load_into(module, other)
+        dcnn_torch.load_into(module, other)
     assert "3.bias" in str(info.value) and "extra.weight" in str(info.value)
     assert all(torch.equal(module.state_dict()[name], t) for name, t in snapshot.items())  # untouched
-    result = dcformat.torch.load_into(module, other, strict=False)
+    result = dcnn_torch.load_into(module, other, strict=False)
     assert result == (["3.bias"], ["extra.weight"])
     assert torch.equal(module.state_dict()["3.bias"], snapshot["3.bias"])
     assert torch.equal(module.state_dict()["3.weight"], expect["3.weight"])
@@ -111,7 +112,7 @@ def test_shape_mismatch_raises_before_copying(tmp_path, saved) -> None:
     snapshot = {name: t.clone() for name, t in module.state_dict().items()}
     for strict in (True, False):
         with pytest.raises(dcformat.DcnnError) as info:
-            dcformat.torch.load_into(module, other, strict=strict)
+            dcnn_torch.load_into(module, other, strict=strict)
         assert info.value.tensor == "3.weight"
     assert all(torch.equal(module.state_dict()[name], t) for name, t in snapshot.items())
 
@@ -119,25 +120,26 @@ def test_shape_mismatch_raises_before_copying(tmp_path, saved) -> None:
 def test_bad_arguments(saved, tmp_path) -> None:
     path, _ = saved
     with pytest.raises(dcformat.DcnnError):
-        dcformat.torch.load_into({"0.weight": torch.zeros(1)}, path)
+        dcnn_torch.load_into({"0.weight": torch.zeros(1)}, path)
     with pytest.raises(dcformat.DcnnIOError):
-        dcformat.torch.load_into(make_module(1), tmp_path / "missing.dcnn")
+        dcnn_torch.load_into(make_module(1), tmp_path / "missing.dcnn")
     with pytest.raises(dcformat.DcnnError):
-        dcformat.torch.load_into(make_module(1), path, threads=0)
+        dcnn_torch.load_into(make_module(1), path, threads=0)
 
 
 def test_importing_dcformat_does_not_import_torch() -> None:
-    code = "import sys, dcformat, dcformat.torch, dcformat.native; assert 'torch' not in sys.modules, 'torch'"
+    imports = "import sys, dcformat, dcformat.interop.torch, dcformat.interop.scipy, dcformat.codec.decode"
+    code = f"{imports}; assert 'torch' not in sys.modules and 'scipy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_native_and_numpy_paths_load_alike(saved, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = saved
     states = []
-    for no_native in ("1", "0") if native.enabled() else ("1",):
+    for no_native in ("1", "0") if codec.enabled() else ("1",):
         monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
         module = make_module(3)
-        dcformat.torch.load_into(module, path)
+        dcnn_torch.load_into(module, path)
         states.append(module.state_dict())
     for state in states[1:]:
         assert all(torch.equal(state[name], t) for name, t in states[0].items())

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 import dcformat
 
@@ -61,6 +60,11 @@ def test_output_dtypes(model):
         assert np.array_equal(bf, expected["conv.weight"])
         with pytest.raises(dcformat.DcnnError, match="cannot convert"):
             f.get_tensor("steps", dtype="float16")
+
+
+def test_output_dtypes_torch(model):
+    torch = pytest.importorskip("torch")
+    path, expected = model
     with dcformat.safe_open(path, framework="torch") as f:
         t = f.get_tensor("fc.weight", dtype="bfloat16")
         assert t.dtype == torch.bfloat16
@@ -69,6 +73,7 @@ def test_output_dtypes(model):
 
 
 def test_sparse_layouts_and_ranks(model):
+    pytest.importorskip("scipy")
     path, expected = model
     with dcformat.safe_open(path) as f:
         csr = f.get_sparse("conv.weight")
@@ -78,6 +83,11 @@ def test_sparse_layouts_and_ranks(model):
         assert coo.nnz == 4 and np.array_equal(coo.toarray(), expected["fc.weight"])
         assert f.get_sparse("fc.bias").shape == (1, 3)
         assert f.get_sparse("steps").shape == (1, 1)
+
+
+def test_sparse_torch(model):
+    torch = pytest.importorskip("torch")
+    path, expected = model
     with dcformat.safe_open(path, framework="torch") as f:
         csr = f.get_sparse("fc.weight")
         assert csr.layout == torch.sparse_csr

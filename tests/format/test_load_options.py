@@ -7,13 +7,13 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 
 import dcformat
-from dcformat import dtypes, native
+from dcformat import dtypes
+from dcformat.codec import decode as codec
 from dcformat.layout import PREAMBLE, PREAMBLE_SIZE, align_up
 
-PATHS = ["numpy", "native"] if native.enabled() else ["numpy"]
+PATHS = ["numpy", "native"] if codec.enabled() else ["numpy"]
 
 
 @pytest.fixture
@@ -78,6 +78,7 @@ def test_output_dtype_numpy(model, decoder: str, dtype: str) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_output_dtype_torch(model, decoder: str, dtype: str) -> None:
+    torch = pytest.importorskip("torch")
     path, expect = model
     torch_dtype = getattr(torch, dtype)
     loaded = dcformat.load_file(path, framework="torch", dtype=dtype, device="cpu")
@@ -91,6 +92,7 @@ def test_output_dtype_torch(model, decoder: str, dtype: str) -> None:
 
 
 def test_stored_bfloat16_comes_as_torch_bfloat16(model, decoder: str) -> None:
+    torch = pytest.importorskip("torch")
     path, expect = model
     with dcformat.safe_open(path, framework="torch") as f:
         got = f.get_tensor("bf16")
@@ -112,6 +114,11 @@ def test_bad_dtype_and_device(model) -> None:
     with pytest.raises(dcformat.DcnnError) as info:
         dcformat.load_file(path, dtype="int32")
     assert info.value.rule == "usage"
+
+
+def test_bad_torch_device(model) -> None:
+    torch = pytest.importorskip("torch")
+    path, _ = model
     with dcformat.safe_open(path, framework="torch") as f:
         for device in ("nope", "cuda:0" if not torch.cuda.is_available() else "nope:1"):
             with pytest.raises(dcformat.DcnnError) as info:
@@ -149,7 +156,7 @@ def break_tensor(path, tensor_name: str, how: str) -> None:
     data = raw[align_up(PREAMBLE_SIZE + header_length) :]
     tensor = next(t for t in header.tensors if t.name == tensor_name)
     if how == "crc":
-        section = next(dcformat.header.sections_of(tensor))
+        section = next(dcformat.file.header.sections_of(tensor))
         data[section.offset + section.length // 2] ^= 0x10
     else:
         tensor.nonzeros += 1

@@ -1,8 +1,8 @@
 """Write .dcnn files atomically, one tensor at a time, in bounded memory.
 
-Sections go to a spool file as tensors are added; closing writes the preamble and
-header into a temporary file beside the target, appends the spool, fsyncs and renames.
-A crash at any moment leaves the target as it was (old file or none).
+Sections go to a spool file as tensors are added; closing writes the preamble, the header
+and the spool into the target through ``atomic.replacing``: a crash at any moment leaves
+the target as it was (old file or none).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from types import TracebackType
 
 import numpy as np
 
-from . import dcnn_pb2 as pb
-from .encode import DEFAULT_CHUNK_SIZE, EncodedTensor, encode_tensor
-from .errors import DcnnIOError, EncodeError
-from .layout import MAGIC, MAJOR, MAX_HEADER_BYTES, MINOR, PREAMBLE, align_up
-from .tensors import Quantized, Raw, Source
+from .. import dcnn_pb2 as pb
+from ..encodings import DEFAULT_CHUNK_SIZE, EncodedTensor, encode
+from ..errors import DcnnIOError, EncodeError
+from ..layout import MAGIC, MAJOR, MAX_HEADER_BYTES, MINOR, PREAMBLE, align_up
+from ..tensors import Quantized, Raw, Source
+from .atomic import replacing
 
 PRODUCER = "dcnn 0.1.0"
 _PARTIAL_SUFFIX = ".dcnn-partial"
@@ -72,19 +73,16 @@ class Writer:
 
     def add(self, name: str, tensor: Raw | Quantized | np.ndarray) -> pb.Tensor:
         """Encode and append one tensor; returns its header record."""
-        if self._closed:
-            raise EncodeError("the writer is closed")
-        if name in self._names:
-            raise EncodeError(f"duplicate tensor name {name!r}")
-        return self.add_encoded(encode_tensor(name, tensor, self.chunk_size))
+        self._check_open(name)
+        return self.add_encoded(encode(name, tensor, self.chunk_size))
 
     def add_encoded(self, encoded: EncodedTensor) -> pb.Tensor:
-        """Append a tensor encoded by :func:`dcformat.encode`, as it is; returns its header record."""
-        name = encoded.record.name
-        if self._closed:
-            raise EncodeError("the writer is closed")
-        if name in self._names:
-            raise EncodeError(f"duplicate tensor name {name!r}")
+        """Append a tensor encoded by :func:`dcformat.encode` as it is (no second encoding);
+        returns its header record."""
+        if not isinstance(encoded, EncodedTensor):
+            raise EncodeError(f"expected an EncodedTensor, got {type(encoded).__name__}")
+        name = encoded.name
+        self._check_open(name)
         for section, data in encoded.payloads:
             start = align_up(self._data_end)
             self._spool.write(bytes(start - self._data_end))
@@ -94,6 +92,12 @@ class Writer:
         self._names.add(name)
         self._header.tensors.append(encoded.record)
         return encoded.record
+
+    def _check_open(self, name: str) -> None:
+        if self._closed:
+            raise EncodeError("the writer is closed")
+        if name in self._names:
+            raise EncodeError(f"duplicate tensor name {name!r}")
 
     def commit(self) -> None:
         """Write the file at its path (atomically) and release the spool."""
@@ -107,26 +111,15 @@ class Writer:
         head = head[:-4] + (zlib.crc32(head[:-4])).to_bytes(4, "little")
         head += header
         head += bytes(align_up(len(head)) - len(head))
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=_PARTIAL_SUFFIX, dir=self._spool_path.parent
-        )
         try:
-            with os.fdopen(fd, "wb") as out:
+            with replacing(self.path, _PARTIAL_SUFFIX) as tmp, open(tmp, "wb") as out:
                 out.write(head)
                 self._spool.flush()
                 self._spool.seek(0)
                 shutil.copyfileobj(self._spool, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        except BaseException:
             self.abort()
-            if isinstance(exc, OSError):
-                raise DcnnIOError(f"cannot write: {exc.strerror}", path=str(self.path)) from exc
             raise
-        _fsync_directory(self.path.parent)
         self._release()
 
     def abort(self) -> None:
@@ -175,12 +168,3 @@ def _remove_stale_partials(path: Path) -> None:
     for stale in directory.glob(f".{glob.escape(path.name)}.*{_PARTIAL_SUFFIX}"):
         with contextlib.suppress(OSError):
             stale.unlink()
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

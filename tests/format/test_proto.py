@@ -8,7 +8,7 @@ from google.protobuf import descriptor_pb2
 
 from dcformat import dcnn_pb2
 
-SPEC = Path(__file__).resolve().parent.parent / "spec"
+SPEC = Path(__file__).resolve().parents[2] / "spec"
 
 
 def test_generated_module_matches_proto(tmp_path):

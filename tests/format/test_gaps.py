@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcformat import gaps
+from dcformat.codec import gaps
 
 
 def test_spec_worked_example():

@@ -11,7 +11,7 @@ import numpy as np
 import dcformat
 from dcformat.cli import validate_main
 
-VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
 
 
 def test_report_collects_problems_of_every_tensor(tmp_path):

@@ -3,7 +3,8 @@
 A table is a code length per symbol. Codes are assigned canonically (RFC 1951
 section 3.2.2) and written into an LSB-first bitstream, most significant code bit
 first. Streams are cut into chunks of ``chunk_size`` symbols whose starting bit
-offsets are recorded, so decoding runs across all chunks at once.
+offsets are recorded, so decoding runs across all chunks at once (``huffman_numpy`` and the
+native kernel decode).
 """
 
 from __future__ import annotations
@@ -12,21 +13,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FormatError
-from .layout import MAX_CODE_LENGTH
+from ..errors import FormatError
+from ..layout import MAX_CODE_LENGTH
 
-# Decoding steps per block of the numpy decoder (see decode).
-_STEP_BLOCK = 64
 _REVERSED_BYTE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint32)
 
 
 @dataclass(frozen=True)
 class Stream:
-    """A coded stream: its bytes, exact bit length and the bit offsets of chunks 1..n-1."""
+    """One chunked Huffman stream: what the encoder produces and the decoders take."""
 
-    data: bytes
+    data: np.ndarray  # uint8, the section bytes
     bit_length: int
-    chunk_offsets: np.ndarray  # uint64
+    count: int
+    lengths: np.ndarray  # uint8, one code length per symbol
+    chunk_size: int
+    offsets: np.ndarray  # uint64 bit offsets of chunks 1..n-1
+    origin: int = 0  # file offset of data, added to error offsets
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.count // self.chunk_size)
 
 
 def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
@@ -113,7 +120,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _reverse(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def reverse_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Reverse the low ``lengths`` bits of each code (codes of up to 16 bits)."""
     codes = codes.astype(np.uint32)
     rev16 = (_REVERSED_BYTE[codes & 0xFF] << 8) | _REVERSED_BYTE[(codes >> 8) & 0xFF]
@@ -174,11 +181,13 @@ def encode(
     if np.count_nonzero(lengths) == 1:  # one symbol: code "0" of length 1
         bit_length = symbols.size
         offsets = np.arange(chunk_size, symbols.size, chunk_size, dtype=np.uint64)
-        return Stream(bytes(-(-bit_length // 8)), bit_length, offsets)
+        return Stream(
+            np.zeros(-(-bit_length // 8), np.uint8), bit_length, symbols.size, lengths, chunk_size, offsets
+        )
     if freqs is None:
         freqs = frequencies(symbols, lengths.size)
     bit_length = encoded_bits(freqs, lengths)
-    reversed_codes = _reverse(canonical_codes(lengths), lengths).astype(np.uint64)
+    reversed_codes = reverse_bits(canonical_codes(lengths), lengths).astype(np.uint64)
     table_lengths = lengths.astype(np.uint64)
     words = np.zeros(-(-bit_length // 64) + 1, dtype="<u8")
     offsets = []
@@ -192,7 +201,8 @@ def encode(
         _pack_into(words, reversed_codes[block], starts)
         offsets.append(starts[(-first) % chunk_size :: chunk_size].copy())  # not a view of the block
     chunk_offsets = np.concatenate([np.zeros(0, np.uint64), *offsets])[1:]
-    return Stream(words.view(np.uint8)[: -(-bit_length // 8)].tobytes(), bit_length, chunk_offsets)
+    data = words.view(np.uint8)[: -(-bit_length // 8)].copy()
+    return Stream(data, bit_length, symbols.size, lengths, chunk_size, chunk_offsets)
 
 
 def _pack_into(words: np.ndarray, values: np.ndarray, starts: np.ndarray) -> None:
@@ -209,145 +219,3 @@ def _pack_into(words: np.ndarray, values: np.ndarray, starts: np.ndarray) -> Non
     high = values[spill] >> (np.uint64(64) - shift[spill])
     crossing = high != 0
     words[word[spill[crossing]] + np.uint64(1)] |= high[crossing]
-
-
-def decode(
-    data: bytes | memoryview | np.ndarray,
-    bit_length: int,
-    count: int,
-    lengths: np.ndarray,
-    chunk_size: int,
-    chunk_offsets: np.ndarray,
-) -> np.ndarray:
-    """Decode ``count`` symbols (uint16 for alphabets up to 65536) from a chunked stream.
-
-    The header checks (table, sizes, offsets in range and in order) come first, in
-    the reader; this checks what only decoding can: every chunk ends exactly where
-    the next begins, the stream ends at ``bit_length`` and the padding bits are zero.
-    """
-    lengths = np.asarray(lengths, dtype=np.uint8)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    out_type = np.uint16 if lengths.size <= 1 << 16 else np.uint32
-    if count == 0:
-        return np.zeros(0, dtype=out_type)
-    _check_padding(buf, bit_length)
-    used = np.flatnonzero(lengths)
-    if used.size == 1:
-        if bit_length != count or buf.any():
-            raise FormatError(
-                "a one-symbol stream must be all zero bits, one per symbol", rule="huffman-data"
-            )
-        return np.full(count, used[0], dtype=out_type)
-    max_len = int(lengths.max())
-    lut_symbol, lut_length = _lookup_table(lengths, max_len)
-    starts = np.concatenate(([0], np.asarray(chunk_offsets, dtype=np.int64)))
-    ends = np.concatenate((starts[1:], [bit_length]))
-    n_chunks = starts.size
-    last_count = count - (n_chunks - 1) * chunk_size
-    steps = chunk_size if n_chunks > 1 else last_count
-    # A corrupt chunk may run past the end: pad so every read stays in the buffer.
-    padded = np.zeros(buf.size + 2 * steps + 8, dtype=np.uint8)
-    padded[: buf.size] = buf
-    window = np.ndarray((padded.size - 3,), dtype="<u4", buffer=padded, strides=(1,))
-    mask = np.uint32((1 << max_len) - 1)
-    lut_symbol = lut_symbol.astype(out_type)
-    if _jumps_are_cheaper(steps, n_chunks, count, bit_length):
-        return _decode_by_jumps(window, mask, lut_symbol, lut_length, starts, ends, count, chunk_size)
-    # Steps are decoded a block at a time across all chunks, then moved into the chunk-major
-    # output: no temporary of the stream's size.
-    out = np.empty(n_chunks * steps, dtype=out_type)
-    columns = out.reshape(n_chunks, steps)
-    block = np.empty((min(_STEP_BLOCK, steps), n_chunks), dtype=out_type)
-    pos = starts.copy()
-    for first in range(0, steps, _STEP_BLOCK):
-        rows = min(_STEP_BLOCK, steps - first)
-        for row in range(rows):
-            if first + row == last_count:  # the last chunk is shorter: drop it from the sweep
-                ends_reached = pos[-1]
-                pos = pos[:-1]
-            index = (window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask
-            lut_symbol.take(index, out=block[row, : pos.size], mode="clip")
-            pos += lut_length[index]
-        columns[:, first : first + rows] = block[:rows].T
-    if last_count < steps:
-        pos = np.concatenate((pos, [ends_reached]))
-    _check_chunk_ends(pos, starts, ends)
-    return out[:count]
-
-
-def _jumps_are_cheaper(steps: int, n_chunks: int, count: int, bit_length: int) -> bool:
-    """Cost model (ns, measured on numpy 2): one Python step per symbol of a chunk, against
-    log2(steps) vectorized pointer-jumping rounds over every bit position."""
-    sweep = steps * (12_000 + 30 * n_chunks)
-    jumps = max(1, (steps - 1).bit_length()) * (15 * bit_length + 10 * count) + 20 * bit_length
-    return jumps < sweep
-
-
-def _decode_by_jumps(
-    window: np.ndarray,
-    mask: np.uint32,
-    lut_symbol: np.ndarray,
-    lut_length: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    count: int,
-    chunk_size: int,
-) -> np.ndarray:
-    """Decode by pointer jumping: the code starting at every bit position gives that position's
-    successor; symbol i of a chunk starts at the i-th successor of the chunk's start, found by
-    composing successor tables squared log2(chunk_size) times. No loop over symbols."""
-    bit_length = int(ends[-1])
-    sink = bit_length + 1  # where any code running past the end lands, and stays
-    position = np.arange(sink + 1, dtype=np.int64)
-    successor = position + lut_length[(window[position >> 3] >> (position & 7).astype(np.uint32)) & mask]
-    successor[successor > bit_length] = sink
-    successor[sink] = sink
-    sizes = np.full(starts.size, chunk_size, dtype=np.int64)
-    sizes[-1] = count - chunk_size * (starts.size - 1)
-    chunk_of = np.repeat(np.arange(starts.size), sizes)
-    rank = np.arange(count, dtype=np.int64) - chunk_size * chunk_of
-    pos = starts[chunk_of]
-    jump = successor
-    for bit in range(max(1, int(sizes.max() - 1).bit_length())):
-        take = np.flatnonzero((rank >> bit) & 1)
-        pos[take] = jump[pos[take]]
-        jump = jump[jump]
-    last = np.cumsum(sizes) - 1
-    _check_chunk_ends(successor[pos[last]], starts, ends)
-    return lut_symbol.take((window[pos >> 3] >> (pos & 7).astype(np.uint32)) & mask)
-
-
-def _check_chunk_ends(reached: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
-    """Every chunk must end exactly where the next begins (the last at bit_length)."""
-    bad = np.flatnonzero(reached != ends)
-    if bad.size:
-        chunk = int(bad[0])
-        raise FormatError(
-            f"chunk {chunk} does not end at bit {int(ends[chunk])}",
-            rule="huffman-data",
-            offset=int(starts[chunk]) // 8,
-        )
-
-
-def _lookup_table(lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symbol and length for every max_len-bit peek of an LSB-first stream."""
-    used = np.flatnonzero(lengths)
-    used_lengths = lengths[used].astype(np.int64)
-    reversed_codes = _reverse(canonical_codes(lengths)[used], used_lengths).astype(np.int64)
-    repeats = np.left_shift(1, max_len - used_lengths)
-    group = np.repeat(np.arange(used.size), repeats)
-    within = np.arange(group.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    index = reversed_codes[group] + (within << used_lengths[group])
-    lut_symbol = np.zeros(1 << max_len, dtype=np.uint32)
-    lut_length = np.zeros(1 << max_len, dtype=np.int64)
-    lut_symbol[index] = used[group]
-    lut_length[index] = used_lengths[group]
-    return lut_symbol, lut_length
-
-
-def _check_padding(buf: np.ndarray, bit_length: int) -> None:
-    tail = bit_length & 7
-    if tail and buf[-1] >> tail:
-        raise FormatError(
-            "padding bits after the stream are not zero", rule="huffman-data", offset=buf.size - 1
-        )

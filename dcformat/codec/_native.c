@@ -384,7 +384,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "dcformat._native", "Native Huffman decode and scatter kernels.", -1, methods,
+    PyModuleDef_HEAD_INIT, "dcformat.codec._native", "Native Huffman decode and scatter kernels.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import mmap
 import os
-import warnings
 import zlib
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
-import zstandard
 
-from . import dcnn_pb2 as pb
-from . import dtypes, gaps, native
-from .errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
-from .header import (
-    ENCODING_NAMES,
-    Preamble,
-    check_layout,
-    check_tensor,
-    numel_of,
-    parse_header,
-    read_preamble,
-    sections_of,
-)
-from .layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
-from .tensors import Source
+from .. import dcnn_pb2 as pb
+from .. import dtypes, encodings
+from ..codec import decode as codec
+from ..codec.huffman import Stream
+from ..encodings.base import numel_of
+from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
+from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
+from ..tensors import Codes, Source
+from .header import Preamble, check_layout, check_tensor, parse_header, read_preamble, sections_of
 
 FRAMEWORKS = ("numpy", "torch")
 
@@ -55,19 +47,6 @@ class TensorInfo:
         return self.numel * dtypes.itemsize(self.dtype)
 
 
-@dataclass(frozen=True)
-class Codes:
-    """The compressed form of a coded tensor, for engines that compute on it.
-
-    Sparse tensors give the positions of their stored entries, fillers left out.
-    """
-
-    codebook: np.ndarray
-    codes: np.ndarray
-    positions: np.ndarray | None
-    shape: tuple[int, ...]
-
-
 class DcnnFile:
     """An open .dcnn file (see :func:`safe_open`)."""
 
@@ -81,7 +60,7 @@ class DcnnFile:
         self.path = os.fspath(path)
         self.framework = framework
         self.verify = verify
-        self.threads = native.check_threads(threads)
+        self.threads = codec.check_threads(threads)
         self._map: mmap.mmap | None = None
         try:
             with open(self.path, "rb") as f:
@@ -133,16 +112,13 @@ class DcnnFile:
 
     def info(self, name: str) -> TensorInfo:
         t = self._record(name)
-        if t.encoding == pb.RAW:
-            entries, weight_bits = numel_of(t), 8 * dtypes.itemsize(dtypes.from_enum(t.dtype))
-        else:
-            k = len(t.codebook.values) // dtypes.itemsize(dtypes.from_enum(t.codebook.dtype))
-            entries, weight_bits = t.codes.count, max(1, (k - 1).bit_length())
+        encoding = encodings.of(t)
+        entries, weight_bits = encoding.entries_and_bits(t)
         return TensorInfo(
             name=name,
             shape=tuple(t.shape),
             dtype=dtypes.from_enum(t.dtype),
-            encoding=ENCODING_NAMES[t.encoding],
+            encoding=encoding.NAME,
             entries=entries,
             nonzeros=t.nonzeros,
             weight_bits=weight_bits,
@@ -184,48 +160,20 @@ class DcnnFile:
             )
         row, col = np.divmod(positions, max(cols, 1))
         if self.framework == "torch":
-            import torch
+            from ..interop import torch as interop_torch
 
-            index = torch.from_numpy(np.stack([row, col]))
-            coo = torch.sparse_coo_tensor(
-                index,
-                self._convert(stored, kind, None),
-                (rows, cols),
-                is_coalesced=True,
-                check_invariants=False,
-            )
-            if layout == "coo":
-                return coo
-            with warnings.catch_warnings():  # torch flags its CSR support as beta
-                warnings.simplefilter("ignore", UserWarning)
-                return coo.to_sparse_csr()
-        import scipy.sparse
+            return interop_torch.sparse_matrix(row, col, stored, kind, (rows, cols), layout)
+        from ..interop import scipy as interop_scipy
 
-        # scipy's kernels have no half-precision types: widen (exactly) to float32.
-        values = dtypes.bfloat16_to_float32(stored) if kind == "bfloat16" else stored
-        values = values.astype(np.float32) if values.dtype == np.float16 else values
-        if layout == "coo":
-            return scipy.sparse.coo_matrix((values, (row, col)), shape=(rows, cols))
-        indptr = np.searchsorted(row, np.arange(rows + 1)).astype(np.int64)
-        return scipy.sparse.csr_matrix((values, col, indptr), shape=(rows, cols))
+        return interop_scipy.sparse_matrix(row, col, stored, kind, (rows, cols), layout)
 
     def get_codes(self, name: str) -> Codes:
         """Codebook, codes and (sparse) positions of a coded tensor, without decoding values."""
         record = self._record(name)
-        if record.encoding == pb.RAW:
-            raise DcnnError("a RAW tensor has no codes", rule="usage", path=self.path, tensor=name)
         try:
-            codes = self._stream(record.codes)
-            positions = None
-            if record.encoding == pb.SPARSE_CODES:
-                positions = self._positions(record)
-                keep = codes != 0
-                codes, positions = codes[keep], positions[keep]
-            else:
-                codes = codes.reshape(tuple(record.shape))
+            return encodings.of(record).codes(self, record)
         except DcnnError as exc:
             raise exc.located(path=self.path, tensor=name) from None
-        return Codes(_codebook(record), codes, positions, tuple(record.shape))
 
     # -- internals --------------------------------------------------------------------------
 
@@ -235,7 +183,7 @@ class DcnnFile:
         except (KeyError, TypeError):
             raise DcnnError(f"no tensor named {name!r}", rule="usage", path=self.path) from None
 
-    def _section(self, section: pb.Section) -> np.ndarray:
+    def section(self, section: pb.Section) -> np.ndarray:
         """A copy of a section's bytes, its checksum verified."""
         if self._map is None:
             raise DcnnError("the file is closed", rule="usage", path=self.path)
@@ -248,11 +196,11 @@ class DcnnFile:
             _check_zero(self._map, start + section.length, min(align_up(start + section.length), self.size))
         return data
 
-    def _coded(self, stream: pb.HuffmanStream) -> native.Stream:
+    def stream(self, stream: pb.HuffmanStream) -> Stream:
         """A Huffman stream's section (checksum verified) and fields."""
         has_data = stream.HasField("data")
-        return native.Stream(
-            data=self._section(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
+        return Stream(
+            data=self.section(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
             bit_length=stream.bit_length,
             count=stream.count,
             lengths=np.frombuffer(stream.code_lengths, dtype=np.uint8),
@@ -261,95 +209,35 @@ class DcnnFile:
             origin=self.preamble.data_start + stream.data.offset if has_data else 0,
         )
 
-    def _stream(self, stream: pb.HuffmanStream) -> np.ndarray:
-        return native.decode_symbols(self._coded(stream), self.threads)
-
-    def _positions(self, record: pb.Tensor) -> np.ndarray:
-        positions = gaps.positions_of(self._stream(record.gaps))
-        if positions.size and positions[-1] >= numel_of(record):
-            raise FormatError(
-                f"gaps run to position {int(positions[-1])}, past the tensor's {numel_of(record)} elements",
-                rule="positions",
-            )
-        return positions
-
-    def _raw(self, record: pb.Tensor) -> np.ndarray:
-        kind = dtypes.from_enum(record.dtype)
-        storage = dtypes.storage(kind)
-        numel = numel_of(record)
-        if not record.HasField("raw"):
-            return np.zeros(tuple(record.shape), dtype=storage)
-        data = self._section(record.raw)
-        if record.compression == pb.COMPRESSION_ZSTD:
-            data = np.frombuffer(_unzstd(data, numel * storage.itemsize), dtype=np.uint8).copy()
-        if kind == "bool" and np.any(data > 1):
-            raise FormatError("a bool element is not the byte 0 or 1", rule="bool-value")
-        array = data.view(storage)
-        return array.reshape(tuple(record.shape))
+    def symbols(self, stream: pb.HuffmanStream) -> np.ndarray:
+        """A Huffman stream's decoded symbols."""
+        return codec.decode_symbols(self.stream(stream), self.threads)
 
     def _decode_dense(self, record: pb.Tensor, out_kind: str) -> np.ndarray:
-        """The tensor's values in the stored form of ``out_kind`` (bfloat16 as bits).
-
-        Coded tensors decode straight to ``out_kind``: the codebook is converted first.
-        """
-        kind = dtypes.from_enum(record.dtype)
-        shape = tuple(record.shape)
-        if record.encoding == pb.RAW:
-            out = self._raw(record)
-            nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind))) if self.verify else 0
-            out = _cast(out, kind, out_kind)
-        else:
-            book = _decoded_codebook(record)
-            values = _cast(book, kind, out_kind)
-            flags = dtypes.is_nonzero(book, kind).astype(np.uint8) if self.verify else None
-            if record.encoding == pb.DENSE_CODES:
-                out, nonzeros = native.decode_values(self._coded(record.codes), values, flags, self.threads)
-            else:
-                out, nonzeros = native.decode_sparse(
-                    self._stream(record.codes),
-                    self._coded(record.gaps),
-                    numel_of(record),
-                    values,
-                    flags,
-                    self.threads,
-                )
+        """The tensor's values in the stored form of ``out_kind`` (bfloat16 as bits)."""
+        out, nonzeros = encodings.of(record).decode(self, record, out_kind)
         if self.verify and nonzeros != record.nonzeros:
             raise FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros")
-        return out.reshape(shape)
+        return out.reshape(tuple(record.shape))
 
     def _decode_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray, str]:
         """Flat positions and stored-form values of the nonzero elements."""
         kind = dtypes.from_enum(record.dtype)
-        if record.encoding != pb.SPARSE_CODES:
-            dense = self._decode_dense(record, kind)
-            flat = dense.reshape(-1)
+        entries = encodings.of(record).nonzero_entries(self, record)
+        if entries is None:
+            flat = self._decode_dense(record, kind).reshape(-1)
             positions = np.flatnonzero(dtypes.is_nonzero(flat, kind))
             return positions, flat[positions], kind
-        positions, values = self._sparse_entries(record)
-        keep = dtypes.is_nonzero(values, kind)
-        return positions[keep], values[keep], kind
-
-    def _sparse_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and stored-form values of every stored entry, fillers included."""
-        codes = self._stream(record.codes)
-        return self._positions(record), _decoded_codebook(record)[codes]
+        return *entries, kind
 
     def _convert(self, array: np.ndarray, kind: str, device: str | None) -> Any:
         if self.framework == "numpy":
             if device is not None:
                 raise DcnnError("device applies to framework='torch' only", rule="usage")
             return dtypes.bfloat16_to_float32(array) if kind == "bfloat16" else array
-        import torch
+        from ..interop import torch as interop_torch
 
-        tensor = torch.from_numpy(array.view(np.int16) if kind == "bfloat16" else array)
-        if kind == "bfloat16":
-            tensor = tensor.view(torch.bfloat16)
-        if device is None:
-            return tensor
-        try:
-            return tensor.to(device)
-        except (RuntimeError, AssertionError, TypeError) as exc:  # torch's errors for unusable devices
-            raise DcnnError(f"cannot place the tensor on device {device!r}: {exc}", rule="usage") from None
+        return interop_torch.to_tensor(array, kind, device)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -408,33 +296,6 @@ def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:
         raise FormatError("padding bytes are not zero", rule="padding", offset=start + int(nonzero[0]))
 
 
-def _codebook(record: pb.Tensor) -> np.ndarray:
-    storage = dtypes.storage(dtypes.from_enum(record.codebook.dtype))
-    return np.frombuffer(record.codebook.values, dtype=storage).copy()
-
-
-def _decoded_codebook(record: pb.Tensor) -> np.ndarray:
-    return dtypes.convert_floats(_codebook(record), dtypes.from_enum(record.dtype))
-
-
-def _unzstd(data: np.ndarray, expected: int) -> bytes:
-    try:
-        params = zstandard.get_frame_parameters(data)
-        if params.content_size != expected:
-            raise FormatError(
-                f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
-            )
-        frame = zstandard.ZstdDecompressor().decompressobj()
-        out = frame.decompress(data)
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"zstd data does not decompress: {exc}", rule="zstd") from None
-    if not frame.eof or frame.unused_data:
-        raise FormatError("the section is not exactly one zstd frame", rule="zstd")
-    if len(out) != expected:
-        raise FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd")
-    return out
-
-
 def _checked_out_dtype(kind: str, dtype: str) -> str:
     if dtype not in dtypes.FLOAT_NAMES or kind not in dtypes.FLOAT_NAMES:
         raise DcnnError(
@@ -443,11 +304,3 @@ def _checked_out_dtype(kind: str, dtype: str) -> str:
             rule="usage",
         )
     return dtype
-
-
-def _cast(stored: np.ndarray, kind: str, out_kind: str) -> np.ndarray:
-    """Stored-form values of ``kind`` converted to the stored form of ``out_kind``."""
-    if out_kind == kind:
-        return stored
-    wide = dtypes.bfloat16_to_float32(stored) if kind == "bfloat16" else stored
-    return dtypes.convert_floats(wide, out_kind)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layout import MAX_CODE_LENGTH
 from . import huffman
-from .layout import MAX_CODE_LENGTH
 
 
 def real_gaps(positions: np.ndarray) -> np.ndarray:

@@ -1,16 +1,20 @@
-"""Fill a torch module's parameters and buffers from a .dcnn file, in place.
+"""torch interop: fill a module's parameters and buffers from a .dcnn file in place
+(:func:`load_into`), and the reader's torch tensors (framework="torch").
 
-torch is imported when :func:`load_into` is called, not when this module is.
+torch is imported when a function here is called, not when this module is.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, NamedTuple
 
-from . import dtypes
-from .errors import DcnnError
-from .reader import safe_open
+import numpy as np
+
+from .. import dtypes
+from ..errors import DcnnError
+from ..file.reader import safe_open
 
 _TORCH_FLOATS = {"float32", "float16", "bfloat16", "float64"}
 
@@ -72,3 +76,35 @@ def load_into(
             with torch.no_grad():
                 target.copy_(value)
     return LoadResult(missing, unexpected)
+
+
+def to_tensor(array: np.ndarray, kind: str, device: str | None) -> Any:
+    """A torch tensor sharing the stored-form array (bfloat16 given as its bits), on ``device``."""
+    import torch
+
+    tensor = torch.from_numpy(array.view(np.int16) if kind == "bfloat16" else array)
+    if kind == "bfloat16":
+        tensor = tensor.view(torch.bfloat16)
+    if device is None:
+        return tensor
+    try:
+        return tensor.to(device)
+    except (RuntimeError, AssertionError, TypeError) as exc:  # torch's errors for unusable devices
+        raise DcnnError(f"cannot place the tensor on device {device!r}: {exc}", rule="usage") from None
+
+
+def sparse_matrix(
+    row: np.ndarray, col: np.ndarray, stored: np.ndarray, kind: str, shape: tuple[int, int], layout: str
+) -> Any:
+    """A torch sparse COO or CSR matrix of stored-form values at sorted (row, col)."""
+    import torch
+
+    index = torch.from_numpy(np.stack([row, col]))
+    coo = torch.sparse_coo_tensor(
+        index, to_tensor(stored, kind, None), shape, is_coalesced=True, check_invariants=False
+    )
+    if layout == "coo":
+        return coo
+    with warnings.catch_warnings():  # torch flags its CSR support as beta
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.to_sparse_csr()

@@ -1,10 +1,10 @@
 """Decode coded tensors with the native kernels when they are built, else with numpy.
 
-The C extension ``dcformat._native`` (``dcformat/_native.c``, built by the package
+The C extension ``dcformat.codec._native`` (``dcformat/codec/_native.c``, built by the package
 build when a compiler is there) decodes Huffman streams straight into the output,
 codebook values included, and scatters sparse entries; it releases the GIL, so a
 ``threads`` setting decodes disjoint chunk ranges in parallel. The numpy path gives
-the same results and the same errors; ``DCNN_NO_NATIVE=1`` forces it.
+the same results and the same errors (``huffman_numpy``); ``DCNN_NO_NATIVE=1`` forces it.
 
 Both paths run the checks only decoding can make (spec section 6): every chunk ends
 where the next begins, padding bits are zero, one-symbol streams are all zero bits,
@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from . import huffman
-from .errors import DcnnError, FormatError
+from ..errors import DcnnError, FormatError
+from . import huffman_numpy
+from .huffman import Stream
 
 try:
     from . import _native
@@ -34,31 +35,12 @@ except ImportError:  # built without a compiler: the numpy path does the work
 AVAILABLE = _native is not None
 # Below this many symbols a stream is decoded by the calling thread alone.
 MIN_PARALLEL_SYMBOLS = 1 << 18
-# Entries the numpy path scatters or counts at a time (bounds its int64 temporaries).
-_NUMPY_BLOCK = 1 << 16
 _GROUP = 4  # chunks the native kernel interleaves; thread parts start at multiples of it
 
 
 def enabled() -> bool:
     """Whether decoding goes through the native kernels (built, and not DCNN_NO_NATIVE=1)."""
     return _native is not None and os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One Huffman stream: its section bytes and header fields."""
-
-    data: np.ndarray  # uint8
-    bit_length: int
-    count: int
-    lengths: np.ndarray  # uint8, one code length per symbol
-    chunk_size: int
-    offsets: np.ndarray  # uint64 bit offsets of chunks 1..n-1
-    origin: int = 0  # file offset of data, added to error offsets
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.count // self.chunk_size)
 
 
 def check_threads(threads: Any) -> int:
@@ -74,7 +56,7 @@ def decode_symbols(stream: Stream, threads: int = 1) -> np.ndarray:
         identity = np.arange(stream.lengths.size, dtype=np.uint16)
         return decode_values(stream, identity, None, threads)[0]
     one = _prologue(stream)
-    return _numpy_decode(stream) if one is None else np.full(stream.count, one, dtype=np.uint16)
+    return huffman_numpy.decode(stream) if one is None else np.full(stream.count, one, dtype=np.uint16)
 
 
 def decode_values(
@@ -86,8 +68,8 @@ def decode_values(
         flagged = stream.count * int(nonzero[one]) if nonzero is not None else 0
         return np.full(stream.count, values[one], dtype=values.dtype), flagged
     if not enabled():
-        symbols = _numpy_decode(stream)
-        return values[symbols], _count_flagged(symbols, nonzero)
+        symbols = huffman_numpy.decode(stream)
+        return values[symbols], huffman_numpy.count_flagged(symbols, nonzero)
     out = np.empty(stream.count, dtype=values.dtype)
     parts = _native_decode(stream, values, nonzero, out, threads)
     return out, sum(p.nonzeros for p in parts)
@@ -115,8 +97,8 @@ def decode_sparse(
         )
     out = np.zeros(numel, dtype=values.dtype)
     if not enabled():
-        _numpy_scatter(gap_symbols, code_symbols, values, out)
-        return out, _count_flagged(code_symbols, nonzero)
+        huffman_numpy.scatter(gap_symbols, code_symbols, values, out)
+        return out, huffman_numpy.count_flagged(code_symbols, nonzero)
     tasks, previous = [], -1
     for p in parts:  # each part starts after the positions of the parts before it
         a, b = p.first * gaps.chunk_size, min(p.last * gaps.chunk_size, n)
@@ -126,10 +108,9 @@ def decode_sparse(
             )
         )
         previous += p.symbol_sum + b - a
-    results = _in_parallel(tasks, threads)
-    if any(bad >= 0 for bad, _, _ in results):  # excluded by the check above; kept as a guard
-        raise FormatError("sparse entries fall outside the tensor", rule="positions")
-    return out, sum(nonzeros for _, _, nonzeros in results)
+    # Each result is (first entry past the tensor or -1, _, nonzeros); the position check
+    # above excludes the first.
+    return out, sum(nonzeros for _, _, nonzeros in _in_parallel(tasks, threads))
 
 
 # -- internals ----------------------------------------------------------------------------------
@@ -168,50 +149,11 @@ def _prologue(stream: Stream) -> int | None:
     return None
 
 
-def _numpy_decode(stream: Stream) -> np.ndarray:
-    try:
-        return huffman.decode(
-            stream.data,
-            stream.bit_length,
-            stream.count,
-            stream.lengths,
-            stream.chunk_size,
-            stream.offsets.astype(np.int64),
-        )
-    except FormatError as exc:
-        if exc.offset is not None:
-            exc.offset += stream.origin
-        raise
-
-
-def _count_flagged(symbols: np.ndarray, nonzero: np.ndarray | None) -> int:
-    """How many symbols ``nonzero`` flags (bincount runs blockwise: it widens to int64)."""
-    if nonzero is None:
-        return 0
-    counts = np.zeros(nonzero.size, dtype=np.int64)
-    for start in range(0, symbols.size, _NUMPY_BLOCK):
-        counts += np.bincount(symbols[start : start + _NUMPY_BLOCK], minlength=nonzero.size)
-    return int(counts @ nonzero.astype(np.int64))
-
-
-def _numpy_scatter(
-    gap_symbols: np.ndarray, code_symbols: np.ndarray, values: np.ndarray, out: np.ndarray
-) -> None:
-    """out[position of entry i] = values[code i], positions = cumsum(gap + 1) - 1, blockwise."""
-    previous = -1
-    for start in range(0, gap_symbols.size, _NUMPY_BLOCK):
-        positions = np.add(gap_symbols[start : start + _NUMPY_BLOCK], 1, dtype=np.int64)
-        np.cumsum(positions, out=positions)
-        positions += previous
-        out[positions] = values[code_symbols[start : start + _NUMPY_BLOCK]]
-        previous = int(positions[-1])
-
-
 def _decode_gaps(gaps: Stream, threads: int) -> tuple[np.ndarray, list[_Part]]:
     """The gap symbols, and the parts they were decoded in, with the sum of their gaps."""
     one = _prologue(gaps)
     if one is not None or not enabled():
-        symbols = np.full(gaps.count, one, dtype=np.uint16) if one is not None else _numpy_decode(gaps)
+        symbols = np.full(gaps.count, one, dtype=np.uint16) if one is not None else huffman_numpy.decode(gaps)
         return symbols, [_Part(0, gaps.n_chunks, -1, 0, int(symbols.sum(dtype=np.int64)))]
     identity = np.arange(gaps.lengths.size, dtype=np.uint16)
     out = np.empty(gaps.count, dtype=np.uint16)
