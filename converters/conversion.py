@@ -295,6 +295,9 @@ def _write(
         for encoded, error in tensors:
             record = writer.add_encoded(encoded)
             errors[record.name] = error
+        lossy = {name: round(error, 6) for name, error in errors.items() if error}
+        if lossy:  # what dcnn-inspect shows per layer
+            writer.set_source_attribute("errors", json.dumps(lossy, separators=(",", ":")))
     with safe_open(dst) as dcnn:
         infos = [dcnn.info(name) for name in dcnn.keys()]
     seconds = time.perf_counter() - start
