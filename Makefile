@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install bench clean
 
-$(STAMP): pyproject.toml setup.py dcformat/_native.c dcformat/_matvec.c
+$(STAMP): pyproject.toml setup.py dcformat/codec/_native.c dcformat/_matvec.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned here (a CPU wheel); the library metadata keeps a range.
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py dcformat/_native.c dcformat/_matvec.c
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m converters.demo
+	$(PY) -m examples.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

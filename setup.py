@@ -8,7 +8,9 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("dcformat._native", ["dcformat/_native.c"], optional=True, extra_compile_args=["-O3"]),
+        Extension(
+            "dcformat.codec._native", ["dcformat/codec/_native.c"], optional=True, extra_compile_args=["-O3"]
+        ),
         # Products on the compressed form (dcformat/matvec.py falls back to numpy without it).
         Extension("dcformat._matvec", ["dcformat/_matvec.c"], optional=True, extra_compile_args=["-O3"]),
     ]

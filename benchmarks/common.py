@@ -1,4 +1,4 @@
-"""Timing helpers shared by the decode and load benchmarks.
+"""Helpers shared by the benchmarks: timing, and the checkout's ``examples`` on the path.
 
 Every method is run ``rounds`` times, the methods interleaved round by round, so load from
 other processes hits them alike; the best and the median time are reported. MB is 10^6 bytes.
@@ -10,6 +10,7 @@ import gc
 import hashlib
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import zstandard
+
+# Benchmarks run as scripts from a checkout; the real models and data live in its examples/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CACHE = Path(os.environ.get("DCNN_BENCH_CACHE", Path(tempfile.gettempdir()) / "dcnn-bench-cache"))
 ZSTD_LEVEL = 19

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import measure, memcpy_fresh, memcpy_warm, print_table, warm_memory, with_env, zstd_frames
 
 import dcformat
-from dcformat import native
+from dcformat.codec import decode as native
 
 
 def sparse_tensor(entries: int, density: float, seed: int = 0) -> tuple[dcformat.Quantized, int]:

@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (puts the checkout's examples/ on the path)
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,9 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dcformat
-from converters.data.mnist import load_mnist
-from converters.models.lenet import LeNet5, LeNet300100
-from converters.pipeline import CompressionConfig, LoopRetrain, LossFn, compress_model, train_loop
+from converters.compress import CompressionConfig, LoopRetrain, LossFn, compress_model, train_loop
+from examples.lenet import LeNet5, LeNet300100
+from examples.mnist import load_mnist
 
 # Hand-tuned per network (see the module docstring); sparsity is the fraction of weights removed.
 NETWORKS: dict[str, dict] = {

@@ -46,7 +46,7 @@ from common import (
 )
 
 import dcformat
-from dcformat import native
+from dcformat.codec import decode as native
 
 
 def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:

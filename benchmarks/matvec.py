@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 import dcformat
-import dcformat.torch
 from dcformat import compressed, matvec
+from dcformat.interop import torch as dcnn_torch
 
 BATCHES = (1, 4, 16)
 # name: list of (layer, out, in, density, bits, count); density None = dense codes.
@@ -144,8 +144,8 @@ def run_model(model: str, rounds: int, rng: np.random.Generator, tmp: Path) -> l
     path = tmp / f"{model}.dcnn"
     make_file(path, layers, rng)
     dense, comp = skeleton(layers), skeleton(layers)
-    dcformat.torch.load_into(dense, path)
-    dcformat.torch.load_into(comp, path, compressed=True)
+    dcnn_torch.load_into(dense, path)
+    dcnn_torch.load_into(comp, path, compressed=True)
     csr = {name: CsrLinear(dense[name]) for name in dense}
     print(f"\n### {model}\n")
     print(

@@ -13,9 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from converters.convert import convert
-from converters.demo import embed, model_dir, restore
-from converters.settings import PAPER, SAFE, apply_options
+import common  # noqa: F401  (puts the checkout's examples/ on the path)
+
+from converters.compress.config import PAPER, SAFE, apply_options
+from converters.conversion import convert
+from examples.minilm import embed, model_dir, restore
 
 SETTINGS = [
     ("default (8 bits, density init)", SAFE, []),

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dcformat import DcnnError, safe_open
+from dcformat import DcnnError, replacing, safe_open
 
-from .model_io import replacing
 from .summary import format_table, row, totals
 
 CONVERT_EPILOG = """\
@@ -22,6 +21,9 @@ examples:
   dcnn-convert model.pt -o model.dcnn --paper              the paper's 8-bit conv, 5-bit fc
   dcnn-convert model.pt -o model.dcnn --config settings.toml
   dcnn-convert squeezenet.net --prototxt deploy.prototxt -o squeezenet.dcnn   lossless
+  dcnn-convert llama-folder/ -o llama.dcnn --workers 8   a model folder, sharded or not
+  dcnn-convert llama.dcnn -o restored/                   the folder back: shards, index, configs
+  dcnn-convert llama-folder/ -o llama.dcnn --ray         on the Ray cluster at RAY_ADDRESS
 
 By default floating-point tensors of rank >= 2 with at least 1024 elements are compressed;
 the rest (biases, norms, integer buffers) is stored exactly. Patterns are shell-style
@@ -40,6 +42,7 @@ INSPECT_EPILOG = """\
 examples:
   dcnn-inspect model.dcnn
   dcnn-inspect --json model.dcnn > model.json
+  dcnn-inspect model.dcnn --plot model.png    each layer's weights and centroids, bits and error
 
 exit status: 0 done, 1 the file cannot be read, 2 usage error"""
 
@@ -75,8 +78,12 @@ def convert_main(argv: list[str] | None = None) -> int:
         epilog=CONVERT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC", help=".safetensors, .pt/.pth, .onnx, .net or .dcnn")
-    parser.add_argument("-o", "--output", required=True, metavar="DST", help="the file to write")
+    parser.add_argument(
+        "src", metavar="SRC", help=".safetensors, .pt/.pth, .onnx, .net, .dcnn or a model folder"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="DST", help="the file to write (a folder for a .dcnn SRC)"
+    )
     parser.add_argument("-f", "--force", action="store_true", help="overwrite DST if it exists")
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--config", metavar="FILE.toml", help="start from the settings in this file")
@@ -94,6 +101,31 @@ def convert_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prototxt", metavar="DEPLOY.prototxt", help="for a .net release file: its deploy prototxt"
     )
+    calibrated = parser.add_argument_group("calibration (ONNX sources)")
+    calibrated.add_argument(
+        "--calibration",
+        metavar="INPUTS.npz",
+        help="sample inputs: one array per graph input, named as it; sample i is array[i]",
+    )
+    calibrated.add_argument(
+        "--max-output-error",
+        action=_Ordered,
+        dest="options",
+        metavar="E",
+        help="smallest file whose mean ||y - y0|| / ||y0|| on the samples is at most E",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="compress tensors in N processes (default: this machine's cores; the file is the same)",
+    )
+    parser.add_argument(
+        "--ray", action="store_true", help="compress tensors as Ray tasks (RAY_ADDRESS, or a local Ray)"
+    )
+    parser.add_argument(
+        "--single-file", action="store_true", help="for folder output: one weight file, not the shards"
+    )
     parser.add_argument("--report", metavar="FILE.json", help="write the summary as JSON")
     parser.add_argument(
         "--external-data", action="store_true", help="for .onnx output: keep the weights in DST.data"
@@ -101,9 +133,12 @@ def convert_main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     args = parser.parse_args(argv)
 
-    from .convert import convert
-    from .settings import PAPER, SAFE, apply_options, load_config
+    from .compress.config import PAPER, SAFE, apply_options, load_config
+    from .conversion import convert
+    from .parallel import default_workers
 
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     try:
         config = load_config(args.config) if args.config else PAPER if args.paper else SAFE
         config = apply_options(config, args.options, init=args.init, min_size=args.min_size)
@@ -115,6 +150,10 @@ def convert_main(argv: list[str] | None = None) -> int:
             progress=not args.quiet and sys.stderr.isatty(),
             external_data=args.external_data or None,
             prototxt=args.prototxt,
+            calibration=args.calibration,
+            workers=args.workers or (0 if args.ray else default_workers()),
+            ray=args.ray,
+            single_file=args.single_file,
         )
         if args.report:
             with replacing(Path(args.report)) as tmp:
@@ -125,6 +164,8 @@ def convert_main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: interrupted; nothing was written", file=sys.stderr)
         return 130
     if not args.quiet:
+        for note in report.notes:
+            print(note, file=sys.stderr)
         if report.config is not None:
             print(report.table())
         print(f"wrote {report.destination} in {report.seconds:.1f} s")
@@ -141,6 +182,11 @@ def inspect_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="draw each layer's weights and centroids, bits and error (matplotlib)",
+    )
     args = parser.parse_args(argv)
     try:
         with safe_open(args.file) as dcnn:
@@ -160,6 +206,10 @@ def inspect_main(argv: list[str] | None = None) -> int:
                 "tensors": [row(info) for info in infos],
             }
             size = dcnn.size
+        if args.plot:
+            from .plot import plot_file
+
+            plot_file(args.file, args.plot)
     except DcnnError as exc:
         return _fail(parser.prog, exc)
     if args.json:

@@ -47,6 +47,22 @@ def totals(infos: Sequence[TensorInfo], file_bytes: int) -> dict[str, Any]:
     }
 
 
+def aligned(head: Sequence[str], rows: Sequence[Sequence[str]], first_number: int) -> list[str]:
+    """Lines of a text table: a header, a rule, then the rows; the columns from
+    ``first_number`` on are numbers, aligned right, the others left."""
+    lines = [list(head), *map(list, rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.rjust(w) if i >= first_number else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return [line(lines[0]), "  ".join("-" * w for w in widths), *map(line, lines[1:])]
+
+
 def format_table(
     infos: Sequence[TensorInfo], file_bytes: int, errors: Mapping[str, float] | None = None
 ) -> str:
@@ -70,16 +86,7 @@ def format_table(
         if errors:
             cells.append(f"{errors[info.name]:.2e}")
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-
-    def aligned(cells: list[str]) -> str:  # text columns left, numbers right
-        padded = [
-            c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(padded).rstrip()
-
-    text = [aligned(line) for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
+    text = aligned(lines[0], lines[1:], first_number=4)
     t = totals(infos, file_bytes)
     total_ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
     text.append(

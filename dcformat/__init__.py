@@ -1,10 +1,15 @@
 """dcformat: read, write and validate .dcnn files (Deep Compression neural networks).
 
 Light by design: numpy, protobuf and zstandard; torch and scipy are imported only when
-asked for (framework="torch", get_sparse).
+asked for (framework="torch", get_sparse). torch's ``load_into`` is in
+``dcformat.interop.torch``.
+
+The data path: ``encodings/`` turns a tensor into a header record and section bytes
+(``encode``), ``file/writer`` lays them out atomically, ``file/header`` checks a file's
+header, ``file/reader`` decodes through ``encodings/`` and ``codec/`` (Huffman, gaps).
 """
 
-from .encode import stored_size
+from .encodings import DEFAULT_CHUNK_SIZE, EncodedTensor, encode, stored_size
 from .errors import (
     ChecksumError,
     DcnnError,
@@ -14,16 +19,18 @@ from .errors import (
     LimitError,
     VersionError,
 )
+from .file.atomic import replacing
+from .file.reader import DcnnFile, TensorInfo, load_file, safe_open
+from .file.writer import Writer, save_file
 from .layout import MAJOR, MINOR
-from .reader import Codes, DcnnFile, TensorInfo, load_file, safe_open
-from .tensors import Quantized, Raw, Source
+from .tensors import Codes, Quantized, Raw, Source
 from .validate import Problem, Report, validate
-from .writer import Writer, save_file
 
 __version__ = "0.1.0"
 FORMAT_VERSION = (MAJOR, MINOR)
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "FORMAT_VERSION",
     "ChecksumError",
     "Codes",
@@ -31,6 +38,7 @@ __all__ = [
     "DcnnFile",
     "DcnnIOError",
     "EncodeError",
+    "EncodedTensor",
     "FormatError",
     "LimitError",
     "Problem",
@@ -41,7 +49,9 @@ __all__ = [
     "TensorInfo",
     "VersionError",
     "Writer",
+    "encode",
     "load_file",
+    "replacing",
     "safe_open",
     "save_file",
     "stored_size",

@@ -1,6 +1,6 @@
 """Torch modules that compute on the compressed form of coded weights, never expanded to dense.
 
-``dcformat.torch.load_into(module, path, compressed=True)`` calls :func:`replace_coded`: each
+``dcformat.interop.torch.load_into(module, path, compressed=True)`` calls :func:`replace_coded`: each
 ``nn.Linear`` and 1x1 ``nn.Conv2d`` whose weight the file stores coded is replaced by
 
 * :class:`SparseCodedLinear` / :class:`SparseCodedConv2d`: CSR row pointers, uint16 (or
@@ -25,7 +25,8 @@ from torch import nn
 
 from . import matvec
 from .errors import DcnnError, FormatError
-from .reader import Codes, DcnnFile
+from .file.reader import DcnnFile
+from .tensors import Codes
 
 SPARSE, LUT, DENSE = "sparse", "lut", "dense"
 MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for

@@ -1,4 +1,5 @@
-"""What the writer takes: tensors stored exactly (Raw) or as codebook indices (Quantized)."""
+"""What the writer takes: tensors stored exactly (Raw) or as codebook indices (Quantized);
+and what the reader gives of a coded tensor without decoding it (Codes)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,19 @@ class Quantized:
     @property
     def sparse(self) -> bool:
         return self.positions is not None
+
+
+@dataclass(frozen=True)
+class Codes:
+    """The compressed form of a coded tensor, for engines that compute on it.
+
+    Sparse tensors give the positions of their stored entries, fillers left out.
+    """
+
+    codebook: np.ndarray
+    codes: np.ndarray
+    positions: np.ndarray | None
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .errors import DcnnError
-from .reader import DcnnFile
+from .file.reader import DcnnFile
 
 
 @dataclass(frozen=True)

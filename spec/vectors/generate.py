@@ -199,7 +199,7 @@ def _header(base: str, edit: Callable[[Parsed], None]) -> tuple[str, Mutation]:
 
 def _stream_bits(p: Parsed, tensor: str, stream: str, symbols: list[int], lengths: list[int]) -> None:
     """Replace a tensor's stream with these symbols coded under these lengths (any table)."""
-    from dcformat import huffman
+    from dcformat.codec import huffman
 
     s = getattr(_first(p, tensor), stream)
     coded = huffman.encode(np.array(symbols), np.array(lengths, np.uint8), s.chunk_size or 4096)
@@ -207,8 +207,8 @@ def _stream_bits(p: Parsed, tensor: str, stream: str, symbols: list[int], length
     s.code_lengths = bytes(lengths)
     s.bit_length = coded.bit_length
     del s.chunk_offsets[:]
-    s.chunk_offsets.extend(coded.chunk_offsets.tolist())
-    p.set_data(_first(p, tensor), stream, coded.data)
+    s.chunk_offsets.extend(coded.offsets.tolist())
+    p.set_data(_first(p, tensor), stream, coded.data.tobytes())
 
 
 def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:

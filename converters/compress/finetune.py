@@ -1,0 +1,116 @@
+"""Trained quantization: fine-tune the shared centroids of weight-shared layers.
+
+Each weight is ``codebook[code]`` with fixed codes. The gradient of a centroid is the sum of
+the gradients of the weights in its cluster (Han et al., eq. 3); an optimizer updates the
+centroids and the layer weights are re-materialized from them. The zero symbol of a pruned
+layer is not trained, so pruned weights stay exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from converters.compress.share import SharedTensor
+
+
+class SharedLayer:
+    """One weight-shared parameter: trainable centroids plus fixed codes."""
+
+    def __init__(self, param: nn.Parameter, shared: SharedTensor) -> None:
+        if param.numel() != shared.codes.size:
+            raise ValueError(
+                f"{shared.codes.size} codes do not fit a parameter of shape {tuple(param.shape)}"
+            )
+        self.param = param
+        self.zero_symbol = shared.zero_symbol
+        first = 1 if shared.zero_symbol else 0
+        values = torch.from_numpy(shared.codebook[first:].astype(np.float32))
+        # float32 centroids even for half-precision layers: updates are too fine for 16 bits.
+        self.centroids = nn.Parameter(values.to(param.device))
+        self.codes = torch.from_numpy(shared.codes.astype(np.int64)).to(param.device)
+        # Indices (into the flattened weight) of the trained weights and their centroid.
+        self._trained = torch.nonzero(self.codes >= first).squeeze(1)
+        self._cluster = self.codes[self._trained] - first
+
+    def codebook(self) -> torch.Tensor:
+        """The full codebook, with the fixed 0.0 first when the layer has a zero symbol."""
+        c = self.centroids.detach()
+        return torch.cat([c.new_zeros(1), c]) if self.zero_symbol else c
+
+    def centroid_grad(self, weight_grad: torch.Tensor) -> torch.Tensor:
+        """Sum the weight gradients of each cluster: the centroid gradient."""
+        g = weight_grad.reshape(-1)[self._trained].to(self.centroids.dtype)
+        return torch.zeros_like(self.centroids).index_add_(0, self._cluster, g)
+
+    def materialize(self) -> None:
+        """Write ``codebook[codes]`` into the layer weight."""
+        with torch.no_grad():
+            self.param.copy_(self.codebook()[self.codes].view_as(self.param))
+
+    def shared(self) -> SharedTensor:
+        """The current codebook and codes (flat, narrowed) as numpy."""
+        codebook = self.codebook().cpu().numpy()
+        codes = self.codes.cpu().numpy().astype(np.uint8 if len(codebook) <= 256 else np.uint16)
+        return SharedTensor(codebook, codes, self.zero_symbol)
+
+
+class TrainedQuantizer:
+    """Weight sharing over several parameters of a model, trainable through the centroids."""
+
+    def __init__(self, model: nn.Module, shared: Mapping[str, SharedTensor]) -> None:
+        params = dict(model.named_parameters())
+        missing = sorted(set(shared) - set(params))
+        if missing:
+            raise ValueError(f"cannot quantize {', '.join(missing)}: not parameters of the model")
+        self.layers = {name: SharedLayer(params[name], s) for name, s in shared.items()}
+        self.materialize()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The centroid parameters, to hand to an optimizer."""
+        return [layer.centroids for layer in self.layers.values()]
+
+    def materialize(self) -> None:
+        """Write every shared layer's weights from its centroids."""
+        for layer in self.layers.values():
+            layer.materialize()
+
+    def shared(self) -> dict[str, SharedTensor]:
+        """The current codebooks and codes."""
+        return {name: layer.shared() for name, layer in self.layers.items()}
+
+    @contextmanager
+    def enforce(self) -> Iterator[None]:
+        """Train through the centroids in this block.
+
+        After backward each shared weight's gradient is moved into its centroids' gradient
+        (the weight's own ``.grad`` is cleared, so an optimizer skips it), and after every
+        optimizer step the weights are re-materialized from the centroids.
+        """
+
+        def move_grad(param: torch.Tensor, layer: SharedLayer) -> None:
+            if param.grad is None:
+                return
+            grad = layer.centroid_grad(param.grad)
+            if layer.centroids.grad is None:
+                layer.centroids.grad = grad
+            else:
+                layer.centroids.grad += grad
+            param.grad = None
+
+        handles = [
+            layer.param.register_post_accumulate_grad_hook(lambda param, layer=layer: move_grad(param, layer))
+            for layer in self.layers.values()
+        ]
+        handles.append(register_optimizer_step_post_hook(lambda *_: self.materialize()))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.materialize()

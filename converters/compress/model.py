@@ -1,0 +1,138 @@
+"""Whole models: a state dict compressed data-free, or a live model pruned and quantized with
+retraining between stages. Each tensor ends in :func:`converters.compress.tensor.encode_shared`
+or :func:`~converters.compress.tensor.compress_weight`, the one data-free path."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import dcformat
+
+from ..weight import Weight, as_weight
+from .config import SAFE, CompressionConfig
+from .report import CompressionReport
+from .tensor import CompressedTensor, compress_weight, encode_shared, plan_for
+
+Evaluate = Callable[[Any], float]
+
+
+@dataclass
+class CompressionResult:
+    """The encoded tensors (in the source order) and the report."""
+
+    tensors: list[CompressedTensor]
+    report: CompressionReport
+
+    def save(self, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None) -> int:
+        """Write the .dcnn file atomically; returns its size, also recorded in the report."""
+        with dcformat.Writer(path, metadata=metadata) as writer:
+            for tensor in self.tensors:
+                writer.add_encoded(tensor.encoded)
+            lossy = {t.report.name: round(t.error, 6) for t in self.tensors if t.error}
+            if lossy:  # what dcnn-inspect shows per layer
+                writer.set_source_attribute("errors", json.dumps(lossy, separators=(",", ":")))
+        self.report.file_bytes = os.path.getsize(path)
+        return self.report.file_bytes
+
+
+def _result(tensors: list[CompressedTensor], metrics: dict[str, float]) -> CompressionResult:
+    return CompressionResult(tensors, CompressionReport([t.report for t in tensors], metrics))
+
+
+def compress_state_dict(state: Mapping[str, Any], config: CompressionConfig = SAFE) -> CompressionResult:
+    """Data-free compression of numpy arrays or torch tensors, each as the CLI compresses it.
+
+    Tensors the config does not select are stored exactly.
+    """
+    return _result([compress_weight(as_weight(name, value), config) for name, value in state.items()], {})
+
+
+def compress_model(
+    model: Any,
+    config: CompressionConfig = SAFE,
+    *,
+    retrain: Any = None,
+    evaluate: Evaluate | None = None,
+) -> CompressionResult:
+    """Compress a ``torch.nn.Module``, retraining between stages when ``retrain`` is given.
+
+    Stages: pruning in ``config.prune_steps`` rounds, each followed by retraining with the
+    masks held; weight sharing by k-means; trained quantization (retraining the centroids,
+    and the parameters left uncompressed); encoding. ``retrain(model, stage)`` is a
+    :class:`~converters.compress.retrain.Retrain`; ``evaluate(model)``, if given, is recorded
+    in ``report.metrics`` after each stage. The model is modified in place and ends holding
+    the weights that the result decodes to. Conv and fully connected layers are told from
+    the module types.
+    """
+    from ..formats.pytorch import module_uses
+    from .finetune import TrainedQuantizer
+    from .prune import Pruner
+    from .retrain import RetrainStage
+    from .share import share_weights
+
+    uses = module_uses(model)
+    params = dict(model.named_parameters())
+
+    def weights() -> dict[str, Weight]:
+        state = model.state_dict()
+        return {name: _with_use(as_weight(name, t), uses) for name, t in state.items()}
+
+    plans = {name: plan for name, w in weights().items() if (plan := plan_for(config, w)) is not None}
+    trained = {name: plan for name, plan in plans.items() if name in params}
+    metrics: dict[str, float] = {}
+
+    def record(stage: str) -> None:
+        if evaluate is not None:
+            metrics[stage] = float(evaluate(model))
+
+    record("dense")
+    to_prune = [plan for plan in trained.values() if plan.prunes]
+    if to_prune:
+        pruner = Pruner(model, to_prune, steps=config.prune_steps if retrain else 1)
+        for step in range(1, pruner.steps + 1):
+            pruner.step()
+            if retrain is not None:
+                trainable = [p for p in params.values() if p.requires_grad]
+                stage = RetrainStage(f"prune {step}/{pruner.steps}", "prune", trainable)
+                with pruner.enforce():
+                    retrain(model, stage)
+        record("pruned")
+    current = weights()
+    quantizer = TrainedQuantizer(
+        model,
+        {
+            name: share_weights(
+                current[name].values(),
+                plan.bits,
+                init=plan.init,
+                max_iter=config.kmeans_iters,
+                seed=config.seed,
+            )
+            for name, plan in trained.items()
+        },
+    )
+    if trained:
+        record("quantized")
+    if retrain is not None and trained:
+        others = [p for name, p in params.items() if name not in trained and p.requires_grad]
+        stage = RetrainStage("quantize", "quantize", quantizer.parameters() + others)
+        with quantizer.enforce():
+            retrain(model, stage)
+        record("fine-tuned")
+    shared = quantizer.shared()
+    tensors = []
+    for name, weight in weights().items():
+        if name in shared:
+            tensors.append(encode_shared(weight, shared[name], plans[name].bits))
+        else:  # not trained (buffers too): the data-free path
+            tensors.append(compress_weight(weight, config))
+    return _result(tensors, metrics)
+
+
+def _with_use(weight: Weight, uses: Mapping[str, tuple[Any, Any]]) -> Weight:
+    role, layer = uses.get(weight.name, (None, None))
+    return replace(weight, layer=layer, role=role)

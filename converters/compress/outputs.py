@@ -1,0 +1,197 @@
+"""A model's outputs on calibration data: the output error of compressed tensors, and (for
+torch modules) each weight's importance. torch and onnxruntime are imported when used."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConvertError
+
+
+def _relative_error(y: np.ndarray, y0: np.ndarray) -> float:
+    norm = float(np.linalg.norm(y0))
+    return float(np.linalg.norm(y - y0)) / (norm if norm > 0 else 1.0)
+
+
+class ModuleOutputs:
+    """A ``torch.nn.Module`` run on calibration items: ``module(item)``, or ``module(*item)``
+    for a tuple; each call must return a tensor."""
+
+    def __init__(self, module: Any, items: Iterable[Any]) -> None:
+        import torch
+
+        self.module = module
+        self.items = list(items)
+        if not self.items:
+            raise ConvertError("the calibration data is empty", rule="usage")
+        self.params = dict(module.named_parameters())
+        self.buffers = dict(module.named_buffers())
+        with torch.no_grad():
+            self.reference = [self._run(item).detach().float().numpy().copy() for item in self.items]
+
+    def _run(self, item: Any) -> Any:
+        import torch
+
+        out = self.module(*item) if isinstance(item, tuple) else self.module(item)
+        if not isinstance(out, torch.Tensor):
+            raise ConvertError(
+                f"the module returned a {type(out).__name__}, not a tensor: wrap it in a module whose "
+                "forward returns the output tensor to compare",
+                rule="usage",
+            )
+        if not torch.isfinite(out).all():
+            raise ConvertError(
+                "the module's output on a calibration item holds NaN or infinity", rule="usage"
+            )
+        return out
+
+    def error(self, replaced: Mapping[str, np.ndarray]) -> float:
+        """Mean relative output error with the named tensors replaced by these values."""
+        import torch
+
+        tensors = {**self.params, **self.buffers}
+        saved = {name: tensors[name].detach().clone() for name in replaced}
+        try:
+            with torch.no_grad():
+                for name, values in replaced.items():
+                    tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(values)))
+                errors = [
+                    _relative_error(self._run(item).float().numpy(), y0)
+                    for item, y0 in zip(self.items, self.reference, strict=True)
+                ]
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    tensors[name].copy_(value)
+        return float(np.mean(errors))
+
+    def importance(self, names: Iterable[str], seed: int = 0) -> dict[str, np.ndarray]:
+        """Each named parameter's Gauss-Newton diagonal of the squared relative output error:
+        the mean over items of (∂(v·y)/∂w)² / ‖y₀‖², v a standard normal direction."""
+        import torch
+
+        wanted = [name for name in names if name in self.params]
+        sums = {name: torch.zeros_like(self.params[name], dtype=torch.float32) for name in wanted}
+        generator = torch.Generator().manual_seed(seed)
+        for item, y0 in zip(self.items, self.reference, strict=True):
+            self.module.zero_grad(set_to_none=True)
+            out = self._run(item)
+            v = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+            scale = float(np.linalg.norm(y0)) or 1.0
+            ((out * v).sum() / scale).backward()
+            for name in wanted:
+                grad = self.params[name].grad
+                if grad is not None:
+                    sums[name] += grad.float() ** 2
+        self.module.zero_grad(set_to_none=True)
+        return {name: (total / len(self.items)).numpy().reshape(-1) for name, total in sums.items()}
+
+
+def load_calibration(path: Path, graph_inputs: Mapping[str, tuple[str, int]]) -> list[dict[str, np.ndarray]]:
+    """Calibration items from a ``.npz``: one array per graph input, named as the input;
+    item i is ``array[i]`` of each. ``graph_inputs`` maps each input's name to its numpy
+    dtype name and rank. Each mismatch is a one-line error naming the input."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"cannot read the calibration data: {exc}", path=str(path)) from None
+    if not arrays:
+        raise ConvertError("the calibration .npz holds no arrays", path=str(path), rule="usage")
+    for name in arrays:
+        if name not in graph_inputs:
+            raise ConvertError(
+                f"calibration input {name!r} is not an input of the graph; "
+                f"its inputs: {', '.join(graph_inputs)}",
+                path=str(path),
+                rule="usage",
+            )
+    counts = set()
+    for name, (dtype, rank) in graph_inputs.items():
+        if name not in arrays:
+            raise ConvertError(
+                f"the calibration data lacks graph input {name!r}", path=str(path), rule="usage"
+            )
+        array = arrays[name]
+        if array.dtype.name != dtype:
+            raise ConvertError(
+                f"calibration input {name!r} is {array.dtype.name}; the graph takes {dtype}",
+                path=str(path),
+                rule="usage",
+            )
+        if array.ndim != rank + 1:
+            raise ConvertError(
+                f"calibration input {name!r} has {array.ndim} dimensions; expected {rank + 1} "
+                f"(the sample axis, then the graph input's {rank})",
+                path=str(path),
+                rule="usage",
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ConvertError(
+                f"calibration input {name!r} holds NaN or infinity", path=str(path), rule="usage"
+            )
+        counts.add(len(array))
+    if len(counts) != 1 or 0 in counts:
+        raise ConvertError("calibration inputs must hold the same number (> 0) of samples", path=str(path))
+    return [{name: arrays[name][i] for name in graph_inputs} for i in range(counts.pop())]
+
+
+class OnnxOutputs:
+    """An ONNX model run by onnxruntime on calibration items; tensors are replaced by
+    overriding the graph's initializers (top-level initializers only)."""
+
+    def __init__(
+        self, model_bytes: bytes, items: list[dict[str, np.ndarray]], initializers: set[str]
+    ) -> None:
+        self.model_bytes = model_bytes
+        self.items = items
+        self.initializers = initializers
+        self.reference = [self._outputs(self._session({}), item) for item in items]
+
+    def _session(self, replaced: Mapping[str, np.ndarray]) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._alive = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for v in replaced.values()]
+        for name, value in zip(replaced, self._alive, strict=True):
+            options.add_initializer(name, value)
+        return ort.InferenceSession(self.model_bytes, options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _outputs(session: Any, item: Mapping[str, np.ndarray]) -> np.ndarray:
+        outputs = session.run(None, dict(item))
+        return np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1) for o in outputs])
+
+    def error(self, replaced: Mapping[str, np.ndarray]) -> float:
+        usable = {name: values for name, values in replaced.items() if name in self.initializers}
+        session = self._session(usable)
+        errors = [
+            _relative_error(self._outputs(session, item), y0)
+            for item, y0 in zip(self.items, self.reference, strict=True)
+        ]
+        return float(np.mean(errors))
+
+
+def onnx_outputs(model_path: Path, calibration: Path) -> OnnxOutputs:
+    """An ONNX model's outputs on the calibration items of a ``.npz`` (see
+    :func:`load_calibration`)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_path), load_external_data=True)
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = {}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        inputs[value.name] = (dtype, len(tensor.shape.dim))
+    items = load_calibration(calibration, inputs)
+    return OnnxOutputs(model.SerializeToString(), items, initializers)

@@ -1,0 +1,120 @@
+"""Weight sharing: replace a tensor's values by a small codebook and one code per element."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from converters.compress.assign import assign
+from converters.compress.config import Init
+from converters.compress.kmeans import kmeans_1d
+from dcformat.codec.huffman import frequencies
+
+KMEANS_SAMPLE = 1 << 22  # larger tensors are clustered from this many evenly ranked weights
+BLOCK = 1 << 20  # weights assigned to centroids at a time
+
+
+@dataclass(frozen=True)
+class SharedTensor:
+    """A flat tensor as ``codebook[codes]``.
+
+    With ``zero_symbol`` the tensor had exact zeros (pruned weights): ``codebook[0]`` is exactly
+    0.0, exactly the zeros get code 0, and the k-means centroids of the other weights get codes
+    1..K-1. Otherwise all K codes are centroids.
+    """
+
+    codebook: np.ndarray  # (K,) float32
+    codes: np.ndarray  # flat, uint8 for K <= 256 else uint16
+    zero_symbol: bool
+
+    def decode(self) -> np.ndarray:
+        """The shared-weight values, flat (float32)."""
+        return self.codebook[self.codes]
+
+    def compact(self) -> SharedTensor:
+        """Unused codebook entries dropped (the zero symbol stays first), codes narrowed."""
+        k = len(self.codebook)
+        counts = frequencies(self.codes, k)
+        if self.zero_symbol:
+            counts[0] = 1
+        used = np.flatnonzero(counts)
+        if len(used) == k:
+            return self
+        remap = np.zeros(k, dtype=_code_dtype(len(used)))
+        remap[used] = np.arange(len(used))
+        return SharedTensor(self.codebook[used], remap[self.codes], self.zero_symbol)
+
+
+def _code_dtype(k: int) -> type[np.unsignedinteger]:
+    return np.uint8 if k <= 256 else np.uint16
+
+
+def share_weights(
+    weights: np.ndarray,
+    bits: int,
+    *,
+    init: Init = "linear",
+    max_iter: int = 300,
+    seed: int = 0,
+    importance: np.ndarray | None = None,
+) -> SharedTensor:
+    """Quantize ``weights`` (flattened) to at most 2**bits shared values with 1-D k-means.
+
+    Exact zeros are kept exact (code 0) when the tensor has any; the k-means then clusters the
+    nonzero weights into 2**bits - 1 centroids. ``importance`` (one value >= 0 per weight)
+    weighs each weight's squared error, as calibration measures it. Tensors over
+    KMEANS_SAMPLE weights are clustered from about KMEANS_SAMPLE of them (evenly ranked
+    values and the extremes; with importance, an even stride through the tensor), then every
+    weight takes its nearest centroid, as k-means assigns them.
+    """
+    w = np.asarray(weights).reshape(-1)
+    if w.size == 0:
+        raise ValueError("cannot quantize an empty tensor")
+    k = 2**bits
+    kmeans = {"init": init, "max_iter": max_iter, "seed": seed}
+    imp = None if importance is None else np.asarray(importance, dtype=np.float32).reshape(-1)
+    if imp is not None and imp.size != w.size:
+        raise ValueError(f"{imp.size} importance values for {w.size} weights")
+    nonzero = w != 0
+    zero_symbol = not nonzero.all()
+    if zero_symbol and not nonzero.any():
+        return SharedTensor(np.zeros(1, dtype=np.float32), np.zeros(w.size, np.uint8), zero_symbol=True)
+    kept = w[nonzero] if zero_symbol else w
+    kept_imp = None if imp is None else imp[nonzero] if zero_symbol else imp
+    if w.size > KMEANS_SAMPLE:
+        if kept_imp is None:
+            fitted = kmeans_1d(_ranked_sample(kept), k - zero_symbol, **kmeans)
+        else:
+            step = -(-kept.size // KMEANS_SAMPLE)
+            fitted = kmeans_1d(kept[::step], k - zero_symbol, importance=kept_imp[::step], **kmeans)
+        return _assign(w, fitted.centroids.astype(np.float32), zero_symbol)
+    result = kmeans_1d(kept, k - zero_symbol, importance=kept_imp, **kmeans)
+    centroids = result.centroids.astype(np.float32)
+    if not zero_symbol:
+        return SharedTensor(centroids, result.labels.astype(_code_dtype(len(centroids))), zero_symbol=False)
+    codebook = np.concatenate(([np.float32(0)], centroids))
+    codes = np.zeros(w.size, dtype=_code_dtype(len(codebook)))
+    codes[nonzero] = result.labels + 1
+    return SharedTensor(codebook, codes, zero_symbol=True)
+
+
+def _ranked_sample(values: np.ndarray) -> np.ndarray:
+    """About KMEANS_SAMPLE evenly ranked values and the largest."""
+    ordered = np.sort(values)
+    return np.concatenate([ordered[:: -(-ordered.size // KMEANS_SAMPLE)], ordered[-1:]])
+
+
+def _assign(values: np.ndarray, centroids: np.ndarray, zero_symbol: bool) -> SharedTensor:
+    """Each value's nearest centroid (code 0 for exact zeros with a zero symbol), in blocks."""
+    codebook = np.concatenate(([np.float32(0)], centroids)) if zero_symbol else centroids
+    boundaries = (centroids[:-1].astype(np.float64) + centroids[1:]) / 2
+    codes = np.empty(values.size, dtype=_code_dtype(len(codebook)))
+    for first in range(0, values.size, BLOCK):
+        block = values[first : first + BLOCK]
+        out = codes[first : first + BLOCK]
+        out[:] = assign(boundaries, block)
+        if zero_symbol:
+            out += 1
+            out[block == 0] = 0
+    return SharedTensor(codebook, codes, zero_symbol)

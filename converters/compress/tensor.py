@@ -1,0 +1,175 @@
+"""THE data-free path of one tensor: plan, prune, share weights, then the cheapest encoding.
+
+Every conversion (the CLI, ``convert``, ``save_module``, ``compress_state_dict``) and the end
+of retraining (``compress_model``) pass each tensor through here, one at a time, so the
+memory a conversion takes is a few bytes per element of the largest tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from dcformat import EncodedTensor, dtypes
+from dcformat import dcnn_pb2 as pb
+
+from ..errors import ConvertError
+from ..weight import Weight, float_values
+from . import share
+from .choose import cheapest, coded, exact
+from .config import CompressionConfig, TensorPlan
+from .report import TensorReport, stage_bytes
+from .share import SharedTensor, share_weights
+
+
+@dataclass(frozen=True)
+class CompressedTensor:
+    """A tensor ready for ``Writer.add_encoded``, its relative RMS error against the weight
+    given (0.0 when stored exactly) and its report row; coded tensors keep the values of their
+    codebook (as the file decodes them) and their flat codes."""
+
+    encoded: EncodedTensor
+    error: float
+    report: TensorReport
+    codebook: np.ndarray | None = None
+    codes: np.ndarray | None = None
+
+    def values(self, weight: Weight) -> np.ndarray:
+        """The float values the file decodes to, in the weight's shape (``weight`` is the
+        tensor this was compressed from)."""
+        if self.codes is None:
+            return weight.values()
+        return self.codebook[self.codes].reshape(weight.array.shape)
+
+
+def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
+    """The config's plan for a tensor; a conv/fc ``layer`` the model states beats the shape's."""
+    # bfloat16 has no numpy dtype; any float dtype gives the same plan.
+    like = np.float32 if weight.dtype == "bfloat16" else weight.array.dtype
+    try:
+        plan = config.plan(weight.name, weight.array.shape, like, weight.role)
+    except ValueError as exc:
+        raise ConvertError(str(exc), rule="usage") from None
+    if plan is None or weight.layer is None or weight.layer == plan.layer:
+        return plan
+    if any(rule.bits is not None for rule in config.rules if rule.matches(weight.name)):
+        return replace(plan, layer=weight.layer)
+    bits = config.conv_bits if weight.layer == "conv" else config.fc_bits
+    return replace(plan, layer=weight.layer, bits=bits)
+
+
+def compress_weight(
+    weight: Weight, config: CompressionConfig, importance: np.ndarray | None = None
+) -> CompressedTensor:
+    """Compress one tensor as ``config`` plans it (data-free), or store it exactly.
+
+    With a plan: pruned as planned, then k-means weight sharing (each weight's error weighed
+    by ``importance`` when calibration measured it); stored as sparse codes, dense codes or
+    exactly, whichever is smallest in the file. A source that is already encoded
+    (``weight.encodings``) keeps the cheapest of its exact encodings.
+    Raises ConvertError for NaN or infinite values, which weight sharing cannot represent.
+    """
+    if weight.encodings:
+        return _stored_as_is(weight, cheapest(weight.name, weight.encodings))
+    return compress_planned(weight, plan_for(config, weight), config, importance)
+
+
+def compress_planned(
+    weight: Weight, plan: TensorPlan | None, config: CompressionConfig, importance: np.ndarray | None = None
+) -> CompressedTensor:
+    """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`."""
+    if plan is None:
+        return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
+    original = values = weight.values().reshape(-1)
+    if not np.isfinite(values).all():
+        raise ConvertError(
+            f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
+        )
+    try:
+        if plan.prunes:
+            from .prune import prune_array  # imports torch, which pruning alone needs
+
+            values = prune_array(values, plan)
+        shared = share_weights(
+            values,
+            plan.bits,
+            init=plan.init,
+            max_iter=config.kmeans_iters,
+            seed=config.seed,
+            importance=importance,
+        )
+    except ValueError as exc:
+        raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
+    return encode_shared(weight, shared, plan.bits, original)
+
+
+def encode_shared(
+    weight: Weight, shared: SharedTensor, bits: int, values: np.ndarray | None = None
+) -> CompressedTensor:
+    """The cheapest of the shared tensor's codes, or the weight stored exactly where its
+    plain bytes cost no more than the codes.
+
+    ``values`` are the weight's float values, flat, when the caller has them already.
+    """
+    shared = shared.compact()
+    shape = tuple(weight.array.shape)
+    encoded = cheapest(weight.name, coded(shared, shape, weight.dtype))
+    if weight.array.nbytes <= encoded.stored_bytes:
+        return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
+    codebook = float_values(dtypes.convert_floats(shared.codebook, weight.dtype), weight.dtype)
+    values = weight.values().reshape(-1) if values is None else values
+    error = _relative_rms(values, codebook, shared.codes)
+    survivors = np.flatnonzero(shared.codes) if shared.zero_symbol else None
+    row = _row(
+        weight,
+        encoded,
+        bits=bits,
+        pruned_bytes=stage_bytes(survivors, values.size, 8 * weight.array.itemsize),
+        quantized_bytes=stage_bytes(survivors, values.size, bits) + 4 * len(shared.codebook),
+        error=error,
+    )
+    return CompressedTensor(encoded, error, row, codebook, shared.codes)
+
+
+def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:
+    original = weight.array.nbytes
+    row = _row(weight, encoded, bits=None, pruned_bytes=original, quantized_bytes=original, error=0.0)
+    return CompressedTensor(encoded, 0.0, row)
+
+
+def _row(
+    weight: Weight,
+    encoded: EncodedTensor,
+    *,
+    bits: int | None,
+    pruned_bytes: int,
+    quantized_bytes: int,
+    error: float,
+) -> TensorReport:
+    return TensorReport(
+        name=weight.name,
+        shape=tuple(weight.array.shape),
+        dtype=weight.dtype,
+        encoding=pb.Encoding.Name(encoded.record.encoding),
+        nonzeros=encoded.record.nonzeros,
+        weight_bits=bits,
+        index_bits=encoded.record.index_bits or None,
+        original_bytes=weight.array.nbytes,
+        pruned_bytes=pruned_bytes,
+        quantized_bytes=quantized_bytes,
+        stored_bytes=encoded.stored_bytes,
+        error=error,
+    )
+
+
+def _relative_rms(values: np.ndarray, codebook: np.ndarray, codes: np.ndarray) -> float:
+    """‖values − codebook[codes]‖ / ‖values‖, in blocks (float64 sums)."""
+    lookup = codebook.astype(np.float64)
+    error = total = 0.0
+    block = share.BLOCK
+    for first in range(0, values.size, block):
+        v = values[first : first + block].astype(np.float64)
+        error += float(np.sum((v - lookup[codes[first : first + block]]) ** 2))
+        total += float(np.sum(v**2))
+    return (error / total) ** 0.5 if total else 0.0

@@ -1,1 +1,0 @@
-"""Small data sets bundled with the dependencies (no downloads)."""

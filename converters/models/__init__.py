@@ -1,1 +1,0 @@
-"""Reference network definitions used by the benchmarks."""

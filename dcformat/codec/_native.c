@@ -1,0 +1,390 @@
+/* Native decode kernels for dcformat (see dcformat/native.py, which validates the
+ * header-level rules before calling in and turns the results into FormatErrors).
+ *
+ * Huffman streams are canonical, LSB-first, most significant code bit first, codes
+ * of at most 16 bits, cut into chunks of chunk_size symbols. Decoding is table
+ * driven: an 11-bit root table whose entries hold a symbol and its length, with
+ * second-level tables for longer codes. Several chunks are decoded interleaved, and
+ * each 64-bit peek yields three symbols. Every read is bounds checked (bits past the
+ * end of the buffer read as zero) and every write lands inside the caller's buffer,
+ * whatever the input; a chunk that does not end exactly where the next one starts is
+ * reported to the caller. The GIL is released while decoding, so Python threads can
+ * decode disjoint chunk ranges of one stream in parallel.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LEN 16
+#define ROOT_BITS 11
+#define SUB_FLAG 0x80000000u
+#ifndef GROUP
+#define GROUP 4 /* chunks decoded interleaved */
+#endif
+#ifndef STEPS
+#define STEPS 8 /* three-symbol steps between bounds checks */
+#endif
+#define MAX_ALPHABET 65536
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+typedef struct {
+    uint32_t root[1 << ROOT_BITS]; /* symbol | length << 16, or SUB_FLAG | subtable base */
+    uint32_t *sub;
+    unsigned root_bits;
+    uint64_t root_mask, sub_mask;
+} Lut;
+
+typedef struct {
+    const uint8_t *data;
+    uint64_t size; /* bytes */
+    uint64_t bit_length;
+    const uint64_t *offsets; /* bit offsets of chunks 1..n_chunks-1 */
+    uint64_t count, chunk_size, n_chunks;
+} Stream;
+
+/* Build the lookup tables of a complete canonical code. Returns NULL or an error text. */
+static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t) {
+    uint64_t bl_count[MAX_LEN + 1] = {0}, next_code[MAX_LEN + 1] = {0}, kraft = 0, code = 0;
+    unsigned max_len = 0;
+    Py_ssize_t used = 0;
+    t->sub = NULL;
+    for (Py_ssize_t s = 0; s < k; s++) {
+        unsigned len = lengths[s];
+        if (len > MAX_LEN) return "code length above 16";
+        if (len) {
+            bl_count[len]++;
+            used++;
+            kraft += (uint64_t)1 << (MAX_LEN - len);
+            if (len > max_len) max_len = len;
+        }
+    }
+    if (used < 2 || kraft != (uint64_t)1 << MAX_LEN)
+        return "the table must be a complete code of two or more symbols";
+    for (unsigned bits = 1; bits <= MAX_LEN; bits++) {
+        code = (code + bl_count[bits - 1]) << 1;
+        next_code[bits] = code;
+    }
+    unsigned root_bits = max_len < ROOT_BITS ? max_len : ROOT_BITS;
+    unsigned sub_bits = max_len - root_bits;
+    t->root_bits = root_bits;
+    t->root_mask = ((uint64_t)1 << root_bits) - 1;
+    t->sub_mask = ((uint64_t)1 << sub_bits) - 1;
+    memset(t->root, 0, sizeof(t->root));
+    /* Pass 1: short codes into the root; one subtable per root prefix of long codes. */
+    uint64_t n_sub = 0;
+    uint64_t codes_next[MAX_LEN + 1];
+    memcpy(codes_next, next_code, sizeof(codes_next));
+    for (Py_ssize_t s = 0; s < k; s++) {
+        unsigned len = lengths[s];
+        if (!len) continue;
+        uint64_t c = codes_next[len]++, r = 0;
+        for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
+        if (len <= root_bits) {
+            for (uint64_t f = 0; f < (uint64_t)1 << (root_bits - len); f++)
+                t->root[r | (f << len)] = (uint32_t)s | (uint32_t)len << 16;
+        } else if (!(t->root[r & t->root_mask] & SUB_FLAG)) {
+            t->root[r & t->root_mask] = SUB_FLAG | (uint32_t)n_sub;
+            n_sub += (uint64_t)1 << sub_bits;
+        }
+    }
+    if (!n_sub) return NULL;
+    t->sub = malloc(n_sub * sizeof(uint32_t));
+    if (!t->sub) return "out of memory";
+    /* Pass 2: long codes into their subtables. */
+    memcpy(codes_next, next_code, sizeof(codes_next));
+    for (Py_ssize_t s = 0; s < k; s++) {
+        unsigned len = lengths[s];
+        if (!len) continue;
+        uint64_t c = codes_next[len]++, r = 0;
+        if (len <= root_bits) continue;
+        for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
+        uint64_t base = t->root[r & t->root_mask] & 0xFFFFu, rest = r >> root_bits;
+        for (uint64_t f = 0; f < (uint64_t)1 << (max_len - len); f++)
+            t->sub[base + (rest | (f << (len - root_bits)))] = (uint32_t)s | (uint32_t)len << 16;
+    }
+    return NULL;
+}
+
+INLINE uint32_t lookup(const Lut *t, uint64_t w) {
+    uint32_t e = t->root[w & t->root_mask];
+    if (e & SUB_FLAG) e = t->sub[(e & 0xFFFFu) + ((w >> t->root_bits) & t->sub_mask)];
+    return e;
+}
+
+INLINE uint64_t load64(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
+/* At least 57 stream bits from bit `pos`; bits past the end of the buffer read as 0. */
+INLINE uint64_t peek_safe(const Stream *s, uint64_t pos) {
+    uint64_t byte = pos >> 3, w = 0;
+    if (byte + 8 <= s->size) return load64(s->data + byte) >> (pos & 7);
+    for (unsigned i = 0; i < 8 && byte + i < s->size; i++) w |= (uint64_t)s->data[byte + i] << (8 * i);
+    return w >> (pos & 7);
+}
+
+INLINE uint64_t chunk_start(const Stream *s, uint64_t c) { return c ? s->offsets[c - 1] : 0; }
+
+INLINE uint64_t chunk_end(const Stream *s, uint64_t c) {
+    return c + 1 < s->n_chunks ? s->offsets[c] : s->bit_length;
+}
+
+INLINE uint64_t chunk_count(const Stream *s, uint64_t c) {
+    return c + 1 < s->n_chunks ? s->chunk_size : s->count - c * s->chunk_size;
+}
+
+typedef struct {
+    const uint8_t *values; /* symbol -> value, vsize bytes each */
+    const uint8_t *nonzero; /* symbol -> 1 if its value is nonzero */
+    uint8_t *out;          /* symbol i of the stream goes to out + i * vsize */
+    uint64_t nonzeros;
+    uint64_t symbol_sum;   /* sum of the decoded symbols (the gaps of a sparse tensor) */
+    int64_t bad_chunk;     /* first chunk that does not end where it must, or -1 */
+} Sink;
+
+#define EMIT(j, i, e)                                                                           \
+    do {                                                                                        \
+        uint32_t sym_ = (e) & 0xFFFFu;                                                          \
+        memcpy(o[j] + (i) * vsize, sink->values + (uint64_t)sym_ * vsize, vsize);               \
+        nz += sink->nonzero[sym_];                                                              \
+        sum += sym_;                                                                            \
+    } while (0)
+
+/* Decode chunks c .. c+g-1, all holding n symbols; returns 0, or 1 when one ends badly. */
+INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, const int g, uint64_t n,
+                        const int vsize) {
+    uint64_t pos[GROUP];
+    uint8_t *o[GROUP];
+    uint64_t nz = 0, sum = 0, i = 0;
+    const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
+    for (int j = 0; j < g; j++) {
+        pos[j] = chunk_start(s, c + j);
+        o[j] = sink->out + (c + j) * s->chunk_size * vsize;
+    }
+    for (; i + 3 * STEPS <= n; i += 3 * STEPS) {
+        int near_end = 0;
+        for (int j = 0; j < g; j++) near_end |= pos[j] > fast_limit || fast_limit - pos[j] < 48 * STEPS;
+        if (near_end) break;
+        for (int step = 0; step < STEPS; step++) {
+            for (int j = 0; j < g; j++) {
+                uint64_t w = load64(s->data + (pos[j] >> 3)) >> (pos[j] & 7);
+                uint32_t e0 = lookup(t, w);
+                unsigned l0 = (e0 >> 16) & 31;
+                w >>= l0;
+                uint32_t e1 = lookup(t, w);
+                unsigned l1 = (e1 >> 16) & 31;
+                w >>= l1;
+                uint32_t e2 = lookup(t, w);
+                pos[j] += l0 + l1 + ((e2 >> 16) & 31);
+                uint64_t at = i + 3 * step;
+                EMIT(j, at, e0);
+                EMIT(j, at + 1, e1);
+                EMIT(j, at + 2, e2);
+            }
+        }
+    }
+    for (int j = 0; j < g; j++) {
+        for (uint64_t k = i; k < n; k++) {
+            uint32_t e = lookup(t, peek_safe(s, pos[j]));
+            pos[j] += (e >> 16) & 31;
+            EMIT(j, k, e);
+        }
+    }
+    sink->nonzeros += nz;
+    sink->symbol_sum += sum;
+    for (int j = 0; j < g; j++) {
+        if (pos[j] != chunk_end(s, c + j)) {
+            sink->bad_chunk = (int64_t)(c + j);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+INLINE void decode_range(const Lut *t, const Stream *s, Sink *sink, uint64_t first, uint64_t last,
+                         const int vsize) {
+    uint64_t c = first;
+    for (; c + GROUP <= last && c + GROUP < s->n_chunks; c += GROUP)
+        if (decode_group(t, s, sink, c, GROUP, s->chunk_size, vsize)) return;
+    for (; c < last; c++)
+        if (decode_group(t, s, sink, c, 1, chunk_count(s, c), vsize)) return;
+}
+
+static void decode_range_2(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) {
+    decode_range(t, s, k, a, b, 2);
+}
+static void decode_range_4(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) {
+    decode_range(t, s, k, a, b, 4);
+}
+static void decode_range_8(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) {
+    decode_range(t, s, k, a, b, 8);
+}
+
+static const uint8_t ZEROS[MAX_ALPHABET];
+
+static int check_vsize(Py_ssize_t vsize) {
+    if (vsize == 2 || vsize == 4 || vsize == 8) return 0;
+    PyErr_SetString(PyExc_ValueError, "value size must be 2, 4 or 8 bytes");
+    return -1;
+}
+
+PyDoc_STRVAR(decode_doc,
+"decode(data, bit_length, lengths, chunk_size, offsets, count, first, last, values, vsize, nonzero, out)\n"
+"--\n\n"
+"Decode chunks first..last-1 of a Huffman stream of `count` symbols, writing values[symbol]\n"
+"(vsize bytes each) at out[index]. `offsets` holds the uint64 bit offsets of chunks 1..n-1,\n"
+"`nonzero` (or None) one byte per symbol, counted over the decoded symbols.\n"
+"Returns (bad_chunk, nonzeros, symbol_sum): bad_chunk is -1, or the first chunk in the\n"
+"range that does not end at the next chunk's offset (bit_length for the last); symbol_sum\n"
+"is the sum of the symbols decoded.");
+
+static PyObject *py_decode(PyObject *self, PyObject *args) {
+    Py_buffer data = {0}, lengths = {0}, offsets = {0}, values = {0}, nonzero = {0}, out = {0};
+    unsigned long long bit_length, chunk_size, count, first, last;
+    Py_ssize_t vsize;
+    PyObject *nonzero_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*Ky*Ky*KKKy*nOw*", &data, &bit_length, &lengths, &chunk_size, &offsets,
+                          &count, &first, &last, &values, &vsize, &nonzero_obj, &out))
+        return NULL;
+    if (nonzero_obj != Py_None && PyObject_GetBuffer(nonzero_obj, &nonzero, PyBUF_SIMPLE) < 0) goto done;
+    if (check_vsize(vsize) < 0) goto done;
+    Py_ssize_t k = lengths.len;
+    uint64_t n_chunks = chunk_size ? (count + chunk_size - 1) / chunk_size : 0;
+    const char *err = NULL;
+    if (k < 1 || k > MAX_ALPHABET) err = "the alphabet must have 1 to 65536 symbols";
+    else if (!chunk_size) err = "chunk_size must be positive";
+    else if (bit_length > (uint64_t)data.len * 8) err = "bit_length exceeds the data";
+    else if ((uint64_t)offsets.len != (n_chunks ? n_chunks - 1 : 0) * 8) err = "wrong number of chunk offsets";
+    else if (first > last || last > n_chunks) err = "chunk range out of bounds";
+    else if ((uint64_t)values.len < (uint64_t)k * vsize) err = "values shorter than the alphabet";
+    else if (nonzero.buf && nonzero.len < k) err = "nonzero flags shorter than the alphabet";
+    else if ((uint64_t)out.len / vsize < count) err = "output buffer too small";
+    if (!err) {
+        const uint64_t *offs = offsets.buf;
+        for (uint64_t c = 0; c + 1 < n_chunks && !err; c++)
+            if (offs[c] > bit_length || (c && offs[c] < offs[c - 1])) err = "chunk offsets out of order or range";
+    }
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto done;
+    }
+    Lut *t = malloc(sizeof(Lut));
+    if (!t) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
+    Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1, 0};
+    Py_BEGIN_ALLOW_THREADS
+    err = build_lut(lengths.buf, k, t);
+    if (!err) {
+        if (vsize == 2) decode_range_2(t, &s, &sink, first, last);
+        else if (vsize == 4) decode_range_4(t, &s, &sink, first, last);
+        else decode_range_8(t, &s, &sink, first, last);
+    }
+    free(t->sub);
+    Py_END_ALLOW_THREADS
+    free(t);
+    if (err) PyErr_SetString(PyExc_ValueError, err);
+    else result = Py_BuildValue("LKK", (long long)sink.bad_chunk, (unsigned long long)sink.nonzeros,
+                                (unsigned long long)sink.symbol_sum);
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&out);
+    if (nonzero.obj) PyBuffer_Release(&nonzero);
+    return result;
+}
+
+INLINE int64_t scatter_impl(const uint16_t *gaps, const uint16_t *codes, uint64_t n, const uint8_t *values,
+                            uint64_t k, const uint8_t *nonzero, uint8_t *out, uint64_t numel, int64_t *position,
+                            uint64_t *nonzeros, const int vsize) {
+    int64_t p = *position;
+    uint64_t nz = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        p += (int64_t)gaps[i] + 1;
+        uint16_t c = codes[i];
+        if ((uint64_t)p >= numel || c >= k) {
+            *nonzeros += nz;
+            *position = p;
+            return (int64_t)i;
+        }
+        memcpy(out + (uint64_t)p * vsize, values + (uint64_t)c * vsize, vsize);
+        nz += nonzero[c];
+    }
+    *nonzeros += nz;
+    *position = p;
+    return -1;
+}
+
+PyDoc_STRVAR(scatter_doc,
+"scatter(gaps, codes, values, vsize, nonzero, out, position)\n"
+"--\n\n"
+"Place entries into a dense output: for each (gap, code) pair of the uint16 buffers,\n"
+"position += gap + 1 and out[position] = values[code] (vsize bytes each). `position`\n"
+"starts as the position of the entry before the first (-1 at the start of a tensor).\n"
+"Returns (bad_entry, position, nonzeros): bad_entry is -1, or the first entry whose\n"
+"position falls outside out or whose code is outside values; position is then its position.");
+
+static PyObject *py_scatter(PyObject *self, PyObject *args) {
+    Py_buffer gaps = {0}, codes = {0}, values = {0}, nonzero = {0}, out = {0};
+    Py_ssize_t vsize;
+    long long position;
+    PyObject *nonzero_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*nOw*L", &gaps, &codes, &values, &vsize, &nonzero_obj, &out, &position))
+        return NULL;
+    if (nonzero_obj != Py_None && PyObject_GetBuffer(nonzero_obj, &nonzero, PyBUF_SIMPLE) < 0) goto done;
+    if (check_vsize(vsize) < 0) goto done;
+    const char *err = NULL;
+    uint64_t k = (uint64_t)values.len / vsize, n = (uint64_t)gaps.len / 2;
+    if (gaps.len != codes.len || gaps.len % 2) err = "gaps and codes must be uint16 buffers of one length";
+    else if (k > MAX_ALPHABET) err = "more than 65536 values";
+    else if (nonzero.buf && (uint64_t)nonzero.len < k) err = "nonzero flags shorter than the values";
+    else if (position < -1 || position >= (long long)(out.len / vsize)) err = "position outside the output";
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto done;
+    }
+    uint64_t numel = (uint64_t)out.len / vsize, nz = 0;
+    int64_t pos = position, bad;
+    const uint8_t *flags = nonzero.buf ? nonzero.buf : ZEROS;
+    Py_BEGIN_ALLOW_THREADS
+    if (vsize == 2) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 2);
+    else if (vsize == 4) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 4);
+    else bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 8);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("LLK", (long long)bad, (long long)pos, (unsigned long long)nz);
+done:
+    PyBuffer_Release(&gaps);
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&out);
+    if (nonzero.obj) PyBuffer_Release(&nonzero);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"decode", py_decode, METH_VARARGS, decode_doc},
+    {"scatter", py_scatter, METH_VARARGS, scatter_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "dcformat.codec._native", "Native Huffman decode and scatter kernels.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -1,0 +1,217 @@
+"""Decode coded tensors with the native kernels when they are built, else with numpy.
+
+The C extension ``dcformat.codec._native`` (``dcformat/codec/_native.c``, built by the package
+build when a compiler is there) decodes Huffman streams straight into the output,
+codebook values included, and scatters sparse entries; it releases the GIL, so a
+``threads`` setting decodes disjoint chunk ranges in parallel. The numpy path gives
+the same results and the same errors (``huffman_numpy``); ``DCNN_NO_NATIVE=1`` forces it.
+
+Both paths run the checks only decoding can make (spec section 6): every chunk ends
+where the next begins, padding bits are zero, one-symbol streams are all zero bits,
+and sparse positions stay inside the tensor. Errors carry file offsets (``origin`` is
+where the stream's data starts in the file).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import DcnnError, FormatError
+from . import huffman_numpy
+from .huffman import Stream
+
+try:
+    from . import _native
+except ImportError:  # built without a compiler: the numpy path does the work
+    _native = None
+
+AVAILABLE = _native is not None
+# Below this many symbols a stream is decoded by the calling thread alone.
+MIN_PARALLEL_SYMBOLS = 1 << 18
+_GROUP = 4  # chunks the native kernel interleaves; thread parts start at multiples of it
+
+
+def enabled() -> bool:
+    """Whether decoding goes through the native kernels (built, and not DCNN_NO_NATIVE=1)."""
+    return _native is not None and os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
+
+
+def check_threads(threads: Any) -> int:
+    """``threads`` as a positive int, else a DcnnError."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise DcnnError(f"threads must be a positive int, not {threads!r}", rule="usage")
+    return threads
+
+
+def decode_symbols(stream: Stream, threads: int = 1) -> np.ndarray:
+    """The stream's symbols (uint16)."""
+    if enabled():
+        identity = np.arange(stream.lengths.size, dtype=np.uint16)
+        return decode_values(stream, identity, None, threads)[0]
+    one = _prologue(stream)
+    return huffman_numpy.decode(stream) if one is None else np.full(stream.count, one, dtype=np.uint16)
+
+
+def decode_values(
+    stream: Stream, values: np.ndarray, nonzero: np.ndarray | None, threads: int = 1
+) -> tuple[np.ndarray, int]:
+    """``values[symbol]`` for every symbol, and how many of those ``nonzero`` flags (0 if None)."""
+    one = _prologue(stream)
+    if one is not None:
+        flagged = stream.count * int(nonzero[one]) if nonzero is not None else 0
+        return np.full(stream.count, values[one], dtype=values.dtype), flagged
+    if not enabled():
+        symbols = huffman_numpy.decode(stream)
+        return values[symbols], huffman_numpy.count_flagged(symbols, nonzero)
+    out = np.empty(stream.count, dtype=values.dtype)
+    parts = _native_decode(stream, values, nonzero, out, threads)
+    return out, sum(p.nonzeros for p in parts)
+
+
+def decode_sparse(
+    code_symbols: np.ndarray,
+    gaps: Stream,
+    numel: int,
+    values: np.ndarray,
+    nonzero: np.ndarray | None,
+    threads: int = 1,
+) -> tuple[np.ndarray, int]:
+    """Dense flat output of a SPARSE_CODES tensor from its decoded codes and its gaps stream,
+    and how many entries ``nonzero`` flags. Gap errors come before positions past the end.
+    """
+    gap_symbols, parts = _decode_gaps(gaps, threads)
+    n = code_symbols.size
+    if gap_symbols.size != n:
+        raise FormatError(f"{n} codes but {gap_symbols.size} gaps", rule="counts")
+    last = sum(p.symbol_sum for p in parts) + n - 1
+    if last >= numel:
+        raise FormatError(
+            f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions"
+        )
+    out = np.zeros(numel, dtype=values.dtype)
+    if not enabled():
+        huffman_numpy.scatter(gap_symbols, code_symbols, values, out)
+        return out, huffman_numpy.count_flagged(code_symbols, nonzero)
+    tasks, previous = [], -1
+    for p in parts:  # each part starts after the positions of the parts before it
+        a, b = p.first * gaps.chunk_size, min(p.last * gaps.chunk_size, n)
+        tasks.append(
+            lambda a=a, b=b, start=previous: _native.scatter(
+                gap_symbols[a:b], code_symbols[a:b], values, values.itemsize, nonzero, out, start
+            )
+        )
+        previous += p.symbol_sum + b - a
+    # Each result is (first entry past the tensor or -1, _, nonzeros); the position check
+    # above excludes the first.
+    return out, sum(nonzeros for _, _, nonzeros in _in_parallel(tasks, threads))
+
+
+# -- internals ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What the native kernel reports for chunks first..last-1 of a stream."""
+
+    first: int
+    last: int
+    bad_chunk: int
+    nonzeros: int
+    symbol_sum: int
+
+
+def _prologue(stream: Stream) -> int | None:
+    """Checks before decoding; the symbol of a one-symbol stream, else None."""
+    buf = stream.data
+    if buf.size != -(-stream.bit_length // 8):  # the header checks catch this; a guard for callers
+        raise FormatError(f"{buf.size} data bytes for {stream.bit_length} bits", rule="huffman-data")
+    tail = stream.bit_length & 7
+    if stream.count and tail and buf[-1] >> tail:
+        raise FormatError(
+            "padding bits after the stream are not zero",
+            rule="huffman-data",
+            offset=stream.origin + buf.size - 1,
+        )
+    used = np.flatnonzero(stream.lengths)
+    if stream.count and used.size == 1:
+        if stream.bit_length != stream.count or buf.any():
+            raise FormatError(
+                "a one-symbol stream must be all zero bits, one per symbol", rule="huffman-data"
+            )
+        return int(used[0])
+    return None
+
+
+def _decode_gaps(gaps: Stream, threads: int) -> tuple[np.ndarray, list[_Part]]:
+    """The gap symbols, and the parts they were decoded in, with the sum of their gaps."""
+    one = _prologue(gaps)
+    if one is not None or not enabled():
+        symbols = np.full(gaps.count, one, dtype=np.uint16) if one is not None else huffman_numpy.decode(gaps)
+        return symbols, [_Part(0, gaps.n_chunks, -1, 0, int(symbols.sum(dtype=np.int64)))]
+    identity = np.arange(gaps.lengths.size, dtype=np.uint16)
+    out = np.empty(gaps.count, dtype=np.uint16)
+    return out, _native_decode(gaps, identity, None, out, threads)
+
+
+def _native_decode(
+    stream: Stream, values: np.ndarray, nonzero: np.ndarray | None, out: np.ndarray, threads: int
+) -> list[_Part]:
+    """Decode into ``out`` with the native kernel, the chunks split over ``threads`` parts."""
+    n_chunks = stream.n_chunks
+    parts = threads if stream.count >= MIN_PARALLEL_SYMBOLS else 1
+    cuts = sorted({min(n_chunks, round(i * n_chunks / parts / _GROUP) * _GROUP) for i in range(parts)})
+    ranges = [(a, b) for a, b in zip(cuts, [*cuts[1:], n_chunks], strict=True) if a < b]
+
+    def part(first: int, last: int) -> _Part:
+        result = _native.decode(
+            stream.data,
+            stream.bit_length,
+            stream.lengths,
+            stream.chunk_size,
+            stream.offsets,
+            stream.count,
+            first,
+            last,
+            values,
+            values.itemsize,
+            nonzero,
+            out,
+        )
+        return _Part(first, last, *result)
+
+    results = _in_parallel([lambda a=a, b=b: part(a, b) for a, b in ranges], threads)
+    bad = [p for p in results if p.bad_chunk >= 0]
+    if bad:
+        chunk = bad[0].bad_chunk
+        start = int(stream.offsets[chunk - 1]) if chunk else 0
+        expected = int(stream.offsets[chunk]) if chunk + 1 < n_chunks else stream.bit_length
+        raise FormatError(
+            f"chunk {chunk} does not end at bit {expected}",
+            rule="huffman-data",
+            offset=stream.origin + start // 8,
+        )
+    return results
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
+    """Run tasks on ``threads`` threads (the caller's included); results in task order."""
+    if threads == 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="dcnn-decode")
+    futures = [pool.submit(task) for task in tasks[1:]]
+    first = tasks[0]()
+    return [first, *(f.result() for f in futures)]

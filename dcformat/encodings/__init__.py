@@ -1,0 +1,50 @@
+"""The tensor encodings, one module each, and the registry the reader, header checks and
+writer dispatch through. A new encoding is a module here (see ``base.Encoding``), an entry
+in ``ENCODINGS``, its enum value in spec/dcnn.proto, spec text and vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dcnn_pb2 as pb
+from ..errors import EncodeError, FormatError
+from ..layout import MAX_CHUNK_SIZE, MAX_NAME_BYTES
+from ..tensors import Quantized, Raw
+from . import dense_codes, raw, sparse_codes
+from .base import DEFAULT_CHUNK_SIZE, EncodedTensor, Encoding
+
+ENCODINGS: dict[int, Encoding] = {e.ENUM: e for e in (raw, dense_codes, sparse_codes)}
+
+
+def of(record: pb.Tensor) -> Encoding:
+    """The encoding of a header record (FormatError for an unknown one)."""
+    try:
+        return ENCODINGS[record.encoding]
+    except KeyError:
+        raise FormatError(f"unknown encoding {record.encoding}", rule="encoding") from None
+
+
+def encode(
+    name: str, tensor: Raw | Quantized | np.ndarray, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> EncodedTensor:
+    """Encode a tensor once, for measuring (``.stored_bytes``) and for
+    :meth:`dcformat.Writer.add_encoded`; raises EncodeError for what the format cannot hold.
+    Numpy arrays are stored exactly (RAW)."""
+    if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_BYTES:
+        raise EncodeError(f"tensor names must be non-empty strings of at most {MAX_NAME_BYTES} bytes")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise EncodeError(f"chunk_size must be 1..{MAX_CHUNK_SIZE}")
+    if isinstance(tensor, np.ndarray):
+        tensor = Raw(tensor)
+    for encoding in ENCODINGS.values():
+        if isinstance(tensor, Raw | Quantized) and encoding.accepts(tensor):
+            return encoding.encode(name, tensor, chunk_size)
+    raise EncodeError(f"tensor {name!r}: expected Raw, Quantized or numpy array, got {type(tensor).__name__}")
+
+
+def stored_size(tensor: Raw | Quantized | np.ndarray, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Bytes this tensor costs in a .dcnn file (its sections, aligned, and its header record)."""
+    return encode("t", tensor, chunk_size).stored_bytes
+
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "ENCODINGS", "EncodedTensor", "Encoding", "encode", "of", "stored_size"]

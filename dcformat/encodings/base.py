@@ -1,0 +1,125 @@
+"""What every encoding shares: the encoded tensor, the interface an encoding module provides,
+and the small helpers of its encode and decode."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .. import dcnn_pb2 as pb
+from .. import dtypes
+from ..codec.huffman import Stream
+from ..layout import EXPANSION_SLACK, MAX_EXPANSION, align_up
+from ..tensors import Codes, Quantized, Raw
+
+DEFAULT_CHUNK_SIZE = 4096
+
+Payloads = list[tuple[pb.Section, bytes | np.ndarray]]
+
+
+@dataclass
+class EncodedTensor:
+    """One tensor ready for :meth:`dcformat.Writer.add_encoded`: its header record (section
+    offsets still unset) and the bytes of each of its sections, in file order."""
+
+    record: pb.Tensor
+    payloads: Payloads
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes in the file: sections rounded up to the alignment, plus the header record."""
+        return sum(align_up(len(data)) for _, data in self.payloads) + self.record.ByteSize()
+
+
+class SectionSource(Protocol):
+    """What decoding needs of an open file (``DcnnFile`` provides it)."""
+
+    verify: bool
+    threads: int
+
+    def section(self, section: pb.Section) -> np.ndarray:
+        """A copy of a section's bytes, its checksum verified."""
+        ...
+
+    def stream(self, stream: pb.HuffmanStream) -> Stream:
+        """A Huffman stream's section and fields."""
+        ...
+
+    def symbols(self, stream: pb.HuffmanStream) -> np.ndarray:
+        """A Huffman stream's decoded symbols."""
+        ...
+
+
+class Encoding(Protocol):
+    """An encoding module (see ``encodings/raw.py``): the registry maps ``ENUM`` to it."""
+
+    ENUM: int
+    NAME: str
+
+    def accepts(self, tensor: Raw | Quantized) -> bool:
+        """Whether ``encode`` stores this writer input."""
+        ...
+
+    def encode(self, name: str, tensor: Raw | Quantized, chunk_size: int) -> EncodedTensor: ...
+
+    def check(self, record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
+        """The encoding's header rules (FormatError), after the rules every tensor shares."""
+        ...
+
+    def entries_and_bits(self, record: pb.Tensor) -> tuple[int, int]:
+        """Stored entries and bits per entry, for ``TensorInfo``."""
+        ...
+
+    def decode(self, source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:
+        """Flat values in the stored form of ``out_kind``, and the nonzeros counted (if verify)."""
+        ...
+
+    def nonzero_entries(
+        self, source: SectionSource, record: pb.Tensor
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Flat positions and stored-form values of the nonzero elements; None: the reader
+        finds them in the dense tensor."""
+        ...
+
+    def codes(self, source: SectionSource, record: pb.Tensor) -> Codes:
+        """Codebook, codes and positions, without decoding values (DcnnError if none)."""
+        ...
+
+
+def new_record(name: str, shape: tuple[int, ...], dtype: str, encoding: int) -> pb.Tensor:
+    return pb.Tensor(name=name, shape=shape, dtype=dtypes.to_enum(dtype), encoding=encoding)
+
+
+def section(record_field: pb.Section, data: bytes | np.ndarray) -> Payloads:
+    """The payload of one section (none when empty); sets its length and checksum."""
+    if not len(data):
+        return []
+    record_field.length = len(data)
+    record_field.crc32 = zlib.crc32(data)
+    return [(record_field, data)]
+
+
+def expansion_ok(decoded_bytes: int, stored_bytes: int) -> bool:
+    return decoded_bytes <= MAX_EXPANSION * stored_bytes + EXPANSION_SLACK
+
+
+def numel_of(record: pb.Tensor) -> int:
+    n = 1
+    for d in record.shape:
+        n *= d
+    return n
+
+
+def cast(stored: np.ndarray, kind: str, out_kind: str) -> np.ndarray:
+    """Stored-form values of ``kind`` converted to the stored form of ``out_kind``."""
+    if out_kind == kind:
+        return stored
+    wide = dtypes.bfloat16_to_float32(stored) if kind == "bfloat16" else stored
+    return dtypes.convert_floats(wide, out_kind)

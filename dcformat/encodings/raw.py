@@ -1,0 +1,99 @@
+"""RAW: a tensor's little-endian bytes, zstd-compressed when that is smaller (spec section 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+from .. import dcnn_pb2 as pb
+from .. import dtypes
+from ..errors import DcnnError, FormatError
+from ..tensors import Codes, Quantized, Raw
+from .base import EncodedTensor, SectionSource, cast, expansion_ok, new_record, numel_of, section
+
+ENUM = pb.RAW
+NAME = "RAW"
+
+
+def accepts(tensor: Raw | Quantized) -> bool:
+    return isinstance(tensor, Raw)
+
+
+def encode(name: str, tensor: Raw, chunk_size: int) -> EncodedTensor:
+    stored = np.ascontiguousarray(tensor.array, dtype=dtypes.storage(tensor.dtype))
+    data = stored.tobytes()
+    record = new_record(name, tensor.shape, tensor.dtype, pb.RAW)
+    record.nonzeros = int(np.count_nonzero(dtypes.is_nonzero(stored, tensor.dtype)))
+    if tensor.zstd_level is not None and data:
+        packed = zstandard.ZstdCompressor(level=tensor.zstd_level, write_content_size=True).compress(data)
+        if len(packed) < len(data) and expansion_ok(len(data), len(packed)):
+            record.compression = pb.COMPRESSION_ZSTD
+            data = packed
+    return EncodedTensor(record, section(record.raw, data))
+
+
+def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
+    if (
+        record.HasField("codebook")
+        or record.HasField("codes")
+        or record.HasField("gaps")
+        or record.index_bits
+    ):
+        raise FormatError("a RAW tensor has codebook, stream or index fields", rule="encoding")
+    length = record.raw.length if record.HasField("raw") else 0
+    if record.compression == pb.COMPRESSION_NONE:
+        if length != decoded_bytes:
+            raise FormatError(
+                f"RAW section of {length} bytes for {decoded_bytes} bytes of data", rule="raw-size"
+            )
+    elif record.compression == pb.COMPRESSION_ZSTD:
+        if decoded_bytes == 0 or length == 0:
+            raise FormatError("an empty tensor cannot be zstd-compressed", rule="raw-size")
+    else:
+        raise FormatError(f"unknown compression {record.compression}", rule="encoding")
+
+
+def entries_and_bits(record: pb.Tensor) -> tuple[int, int]:
+    return numel_of(record), 8 * dtypes.itemsize(dtypes.from_enum(record.dtype))
+
+
+def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:
+    kind = dtypes.from_enum(record.dtype)
+    storage = dtypes.storage(kind)
+    if not record.HasField("raw"):
+        out = np.zeros(numel_of(record), dtype=storage)
+    else:
+        data = source.section(record.raw)
+        if record.compression == pb.COMPRESSION_ZSTD:
+            data = np.frombuffer(_unzstd(data, numel_of(record) * storage.itemsize), dtype=np.uint8).copy()
+        if kind == "bool" and np.any(data > 1):
+            raise FormatError("a bool element is not the byte 0 or 1", rule="bool-value")
+        out = data.view(storage)
+    nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind))) if source.verify else 0
+    return cast(out, kind, out_kind), nonzeros
+
+
+def nonzero_entries(source: SectionSource, record: pb.Tensor) -> None:
+    return None
+
+
+def codes(source: SectionSource, record: pb.Tensor) -> Codes:
+    raise DcnnError("a RAW tensor has no codes", rule="usage")
+
+
+def _unzstd(data: np.ndarray, expected: int) -> bytes:
+    try:
+        params = zstandard.get_frame_parameters(data)
+        if params.content_size != expected:
+            raise FormatError(
+                f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
+            )
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        out = frame.decompress(data)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"zstd data does not decompress: {exc}", rule="zstd") from None
+    if not frame.eof or frame.unused_data:
+        raise FormatError("the section is not exactly one zstd frame", rule="zstd")
+    if len(out) != expected:
+        raise FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd")
+    return out

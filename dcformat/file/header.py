@@ -1,0 +1,161 @@
+"""Parse the preamble and header and check every rule that needs no section data
+(each encoding's own rules live in its module under ``encodings/``).
+
+All checks here are cheap (no decoding), so opening a file runs them all: a hostile
+header is rejected before anything is allocated from its declared sizes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from .. import dcnn_pb2 as pb
+from .. import dtypes, encodings
+from ..encodings.base import numel_of
+from ..errors import ChecksumError, FormatError, LimitError, VersionError
+from ..layout import (
+    EXPANSION_SLACK,
+    MAGIC,
+    MAJOR,
+    MAX_ELEMENTS,
+    MAX_EXPANSION,
+    MAX_HEADER_BYTES,
+    MAX_NAME_BYTES,
+    MAX_RANK,
+    PREAMBLE,
+    PREAMBLE_SIZE,
+    align_up,
+)
+
+
+@dataclass(frozen=True)
+class Preamble:
+    major: int
+    minor: int
+    header_length: int
+    data_start: int
+
+
+def read_preamble(head: bytes, file_size: int) -> Preamble:
+    """Check the fixed 24 bytes at the start of a file."""
+    if len(head) < PREAMBLE_SIZE:
+        if MAGIC.startswith(head[: len(MAGIC)]):
+            raise FormatError(
+                f"file is {file_size} bytes, too short for a .dcnn preamble",
+                rule="truncated",
+                offset=file_size,
+            )
+        raise FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0)
+    magic, major, minor, header_length, _, preamble_crc = PREAMBLE.unpack(head[:PREAMBLE_SIZE])
+    if magic != MAGIC:
+        if magic[1:4] == MAGIC[1:4]:
+            raise FormatError(
+                "magic bytes damaged: the file went through a text-mode or 7-bit transfer",
+                rule="magic",
+                offset=0,
+            )
+        raise FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0)
+    if zlib.crc32(head[: PREAMBLE_SIZE - 4]) != preamble_crc:
+        raise ChecksumError("preamble checksum mismatch", rule="preamble-crc", offset=8)
+    if major != MAJOR:
+        raise VersionError(
+            f"format major version {major} is not supported (this reader implements {MAJOR})",
+            rule="version",
+            offset=8,
+        )
+    if header_length > MAX_HEADER_BYTES:
+        raise LimitError(
+            f"header of {header_length} bytes exceeds the limit {MAX_HEADER_BYTES}",
+            rule="header-size",
+            offset=12,
+        )
+    data_start = align_up(PREAMBLE_SIZE + header_length)
+    if data_start > file_size:
+        raise FormatError(
+            f"file of {file_size} bytes ends inside its header", rule="truncated", offset=file_size
+        )
+    return Preamble(major, minor, header_length, data_start)
+
+
+def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
+    """Check the header checksum and parse it (unknown fields are kept and ignored)."""
+    raw = head[PREAMBLE_SIZE : PREAMBLE_SIZE + preamble.header_length]
+    expected_crc = PREAMBLE.unpack(head[:PREAMBLE_SIZE])[4]
+    if zlib.crc32(raw) != expected_crc:
+        raise ChecksumError("header checksum mismatch", rule="header-crc", offset=PREAMBLE_SIZE)
+    header = pb.Header()
+    try:
+        header.ParseFromString(raw)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise FormatError(
+            f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE
+        ) from None
+    return header
+
+
+def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
+    """The tensor's sections in their required file order."""
+    if tensor.HasField("raw"):
+        yield tensor.raw
+    for stream in ("codes", "gaps"):
+        if tensor.HasField(stream) and getattr(tensor, stream).HasField("data"):
+            yield getattr(tensor, stream).data
+
+
+def check_tensor(tensor: pb.Tensor) -> None:
+    """Every rule on one tensor record that needs no section data."""
+    if not tensor.name or len(tensor.name.encode()) > MAX_NAME_BYTES:
+        raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
+    if len(tensor.shape) > MAX_RANK:
+        raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
+    # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).
+    span = 1
+    for d in tensor.shape:
+        span *= max(d, 1)
+        if span > MAX_ELEMENTS:
+            raise LimitError(f"shape {list(tensor.shape)} exceeds {MAX_ELEMENTS} elements", rule="shape")
+    numel = numel_of(tensor)
+    dtype = dtypes.from_enum(tensor.dtype)
+    if dtype is None:
+        raise FormatError(f"unknown dtype {tensor.dtype}", rule="dtype")
+    if tensor.nonzeros > numel:
+        raise FormatError(f"{tensor.nonzeros} nonzeros in {numel} elements", rule="nonzeros")
+    for section in sections_of(tensor):
+        if section.length == 0:
+            raise FormatError("a present section must not be empty", rule="section-layout")
+    decoded_bytes = numel * dtypes.itemsize(dtype)
+    stored = sum(s.length for s in sections_of(tensor))
+    if decoded_bytes > MAX_EXPANSION * stored + EXPANSION_SLACK:
+        raise LimitError(
+            f"{decoded_bytes} decoded bytes from {stored} stored bytes exceeds the "
+            f"expansion limit {MAX_EXPANSION}",
+            rule="expansion",
+        )
+    encodings.of(tensor).check(tensor, dtype, numel, decoded_bytes)
+
+
+def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
+    """Sections follow each other in header order, each at the next aligned offset."""
+    end = 0
+    for tensor in header.tensors:
+        for section in sections_of(tensor):
+            expected = align_up(end)
+            if section.offset != expected:
+                raise FormatError(
+                    f"section at data offset {section.offset}, expected {expected}",
+                    rule="section-layout",
+                    tensor=tensor.name,
+                    offset=data_start + min(section.offset, expected),
+                )
+            end = expected + section.length
+    if data_start + end != file_size:
+        rule = "truncated" if data_start + end > file_size else "file-size"
+        raise FormatError(
+            f"file is {file_size} bytes; its sections end at {data_start + end}",
+            rule=rule,
+            offset=min(file_size, data_start + end),
+        )

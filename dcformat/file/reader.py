@@ -1,0 +1,306 @@
+"""Read .dcnn files: map the file, check the header, decode only the tensors asked for."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .. import dcnn_pb2 as pb
+from .. import dtypes, encodings
+from ..codec import decode as codec
+from ..codec.huffman import Stream
+from ..encodings.base import numel_of
+from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
+from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
+from ..tensors import Codes, Source
+from .header import Preamble, check_layout, check_tensor, parse_header, read_preamble, sections_of
+
+FRAMEWORKS = ("numpy", "torch")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says of one tensor; nothing is decoded to produce it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    encoding: str
+    entries: int  # stored entries (codes, fillers included) or elements for RAW
+    nonzeros: int
+    weight_bits: int  # bits of a codebook index (ceil log2 K), or of a RAW element
+    index_bits: int  # SPARSE_CODES only, else 0
+    stored_bytes: int  # bytes of its sections
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def dense_bytes(self) -> int:
+        return self.numel * dtypes.itemsize(self.dtype)
+
+
+class DcnnFile:
+    """An open .dcnn file (see :func:`safe_open`)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True, threads: int = 1
+    ) -> None:
+        if framework not in FRAMEWORKS:
+            raise DcnnError(f"framework must be one of {FRAMEWORKS}, not {framework!r}", rule="usage")
+        if not isinstance(path, str | os.PathLike):
+            raise DcnnError(f"path must be a str or os.PathLike, not {type(path).__name__}", rule="usage")
+        self.path = os.fspath(path)
+        self.framework = framework
+        self.verify = verify
+        self.threads = codec.check_threads(threads)
+        self._map: mmap.mmap | None = None
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size:
+                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise DcnnIOError(f"cannot open: {exc.strerror or exc}", path=self.path) from None
+        try:
+            self.size = size
+            head = self._map[:PREAMBLE_SIZE] if self._map is not None else b""
+            self.preamble: Preamble = read_preamble(head, size)
+            self.header = parse_header(self._map[: self.preamble.data_start], self.preamble)
+            self._tensors: dict[str, pb.Tensor] = {}
+            for record in self.header.tensors:
+                if record.name in self._tensors:
+                    raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
+                try:
+                    check_tensor(record)
+                except DcnnError as exc:
+                    raise exc.located(tensor=record.name) from None
+                self._tensors[record.name] = record
+            check_layout(self.header, self.preamble.data_start, size)
+            _check_zero(self._map, PREAMBLE_SIZE + self.preamble.header_length, self.preamble.data_start)
+        except DcnnError as exc:
+            self.close()
+            raise exc.located(path=self.path) from None
+
+    # -- header queries -------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Tensor names, in file order."""
+        return list(self._tensors)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.header.metadata)
+
+    def source(self) -> Source:
+        src = self.header.source
+        return Source(src.format, src.skeleton, dict(src.attributes))
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return self.preamble.major, self.preamble.minor
+
+    @property
+    def producer(self) -> str:
+        return self.header.producer
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._record(name)
+        encoding = encodings.of(t)
+        entries, weight_bits = encoding.entries_and_bits(t)
+        return TensorInfo(
+            name=name,
+            shape=tuple(t.shape),
+            dtype=dtypes.from_enum(t.dtype),
+            encoding=encoding.NAME,
+            entries=entries,
+            nonzeros=t.nonzeros,
+            weight_bits=weight_bits,
+            index_bits=t.index_bits,
+            stored_bytes=sum(s.length for s in sections_of(t)),
+        )
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def get_tensor(self, name: str, dtype: str | None = None, device: str | None = None) -> Any:
+        """The dense tensor. ``dtype`` converts float tensors (float32, float16, bfloat16)."""
+        record = self._record(name)
+        try:
+            kind = dtypes.from_enum(record.dtype)
+            out_kind = kind if dtype is None else _checked_out_dtype(kind, dtype)
+            return self._convert(self._decode_dense(record, out_kind), out_kind, device)
+        except DcnnError as exc:
+            raise exc.located(path=self.path, tensor=name) from None
+
+    def get_sparse(self, name: str, layout: str = "csr") -> Any:
+        """A 2-D sparse matrix (rank > 2 flattened to (shape[0], rest)) built from the
+        positions: scipy.sparse for numpy, torch sparse for torch."""
+        if layout not in ("csr", "coo"):
+            raise DcnnError(f"layout must be 'csr' or 'coo', not {layout!r}", rule="usage")
+        record = self._record(name)
+        try:
+            positions, stored, kind = self._decode_entries(record)
+        except DcnnError as exc:
+            raise exc.located(path=self.path, tensor=name) from None
+        shape = tuple(record.shape)
+        rows = shape[0] if len(shape) >= 2 else 1
+        cols = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) >= 2 else numel_of(record)
+        if cols == 0 and rows > EXPANSION_SLACK // 8:  # the row index of an empty matrix is all there is
+            raise LimitError(
+                f"an empty matrix of {rows} rows exceeds the expansion limit",
+                rule="expansion",
+                path=self.path,
+                tensor=name,
+            )
+        row, col = np.divmod(positions, max(cols, 1))
+        if self.framework == "torch":
+            from ..interop import torch as interop_torch
+
+            return interop_torch.sparse_matrix(row, col, stored, kind, (rows, cols), layout)
+        from ..interop import scipy as interop_scipy
+
+        return interop_scipy.sparse_matrix(row, col, stored, kind, (rows, cols), layout)
+
+    def get_codes(self, name: str) -> Codes:
+        """Codebook, codes and (sparse) positions of a coded tensor, without decoding values."""
+        record = self._record(name)
+        try:
+            return encodings.of(record).codes(self, record)
+        except DcnnError as exc:
+            raise exc.located(path=self.path, tensor=name) from None
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _record(self, name: str) -> pb.Tensor:
+        try:
+            return self._tensors[name]
+        except (KeyError, TypeError):
+            raise DcnnError(f"no tensor named {name!r}", rule="usage", path=self.path) from None
+
+    def section(self, section: pb.Section) -> np.ndarray:
+        """A copy of a section's bytes, its checksum verified."""
+        if self._map is None:
+            raise DcnnError("the file is closed", rule="usage", path=self.path)
+        start = self.preamble.data_start + section.offset
+        data = np.empty(section.length, dtype=np.uint8)
+        data[:] = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
+        if self.verify:
+            if zlib.crc32(data) != section.crc32:
+                raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
+            _check_zero(self._map, start + section.length, min(align_up(start + section.length), self.size))
+        return data
+
+    def stream(self, stream: pb.HuffmanStream) -> Stream:
+        """A Huffman stream's section (checksum verified) and fields."""
+        has_data = stream.HasField("data")
+        return Stream(
+            data=self.section(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
+            bit_length=stream.bit_length,
+            count=stream.count,
+            lengths=np.frombuffer(stream.code_lengths, dtype=np.uint8),
+            chunk_size=stream.chunk_size,
+            offsets=np.asarray(stream.chunk_offsets, dtype=np.uint64),
+            origin=self.preamble.data_start + stream.data.offset if has_data else 0,
+        )
+
+    def symbols(self, stream: pb.HuffmanStream) -> np.ndarray:
+        """A Huffman stream's decoded symbols."""
+        return codec.decode_symbols(self.stream(stream), self.threads)
+
+    def _decode_dense(self, record: pb.Tensor, out_kind: str) -> np.ndarray:
+        """The tensor's values in the stored form of ``out_kind`` (bfloat16 as bits)."""
+        out, nonzeros = encodings.of(record).decode(self, record, out_kind)
+        if self.verify and nonzeros != record.nonzeros:
+            raise FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros")
+        return out.reshape(tuple(record.shape))
+
+    def _decode_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray, str]:
+        """Flat positions and stored-form values of the nonzero elements."""
+        kind = dtypes.from_enum(record.dtype)
+        entries = encodings.of(record).nonzero_entries(self, record)
+        if entries is None:
+            flat = self._decode_dense(record, kind).reshape(-1)
+            positions = np.flatnonzero(dtypes.is_nonzero(flat, kind))
+            return positions, flat[positions], kind
+        return *entries, kind
+
+    def _convert(self, array: np.ndarray, kind: str, device: str | None) -> Any:
+        if self.framework == "numpy":
+            if device is not None:
+                raise DcnnError("device applies to framework='torch' only", rule="usage")
+            return dtypes.bfloat16_to_float32(array) if kind == "bfloat16" else array
+        from ..interop import torch as interop_torch
+
+        return interop_torch.to_tensor(array, kind, device)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> DcnnFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def safe_open(
+    path: str | os.PathLike[str], framework: str = "numpy", verify: bool = True, threads: int = 1
+) -> DcnnFile:
+    """Open a .dcnn file; nothing is decoded until a tensor is asked for.
+
+    ``verify`` (default on) checks each section's CRC-32 and declared counts as it is read.
+    ``threads`` > 1 decodes the chunks of large streams on that many threads.
+    """
+    return DcnnFile(path, framework, verify, threads)
+
+
+def load_file(
+    path: str | os.PathLike[str],
+    framework: str = "numpy",
+    dtype: str | None = None,
+    verify: bool = True,
+    threads: int = 1,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
+    as stored); ``device`` places torch tensors (see DcnnFile.get_tensor)."""
+    if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
+        raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
+    with safe_open(path, framework, verify, threads) as f:
+        return {
+            name: f.get_tensor(
+                name, dtype=dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None, device=device
+            )
+            for name in f.keys()
+        }
+
+
+def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:
+    """Padding bytes in [start, stop) must be zero."""
+    if buffer is None or stop <= start:
+        return
+    nonzero = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8, count=stop - start, offset=start))
+    if nonzero.size:
+        raise FormatError("padding bytes are not zero", rule="padding", offset=start + int(nonzero[0]))
+
+
+def _checked_out_dtype(kind: str, dtype: str) -> str:
+    if dtype not in dtypes.FLOAT_NAMES or kind not in dtypes.FLOAT_NAMES:
+        raise DcnnError(
+            f"cannot convert {kind} to {dtype!r}: dtype= converts float tensors "
+            f"to one of {dtypes.FLOAT_NAMES}",
+            rule="usage",
+        )
+    return dtype

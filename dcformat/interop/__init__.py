@@ -1,0 +1,1 @@
+"""Framework interop (torch, scipy): each imports its framework only when called."""

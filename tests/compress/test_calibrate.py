@@ -1,0 +1,179 @@
+"""Calibration: importance-weighted k-means, and per-tensor bits searched for an output-error
+target that the written file then meets (or a clear error, with nothing written)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+import dcformat
+from converters import SAFE, ConvertError, apply_options, convert, save_module
+from converters.cli import convert_main
+from converters.compress.calibrate import calibrate
+from converters.weight import Weight
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 16))
+
+
+def items(seed: int, n: int = 6) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 64, generator=g) for _ in range(n)]
+
+
+def output_error(net: nn.Module, path, batches) -> float:
+    """Mean relative output error of the network decoded from ``path`` against ``net``."""
+    decoded = mlp()
+    decoded.load_state_dict({k: torch.from_numpy(v) for k, v in dcformat.load_file(path).items()})
+    with torch.no_grad():
+        return float(np.mean([((decoded(x) - net(x)).norm() / net(x).norm()).item() for x in batches]))
+
+
+@pytest.mark.parametrize("target", [0.005, 0.03])
+def test_the_target_is_met_by_the_written_file(tmp_path, target: float) -> None:
+    net = mlp()
+    config = apply_options(SAFE, [("max-output-error", str(target))])
+    report = save_module(net, tmp_path / "m.dcnn", config, calibration=items(1))
+    assert report.output_error <= target
+    assert output_error(net, tmp_path / "m.dcnn", items(1)) == pytest.approx(report.output_error, rel=1e-3)
+    assert report.config["max_output_error"] == target
+
+
+def test_a_looser_target_gives_a_smaller_file(tmp_path) -> None:
+    net = mlp()
+    sizes = []
+    for target in ("0.003", "0.05"):
+        config = apply_options(SAFE, [("max-output-error", target)])
+        sizes.append(save_module(net, tmp_path / f"{target}.dcnn", config, calibration=items(1)).dcnn_bytes)
+    assert sizes[1] < 0.8 * sizes[0]
+
+
+def test_an_unreachable_target_is_an_error_and_nothing_is_written(tmp_path) -> None:
+    net = nn.Sequential(nn.Linear(64, 128), nn.Dropout(0.5), nn.Linear(128, 16)).train()  # never the same
+    config = apply_options(SAFE, [("max-output-error", "0.001")])
+    with pytest.raises(ConvertError, match=r"cannot reach an output error of 0\.001: the best found is"):
+        save_module(net, tmp_path / "m.dcnn", config, calibration=items(1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_weight_whose_input_is_never_active_gets_no_centroid() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, size=(64, 64)).astype(np.float32)
+    w[:, 0] = 50 + rng.normal(0, 1, 64)  # outliers on an input that calibration never drives
+    importance = np.ones_like(w)
+    importance[:, 0] = 0.0
+    weight = Weight("fc.weight", w, "float32", "fc", role="weight")
+    config = apply_options(SAFE, [("bits", "4")])
+
+    def evaluate(replaced) -> float:
+        return 0.0
+
+    plain = calibrate([weight], config, evaluate).tensors["fc.weight"]
+    weighted = calibrate([weight], config, evaluate, importance={"fc.weight": importance}).tensors[
+        "fc.weight"
+    ]
+    assert plain.codebook.max() > 40  # plain k-means spends centroids on the outliers
+    assert weighted.codebook.max() < 1  # calibrated: every centroid serves the weights that matter
+    used = w[:, 1:].reshape(-1)
+    assert (
+        np.abs(weighted.values(weight)[:, 1:].reshape(-1) - used).mean()
+        < np.abs(plain.values(weight)[:, 1:].reshape(-1) - used).mean()
+    )
+
+
+def test_a_module_that_returns_no_tensor_is_told_to_wrap_it(tmp_path) -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"y": self.fc(x)}
+
+    with pytest.raises(ConvertError, match="not a tensor: wrap it"):
+        save_module(Pair(), tmp_path / "m.dcnn", calibration=items(1))
+
+
+def test_a_target_without_calibration_data_is_a_usage_error(tmp_path) -> None:
+    with pytest.raises(ConvertError, match="needs calibration data") as info:
+        save_module(mlp(), tmp_path / "m.dcnn", apply_options(SAFE, [("max-output-error", "0.01")]))
+    assert info.value.rule == "usage"
+
+
+def onnx_mlp(path) -> None:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 128)).astype(np.float32) / 6, "w1"),
+        numpy_helper.from_array(rng.standard_normal((128, 8)).astype(np.float32) / 11, "w2"),
+        numpy_helper.from_array(np.arange(4096, dtype=np.int8).reshape(64, 64), "table"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["t"]),
+        helper.make_node("MatMul", ["t", "w2"], ["y"]),
+        helper.make_node("Gather", ["table", "ids"], ["rows"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
+            helper.make_tensor_value_info("rows", TensorProto.INT8, [2, 64]),
+        ],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def samples(n: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {"x": rng.standard_normal((n, 4, 32)).astype(np.float32), "ids": rng.integers(0, 64, (n, 2))}
+
+
+def test_onnx_calibrated_conversion_from_the_cli(tmp_path, capsys) -> None:
+    onnx_mlp(tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", **samples())
+    argv = [
+        str(tmp_path / "m.onnx"),
+        "-o",
+        str(tmp_path / "m.dcnn"),
+        "--calibration",
+        str(tmp_path / "cal.npz"),
+    ]
+    assert convert_main([*argv, "--max-output-error", "0.01", "--report", str(tmp_path / "r.json")]) == 0
+    assert "output error on the calibration data" in capsys.readouterr().out
+    config = apply_options(SAFE, [("max-output-error", "0.01")])
+    report = convert(tmp_path / "m.onnx", tmp_path / "again.dcnn", config, calibration=tmp_path / "cal.npz")
+    assert 0 < report.output_error <= 0.01
+    loaded = dcformat.load_file(tmp_path / "m.dcnn")
+    assert np.array_equal(loaded["table"], np.arange(4096, dtype=np.int8).reshape(64, 64))  # int8: exact
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": samples()["x"]}, "lacks graph input 'ids'"),
+        ({**samples(), "z": np.zeros((5, 3))}, "'z' is not an input of the graph"),
+        ({**samples(), "x": samples()["x"].astype(np.float64)}, "'x' is float64; the graph takes float32"),
+        ({**samples(), "x": samples()["x"][:, 0]}, "'x' has 2 dimensions; expected 3"),
+        ({**samples(), "x": np.full((5, 4, 32), np.nan, np.float32)}, "'x' holds NaN"),
+        ({}, "holds no arrays"),
+    ],
+    ids=["missing", "unknown", "dtype", "rank", "nan", "empty"],
+)
+def test_calibration_data_that_does_not_fit_the_graph(tmp_path, arrays, message: str) -> None:
+    onnx_mlp(tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", **arrays)
+    with pytest.raises(ConvertError, match=message):
+        convert(tmp_path / "m.onnx", tmp_path / "m.dcnn", SAFE, calibration=tmp_path / "cal.npz")
+    assert not (tmp_path / "m.dcnn").exists()

@@ -1,0 +1,110 @@
+"""Trained quantization: centroid gradients, fixed codes, and the zero symbol under training."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from converters.compress.finetune import TrainedQuantizer
+from converters.compress.share import SharedTensor, share_weights
+
+
+def tiny_model(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+
+
+def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 6, generator=gen), torch.randn(16, 2, generator=gen)
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_centroid_gradient_is_the_cluster_sum(pruned: bool) -> None:
+    model = tiny_model(0)
+    w = model[0].weight.detach().numpy().copy()
+    if pruned:
+        w[np.abs(w) < 0.15] = 0.0
+    shared = share_weights(w, 2)
+    assert shared.zero_symbol == pruned
+    quantizer = TrainedQuantizer(model, {"0.weight": shared})
+    x, y = batch(1)
+
+    # Reference: the same network with the weight written as codebook[codes] for autograd.
+    codebook = torch.tensor(shared.codebook, requires_grad=True)
+    weight = codebook[torch.from_numpy(shared.codes.astype(np.int64))].view_as(model[0].weight)
+    hidden = torch.tanh(x @ weight.T + model[0].bias.detach())
+    ref_loss = ((hidden @ model[2].weight.detach().T + model[2].bias.detach() - y) ** 2).mean()
+    ref_loss.backward()
+
+    with quantizer.enforce():
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+    assert torch.allclose(loss, ref_loss)
+    centroids = quantizer.layers["0.weight"].centroids
+    expected = codebook.grad[1:] if pruned else codebook.grad
+    assert torch.allclose(centroids.grad, expected, atol=1e-7)
+    assert model[0].weight.grad is None
+    # And explicitly: the sum of the weight gradients in each cluster.
+    model[0].weight.grad = None
+    ((model(x) - y) ** 2).mean().backward()
+    g = model[0].weight.grad.numpy().reshape(-1)
+    first = 1 if pruned else 0
+    for j in range(first, len(shared.codebook)):
+        assert np.isclose(centroids.grad[j - first].item(), g[shared.codes == j].sum(), atol=1e-6)
+
+
+def test_training_moves_centroids_keeps_codes_and_zeros() -> None:
+    model = tiny_model(2)
+    w = model[0].weight.detach().numpy().copy()
+    w[np.abs(w) < 0.2] = 0.0
+    shared = share_weights(w, 3)
+    zeros = torch.from_numpy(w == 0)
+    quantizer = TrainedQuantizer(model, {"0.weight": shared})
+    others = [p for n, p in model.named_parameters() if n != "0.weight"]
+    opt = torch.optim.SGD(quantizer.parameters() + others, lr=0.05, momentum=0.9, weight_decay=0.1)
+    x, y = batch(3)
+    losses = []
+    with quantizer.enforce():
+        for _ in range(30):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            weight = model[0].weight.detach()
+            assert torch.all(weight[zeros] == 0)
+            codebook = quantizer.layers["0.weight"].codebook()
+            assert torch.equal(
+                weight, codebook[torch.from_numpy(shared.codes.astype(np.int64))].view_as(model[0].weight)
+            )
+    assert losses[-1] < 0.8 * losses[0]
+    final = quantizer.shared()["0.weight"]
+    np.testing.assert_array_equal(final.codes, shared.codes)
+    assert final.codebook[0] == 0.0
+    assert not np.allclose(final.codebook, shared.codebook)
+    np.testing.assert_array_equal(final.decode(), model[0].weight.detach().numpy().reshape(-1))
+
+
+def test_weight_grad_is_moved_not_applied_by_an_optimizer_over_all_parameters() -> None:
+    model = tiny_model(4)
+    shared = share_weights(model[0].weight.detach().numpy(), 2)
+    quantizer = TrainedQuantizer(model, {"0.weight": shared})
+    opt = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=0.01)
+    x, y = batch(5)
+    with quantizer.enforce():
+        for _ in range(3):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+    values = set(model[0].weight.detach().numpy().ravel().tolist())
+    assert len(values) <= 4
+
+
+def test_codes_must_fit_the_parameter() -> None:
+    model = tiny_model(6)
+    bad = SharedTensor(np.zeros(2, np.float32), np.zeros(9, np.uint8), zero_symbol=False)
+    with pytest.raises(ValueError, match="do not fit"):
+        TrainedQuantizer(model, {"0.weight": bad})
+    with pytest.raises(ValueError, match="not parameters"):
+        TrainedQuantizer(model, {"9.weight": bad})

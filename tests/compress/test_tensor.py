@@ -1,0 +1,143 @@
+"""The one data-free path of a tensor: pruning, weight sharing, the smallest encoding."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import dcformat
+from converters.compress import share as share_module
+from converters.compress.config import SAFE, apply_options
+from converters.compress.tensor import CompressedTensor, compress_weight
+from converters.errors import ConvertError
+from converters.weight import Weight
+from dcformat import dtypes
+from dcformat.codec import huffman
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Fresh random data for each test, whatever the order the tests run in."""
+    return np.random.default_rng(0)
+
+
+def run(array: np.ndarray, dtype: str, options=(), **kw) -> CompressedTensor:
+    return compress_weight(Weight("layer.weight", array, dtype), apply_options(SAFE, options, **kw))
+
+
+def written(
+    tensor: CompressedTensor, tmp_path
+) -> tuple[dcformat.TensorInfo, dcformat.Codes | None, np.ndarray]:
+    """The tensor's header info, compressed form (None for RAW) and decoded values, from a file."""
+    path = tmp_path / "t.dcnn"
+    with dcformat.Writer(path) as writer:
+        writer.add_encoded(tensor.encoded)
+    with dcformat.safe_open(path) as f:
+        info = f.info("layer.weight")
+        codes = None if info.encoding == "RAW" else f.get_codes("layer.weight")
+        return info, codes, f.get_tensor("layer.weight")
+
+
+def test_dense_codes_with_at_most_2_to_the_bits_values_and_their_true_error(rng, tmp_path) -> None:
+    array = rng.normal(size=(96, 128)).astype(np.float32)
+    tensor = run(array, "float32", [("bits", "6")])
+    info, codes, decoded = written(tensor, tmp_path)
+    assert info.encoding == "DENSE_CODES" and info.dtype == "float32"
+    assert codes.codebook.size <= 64 and tensor.report.weight_bits == 6
+    assert tensor.error == pytest.approx(np.linalg.norm(array - decoded) / np.linalg.norm(array), rel=1e-6)
+    assert 0 < tensor.error < 0.05 and tensor.report.error == tensor.error
+    assert tensor.report.stored_bytes == tensor.encoded.stored_bytes
+
+
+def test_pruned_tensor_is_stored_sparse_with_exact_zeros(rng, tmp_path) -> None:
+    array = rng.normal(size=(128, 128)).astype(np.float32)
+    tensor = run(array, "float32", [("prune", "0.9"), ("bits", "5")])
+    info, codes, _ = written(tensor, tmp_path)
+    assert info.encoding == "SPARSE_CODES" and tensor.report.encoding == "SPARSE_CODES"
+    assert codes.codebook[0] == 0 and codes.positions.size == pytest.approx(0.1 * array.size, abs=1)
+    flat = array.reshape(-1)
+    assert np.abs(flat[codes.positions]).min() >= np.quantile(np.abs(array), 0.9) - 1e-6  # largest kept
+    all_codes = np.zeros(array.size, np.uint8)
+    all_codes[codes.positions] = codes.codes
+    dense = dcformat.Quantized(codes.codebook, all_codes, array.shape)
+    assert tensor.encoded.stored_bytes < dcformat.stored_size(dense)
+    pruned_only = np.linalg.norm(np.delete(flat, codes.positions)) / np.linalg.norm(array)
+    assert pruned_only < tensor.error < pruned_only + 0.02  # the reported error includes the pruning
+
+
+def test_exact_storage_when_codes_would_cost_more(rng, tmp_path) -> None:
+    array = rng.normal(size=(8, 8)).astype(np.float32)  # 64 values, a 256-entry codebook
+    tensor = run(array, "float32", [("include", "layer*")], min_size=1)
+    info, _, decoded = written(tensor, tmp_path)
+    assert info.encoding == "RAW" and tensor.error == 0.0 and tensor.report.weight_bits is None
+    assert np.array_equal(decoded, array)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_half_and_double_tensors_keep_their_dtype(dtype: str, rng, tmp_path) -> None:
+    values = rng.normal(size=(64, 64)).astype(np.float32)
+    tensor = run(dtypes.convert_floats(values, dtype), dtype, [("bits", "4")])
+    info, _, _ = written(tensor, tmp_path)
+    assert info.encoding == "DENSE_CODES" and info.dtype == dtype
+    assert 0 < tensor.error < 0.2
+
+
+def test_nan_weights_are_refused(rng) -> None:
+    array = rng.normal(size=(64, 64)).astype(np.float32)
+    array[3, 4] = np.nan
+    with pytest.raises(ConvertError, match="NaN"):
+        run(array, "float32")
+
+
+def test_uncompressed_tensor_is_exact_and_zstd_packed(tmp_path) -> None:
+    ids = np.arange(4096, dtype=np.int64).reshape(1, -1)
+    tensor = run(ids, "int64")
+    info, _, decoded = written(tensor, tmp_path)
+    assert info.encoding == "RAW" and tensor.error == 0.0 and np.array_equal(decoded, ids)
+    assert tensor.encoded.record.compression == dcformat.dcnn_pb2.COMPRESSION_ZSTD
+    assert tensor.encoded.stored_bytes < ids.nbytes / 2
+
+
+def test_a_source_already_encoded_keeps_its_cheapest_exact_encoding(rng, tmp_path) -> None:
+    codebook = np.array([0.0, -0.5, 0.25, 1.0], np.float32)
+    codes = rng.integers(0, 4, size=4096).astype(np.uint8)
+    options = (dcformat.Raw(codebook[codes]), dcformat.Quantized(codebook, codes, (4096,)))
+    tensor = compress_weight(Weight("layer.weight", codebook[codes], "float32", encodings=options), SAFE)
+    info, _, decoded = written(tensor, tmp_path)
+    assert info.encoding == "DENSE_CODES" and np.array_equal(decoded, codebook[codes])
+
+
+def test_large_tensors_take_the_nearest_of_centroids_fitted_on_a_sample(monkeypatch, rng, tmp_path) -> None:
+    monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 16384)
+    monkeypatch.setattr(share_module, "BLOCK", 1000)
+    array = rng.laplace(size=(250, 200)).astype(np.float32)
+    array.reshape(-1)[rng.choice(array.size, 37, replace=False)] = 0.0
+    tensor = run(array, "float32", [("bits", "5")])
+    _, stored, decoded = written(tensor, tmp_path)
+    codebook, flat = stored.codebook, array.reshape(-1)
+    assert codebook[0] == 0 and np.array_equal(decoded.reshape(-1) == 0, flat == 0)  # the zero symbol
+    distance = np.abs(flat[:, None] - codebook[None, 1:].astype(np.float64)).min(axis=1)
+    chosen = np.abs(flat - decoded.reshape(-1).astype(np.float64))
+    assert np.all(chosen[flat != 0] <= distance[flat != 0] + 1e-6)
+    monkeypatch.setattr(share_module, "KMEANS_SAMPLE", array.size)  # all weights: exact k-means
+    full = run(array, "float32", [("bits", "5")])
+    assert abs(tensor.error - full.error) < 0.05 * full.error  # either may find the better local optimum
+
+
+def test_memory_is_a_few_bytes_per_weight(monkeypatch, rng) -> None:
+    """Compressing and encoding a large tensor allocates a sorted copy, one-byte codes and the
+    coded bytes, not the float64 work arrays of a full k-means or int64 codes."""
+    # samples and blocks small against the tensor, so that only per-weight costs count
+    monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 16)
+    monkeypatch.setattr(share_module, "BLOCK", 1 << 16)
+    monkeypatch.setattr(huffman, "_BLOCK", 1 << 16)
+    array = rng.standard_normal(1 << 22, dtype=np.float32).reshape(1024, 4096)
+    tracemalloc.start()
+    try:
+        compress_weight(Weight("big.weight", array, "float32"), SAFE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * array.size  # the sorted copy alone takes 4

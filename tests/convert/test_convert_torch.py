@@ -1,0 +1,124 @@
+"""PyTorch checkpoints and live modules to .dcnn, and .dcnn to a .pt state_dict."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import dcformat
+from converters.compress.config import PAPER
+from converters.conversion import convert, save_module
+from converters.errors import ConvertError
+
+torch.manual_seed(0)
+
+
+def state() -> dict[str, torch.Tensor]:
+    return {
+        "fc.weight": torch.randn(64, 64),
+        "fc.bias": torch.randn(64),
+        "emb.weight": torch.randn(100, 32).bfloat16(),
+        "bn.num_batches_tracked": torch.tensor(7),
+    }
+
+
+@pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
+def test_state_dict_round_trip(tmp_path: Path, wrap: str | None) -> None:
+    sd = state()
+    src = tmp_path / "model.pt"
+    torch.save(sd if wrap is None else {wrap: sd, "epoch": 3, "optimizer": {"lr": 0.1}}, src)
+    dcnn, back = tmp_path / "m.dcnn", tmp_path / "back.pth"
+    convert(src, dcnn)
+    with dcformat.safe_open(dcnn) as f:
+        assert f.keys() == list(sd)
+        assert f.source().format == "pytorch"
+        assert f.source().attributes.get("checkpoint_key", "") == (wrap or "")
+    convert(dcnn, back)
+    restored = torch.load(back, weights_only=True)
+    decoded = dcformat.load_file(dcnn, framework="torch")
+    assert list(restored) == list(sd)
+    for name, tensor in sd.items():
+        assert restored[name].dtype == tensor.dtype and restored[name].shape == tensor.shape
+        assert torch.equal(restored[name], decoded[name])
+    assert torch.equal(restored["fc.bias"], sd["fc.bias"])
+    assert torch.equal(restored["bn.num_batches_tracked"], sd["bn.num_batches_tracked"])
+    assert not torch.equal(restored["fc.weight"], sd["fc.weight"])  # compressed: 256 values
+    assert len(torch.unique(restored["emb.weight"])) <= 256
+
+
+def test_legacy_checkpoint_format(tmp_path: Path) -> None:
+    src = tmp_path / "old.pt"
+    torch.save(state(), src, _use_new_zipfile_serialization=False)
+    convert(src, tmp_path / "m.dcnn")
+    with dcformat.safe_open(tmp_path / "m.dcnn") as f:
+        assert f.keys() == list(state())
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {Payload.marker}",))
+
+
+def test_pickled_code_is_never_run(tmp_path: Path) -> None:
+    Payload.marker = tmp_path / "pwned"
+    src = tmp_path / "evil.pt"
+    torch.save({"fc.weight": torch.randn(4, 4), "x": Payload()}, src)
+    with pytest.raises(ConvertError, match="cannot load as a PyTorch checkpoint"):
+        convert(src, tmp_path / "m.dcnn")
+    assert not Payload.marker.exists()
+    assert not (tmp_path / "m.dcnn").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ([1, 2, 3], "no state_dict found"),
+        ({}, "no state_dict found"),
+        ({"state_dict": {"w": torch.ones(2), "step": 3}}, "'step' of 'state_dict' is not a tensor"),
+        ({"w": torch.ones(2, dtype=torch.complex64)}, "unsupported dtype torch"),
+        ({"w": torch.ones(2, 2).to_sparse()}, "only dense tensors"),
+    ],
+)
+def test_unsupported_content(tmp_path: Path, content, match: str) -> None:
+    src = tmp_path / "bad.pt"
+    torch.save(content, src)
+    with pytest.raises(ConvertError, match=match):
+        convert(src, tmp_path / "m.dcnn")
+    assert not (tmp_path / "m.dcnn").exists()
+
+
+def test_garbage_file(tmp_path: Path) -> None:
+    src = tmp_path / "bad.pt"
+    src.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ConvertError, match="cannot load"):
+        convert(src, tmp_path / "m.dcnn")
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3)
+        self.bilinear = nn.Bilinear(32, 32, 8)  # rank-3 weight, yet fully connected
+        self.fc = nn.Linear(64, 64)
+        self.norm = nn.BatchNorm2d(16)
+
+
+def test_live_module_layers_decide_conv_or_fc(tmp_path: Path) -> None:
+    net = Net()
+    report = save_module(net, tmp_path / "net.dcnn", PAPER)
+    bits = {row.name: row.weight_bits for row in report.tensors if row.encoding != "RAW"}
+    assert bits == {"conv.weight": 8, "bilinear.weight": 5, "fc.weight": 5}
+    loaded = dcformat.load_file(tmp_path / "net.dcnn", framework="torch")
+    assert list(loaded) == list(net.state_dict())
+    net.load_state_dict(loaded)  # the decoded tensors fit the module
+    assert torch.equal(loaded["norm.running_var"], torch.ones(16))
+
+
+def test_save_module_refuses_other_objects(tmp_path: Path) -> None:
+    with pytest.raises(ConvertError, match="expected a torch") as info:
+        save_module({"w": torch.ones(2)}, tmp_path / "x.dcnn")
+    assert info.value.rule == "usage"
