@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/lenet.py --out out/lenet
 	$(PY) benchmarks/minilm.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/matvec.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
