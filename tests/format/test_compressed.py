@@ -188,7 +188,7 @@ def test_sparse_conv1x1_matches_dense(scratch, stride):
         torch.testing.assert_close(module(x), dense.conv(x), rtol=1e-4, atol=1e-5)
 
 
-def test_load_into_compressed_replaces_a_large_sparse_layer(scratch):
+def test_load_into_compressed_replaces_a_large_sparse_layer(scratch, monkeypatch):
     rng = np.random.default_rng(3)
     path = scratch / "fc.dcnn"
     save_linear(path, rng, 600, 1500, 0.08, 5)
@@ -200,10 +200,12 @@ def test_load_into_compressed_replaces_a_large_sparse_layer(scratch):
     x = torch.randn(5, 1500)
     with torch.no_grad():
         torch.testing.assert_close(comp.fc(x), dense.fc(x), rtol=1e-4, atol=1e-4)
-        # the torch fallback (other dtypes, devices, no native kernel) computes the same
-        torch.testing.assert_close(
-            comp.fc.to(torch.float64)(x.double()), dense.fc(x).double(), rtol=1e-4, atol=1e-4
-        )
+        # the torch fallback (no native kernel, other dtypes and devices) computes the same
+        monkeypatch.setenv("DCNN_NO_NATIVE", "1")
+        torch.testing.assert_close(comp.fc(x), dense.fc(x), rtol=1e-4, atol=1e-4)
+        monkeypatch.setenv("DCNN_NO_NATIVE", "0")
+        wide = comp.fc.to(torch.float64)(x.double())
+        torch.testing.assert_close(wide, dense.fc(x).double(), rtol=1e-4, atol=1e-4)
 
 
 def test_small_or_dense_layers_stay_dense(scratch):
