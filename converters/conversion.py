@@ -197,7 +197,9 @@ def _calibrated(
 
     start = time.perf_counter()
     weights = list(model.weights())
-    planned = [w.name for w in weights if plan_for(config, w) is not None]
+    # Embedding rows that the calibration items never look up get no gradient: that says
+    # nothing of the held-out inputs that will, so tables are clustered unweighted.
+    planned = [w.name for w in weights if plan_for(config, w) is not None and w.role != "embedding"]
     importance = gradients.importance(planned, seed=config.seed) if gradients is not None else None
     result = calibrate(weights, config, outputs.error, target=config.max_output_error, importance=importance)
     chosen = (result.tensors[w.name] for w in weights)
