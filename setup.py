@@ -11,7 +11,9 @@ setup(
         Extension(
             "dcformat.codec._native", ["dcformat/codec/_native.c"], optional=True, extra_compile_args=["-O3"]
         ),
-        # Products on the compressed form (dcformat/matvec.py falls back to numpy without it).
-        Extension("dcformat._matvec", ["dcformat/_matvec.c"], optional=True, extra_compile_args=["-O3"]),
+        # Products on the compressed form (dcformat/codec/matvec.py falls back to numpy without it).
+        Extension(
+            "dcformat.codec._matvec", ["dcformat/codec/_matvec.c"], optional=True, extra_compile_args=["-O3"]
+        ),
     ]
 )

@@ -1,13 +1,13 @@
 """Layers run on the compressed form against dense torch and torch's CSR, side by side.
 
     python benchmarks/matvec.py [--rounds 30] [--threads 2] [--models alexnet,vgg16,lenet,minilm]
-    python benchmarks/matvec.py --sweep     # the measurements behind dcformat.compressed.choose
+    python benchmarks/matvec.py --sweep     # the measurements behind dcformat.interop.compressed.choose
 
 For each model, its fully connected layers are written to a .dcnn file (random weights at the
 stated densities, random masks, codebook codes; LeNet-300-100's masks are random at the
 densities benchmarks/lenet.py prunes to, not its trained masks) and loaded twice: densely, and
 with ``load_into(compressed=True)``, which keeps each layer dense or makes it a sparse (CSR +
-uint8 codes) or LUT (dense uint8 codes) module, as dcformat.compressed.choose predicts. Times
+uint8 codes) or LUT (dense uint8 codes) module, as dcformat.interop.compressed.choose predicts. Times
 are per forward call (bias included), best and median of interleaved rounds; "whole" runs the
 layers in sequence with ReLUs between (MiniLM: the sum of its 36 layers' best times, which do
 not chain). Memory is the bytes each form holds for the weight (bias excluded): dense float32;
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 import dcformat
-from dcformat import compressed, matvec
+from dcformat.codec import matvec
+from dcformat.interop import compressed
 from dcformat.interop import torch as dcnn_torch
 
 BATCHES = (1, 4, 16)
@@ -214,7 +215,7 @@ def run_model(model: str, rounds: int, rng: np.random.Generator, tmp: Path) -> l
 
 def sweep(rounds: int, rng: np.random.Generator) -> None:
     """Dense, sparse and LUT times over shapes and densities unlike the table's, and the per-entry
-    costs they give next to the constants of dcformat.compressed's cost model."""
+    costs they give next to the constants of dcformat.interop.compressed's cost model."""
     shapes = [(256, 256), (128, 1000), (512, 2048), (2048, 1024), (3000, 6000), (1024, 12000), (8000, 2000)]
     densities = [0.02, 0.05, 0.1, 0.2, 0.35, 0.5]
     batches = [1, 2, 4, 8, 16]
@@ -256,7 +257,8 @@ def sweep(rounds: int, rng: np.random.Generator) -> None:
             )
     print(
         "\nns per entry (sparse: stored entry; dense, LUT: weight) after the per-call cost, median over"
-        f" the layers of {compressed.MIN_WEIGHTS} weights or more (dcformat.compressed's model in brackets):"
+        f" the layers of {compressed.MIN_WEIGHTS} weights or more"
+        " (dcformat.interop.compressed's model in brackets):"
     )
     print("| batch | " + " | ".join(points) + " |\n|---:|" + "---:|" * len(points))
     for batch in batches:

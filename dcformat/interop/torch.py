@@ -45,7 +45,7 @@ def load_into(
 
     ``compressed`` replaces the linear and 1x1 convolution layers whose weight is stored coded
     by modules that compute on the compressed form, where that is predicted faster (see
-    dcformat.compressed); the other tensors load as above.
+    dcformat.interop.compressed); the other tensors load as above.
     """
     import torch
 
@@ -74,7 +74,7 @@ def load_into(
                     tensor=name,
                 )
         if compressed:
-            from ..compressed import replace_coded
+            from .compressed import replace_coded
 
             done = replace_coded(module, f, shared)
             shared = [name for name in shared if name not in done]

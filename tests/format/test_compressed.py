@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dcformat
-from dcformat import compressed, matvec
+from dcformat.codec import matvec
+from dcformat.interop import compressed
 from dcformat.interop import torch as dcnn_torch
 
 # the environment a test sets holds for all its examples
@@ -268,7 +269,7 @@ def test_strict_missing_and_shape_mismatch_as_dense(scratch):
 
 TIER_CHECK = """
 import os, numpy as np
-from dcformat import matvec
+from dcformat.codec import matvec
 rng = np.random.default_rng(7)
 rows, cols = 300, 2000
 positions = np.flatnonzero(rng.random(rows * cols) < 0.1)

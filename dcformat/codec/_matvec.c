@@ -1,5 +1,5 @@
-/* Products computed straight on the compressed form of a weight matrix (dcformat/matvec.py
- * wraps them; dcformat/compressed.py builds torch modules on them).
+/* Products computed straight on the compressed form of a weight matrix (dcformat/codec/matvec.py
+ * wraps them; dcformat/interop/compressed.py builds torch modules on them).
  *
  * spmm: sparse codebook matrix times a small dense matrix. The weight W [rows, in] is held
  * as CSR row pointers (int64), column indices (uint16 or uint32) and one uint8 code per

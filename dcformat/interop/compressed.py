@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import matvec
-from .errors import DcnnError, FormatError
-from .file.reader import DcnnFile
-from .tensors import Codes
+from ..codec import matvec
+from ..errors import DcnnError, FormatError
+from ..file.reader import DcnnFile
+from ..tensors import Codes
 
 SPARSE, LUT, DENSE = "sparse", "lut", "dense"
 MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for

@@ -7,7 +7,7 @@ Two forms of a weight ``W [rows, in]`` whose values are ``codebook[code]``:
   unsigned bits) and one uint8 code per stored entry;
 * dense codes (:func:`lut`): one uint8 code per weight, ``codes [rows, in]``.
 
-The C extension ``dcformat._matvec`` (``dcformat/_matvec.c``) looks the codebook up in its
+The C extension ``dcformat.codec._matvec`` (``dcformat/codec/_matvec.c``) looks the codebook up in its
 inner loop, releases the GIL and splits rows between ``threads``. The numpy path computes the
 same products (up to float32 summation order) and raises the same errors;
 ``DCNN_NO_NATIVE=1`` forces it. Bad arguments raise :class:`DcnnError`.
@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from .errors import DcnnError
+from ..errors import DcnnError
 
 try:
     from . import _matvec
