@@ -8,7 +8,8 @@ The output error of a compressed model on calibration items is the mean over ite
   that error, E[(∂(v·y)/∂w)²] / ‖y₀‖² over items and random directions v: what a change of
   the weight does to the output, through everything that follows it (norms, residual
   branches, depthwise filters). k-means then weighs each weight's squared error by it.
-- **the search**: every tensor gets a ladder of settings (bits, or exact storage). Each
+- **the search**: every tensor gets a ladder of settings (bits and centroid initialization,
+  or exact storage). Each
   setting's contribution to the squared output error is predicted (from the importance, or
   for graphs without gradients from one measured probe per tensor), the cheapest settings
   whose predicted sum fits the target are chosen (a Lagrangian sweep), and the whole
@@ -28,6 +29,8 @@ from .config import CompressionConfig, TensorPlan
 from .tensor import CompressedTensor, compress_planned, plan_for
 
 LADDER = (8, 7, 6, 5, 4, 3)  # bits tried per tensor, besides exact storage
+INITS = ("density", "linear")  # centroid initializations tried at each bits
+LADDER_ITERS = 30  # k-means iterations per setting tried (1-D Lloyd has mostly settled by then)
 MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
@@ -104,9 +107,12 @@ def _ladders(
         values = w.values().astype(np.float32).reshape(-1)
         weight_importance = importance.get(w.name)
         options = []
+        quick = replace(config, kmeans_iters=min(config.kmeans_iters, LADDER_ITERS))
         for bits in sorted({*LADDER, plan.bits}, reverse=True):
-            tensor = compress_planned(w, replace(plan, bits=bits), config, weight_importance)
-            options.append((bits, tensor, tensor.values(w).reshape(-1)))
+            for init in dict.fromkeys((plan.init, *INITS)):
+                setting = replace(plan, bits=bits, init=init)
+                tensor = compress_planned(w, setting, quick, weight_importance)
+                options.append((bits, tensor, tensor.values(w).reshape(-1)))
         if weight_importance is None:  # predict from one measured probe and the weight error
             probe = min(options, key=lambda o: abs(o[0] - PROBE_BITS))
             measured = evaluate({w.name: probe[2].reshape(w.array.shape)}) ** 2
