@@ -8,14 +8,13 @@ header is rejected before anything is allocated from its declared sizes.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes, encodings
-from ..encodings.base import numel_of
+from ..encodings.base import numel_of, sections_of
 from ..errors import ChecksumError, FormatError, LimitError, VersionError
 from ..layout import (
     EXPANSION_SLACK,
@@ -95,15 +94,6 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
             f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE
         ) from None
     return header
-
-
-def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
-    """The tensor's sections in their required file order."""
-    if tensor.HasField("raw"):
-        yield tensor.raw
-    for stream in ("codes", "gaps"):
-        if tensor.HasField(stream) and getattr(tensor, stream).HasField("data"):
-            yield getattr(tensor, stream).data
 
 
 def check_tensor(tensor: pb.Tensor) -> None:
