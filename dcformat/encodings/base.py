@@ -120,6 +120,10 @@ def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
     for stream in ("codes", "gaps"):
         if tensor.HasField(stream) and getattr(tensor, stream).HasField("data"):
             yield getattr(tensor, stream).data
+    if tensor.HasField("outliers"):
+        for name in ("positions", "values"):
+            if tensor.outliers.HasField(name):
+                yield getattr(tensor.outliers, name)
 
 
 def new_record(name: str, shape: tuple[int, ...], dtype: str, encoding: int) -> pb.Tensor:

@@ -49,6 +49,10 @@ def check_codebook(record: pb.Tensor, dtype: str) -> int:
         raise FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype")
     if record.HasField("raw") or record.compression:
         raise FormatError("a coded tensor has RAW fields", rule="encoding")
+    if record.encoding in (pb.DENSE_CODES, pb.SPARSE_CODES) and (
+        record.HasField("scales") or record.HasField("outliers")
+    ):
+        raise FormatError("scales and outliers need a 1.1 encoding (*_CODES_EXT)", rule="encoding")
     if not record.HasField("codebook") or not record.HasField("codes"):
         raise FormatError("a coded tensor needs a codebook and a codes stream", rule="encoding")
     book_dtype = dtypes.from_enum(record.codebook.dtype)

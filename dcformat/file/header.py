@@ -25,6 +25,7 @@ from ..layout import (
     MAX_HEADER_BYTES,
     MAX_NAME_BYTES,
     MAX_RANK,
+    MINOR,
     PREAMBLE,
     PREAMBLE_SIZE,
     align_up,
@@ -94,6 +95,27 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
             f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE
         ) from None
     return header
+
+
+def check_version(tensor: pb.Tensor, minor: int) -> None:
+    """A file whose minor version is newer than this reader's may use encodings it does not
+    know: that is "needs a newer reader" (rule ``version``), not a broken file; and a tensor
+    whose encoding is newer than the file's declared minor version breaks ``version``."""
+    if tensor.encoding not in encodings.ENCODINGS and minor > MINOR:
+        raise VersionError(
+            f"encoding {tensor.encoding} needs a newer reader: the file is format {MAJOR}.{minor}, "
+            f"this reader implements {MAJOR}.{MINOR}",
+            rule="version",
+            offset=10,
+        )
+    since = encodings.SINCE_MINOR.get(tensor.encoding, 0)
+    if since > minor:
+        raise VersionError(
+            f"{pb.Encoding.Name(tensor.encoding)} is a format {MAJOR}.{since} encoding in a file that "
+            f"declares {MAJOR}.{minor}",
+            rule="version",
+            offset=10,
+        )
 
 
 def check_tensor(tensor: pb.Tensor) -> None:

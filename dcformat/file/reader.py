@@ -19,7 +19,15 @@ from ..encodings.base import numel_of
 from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
 from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
 from ..tensors import Codes, Source
-from .header import Preamble, check_layout, check_tensor, parse_header, read_preamble, sections_of
+from .header import (
+    Preamble,
+    check_layout,
+    check_tensor,
+    check_version,
+    parse_header,
+    read_preamble,
+    sections_of,
+)
 
 FRAMEWORKS = ("numpy", "torch")
 
@@ -79,6 +87,7 @@ class DcnnFile:
                 if record.name in self._tensors:
                     raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
                 try:
+                    check_version(record, self.preamble.minor)
                     check_tensor(record)
                 except DcnnError as exc:
                     raise exc.located(tensor=record.name) from None
