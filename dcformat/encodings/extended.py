@@ -73,28 +73,32 @@ class Extended:
         return coded.entries_and_bits(record)
 
     def decode(self, source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:
+        """Codes (times scales, in float32, counting nonzeros in the same pass), rounded to the
+        dtype, then the outliers; the nonzeros count follows each step."""
         kind = dtypes.from_enum(record.dtype)
         if record.HasField("scales"):
-            out = self._decode_codes(source, record, coded.codebook(record).astype(np.float32))
-            rows = record.shape[0]
-            row_scales = np.repeat(scales_of(record), record.scales.rows_per_scale)[:rows]
-            if out.size:
-                out.reshape(rows, -1)[...] *= row_scales[:, None]
-            out = dtypes.convert_floats(out, kind)
+            book = coded.codebook(record).astype(np.float32)
+            row_scales = np.repeat(scales_of(record), record.scales.rows_per_scale)[: record.shape[0]]
+            if self.base is dense_codes:
+                out = codec.decode_values(source.stream(record.codes), book, None, source.threads)[0]
+                nonzeros = codec.scale_rows(out, row_scales)
+            else:
+                symbols, stream = source.symbols(record.codes), source.stream(record.gaps)
+                out, nonzeros = codec.decode_sparse(
+                    symbols, stream, numel_of(record), book, None, source.threads, row_scales
+                )
+            if kind != "float32":
+                out = dtypes.convert_floats(out, kind)
+                if kind != "float64" and source.verify:  # rounding may flush products to zero
+                    nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind)))
         else:
-            out = self._decode_codes(source, record, coded.decoded_codebook(record))
+            out, nonzeros = self.base.decode(source, record, kind)
         if record.HasField("outliers"):
             positions, values = outliers_of(source, record)
+            replaced = np.count_nonzero(dtypes.is_nonzero(out[positions], kind))
             out[positions] = values
-        nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind))) if source.verify else 0
-        return cast(out, kind, out_kind), nonzeros
-
-    def _decode_codes(self, source: SectionSource, record: pb.Tensor, values: np.ndarray) -> np.ndarray:
-        if self.base is dense_codes:
-            return codec.decode_values(source.stream(record.codes), values, None, source.threads)[0]
-        symbols = source.symbols(record.codes)
-        stream = source.stream(record.gaps)
-        return codec.decode_sparse(symbols, stream, numel_of(record), values, None, source.threads)[0]
+            nonzeros += int(np.count_nonzero(dtypes.is_nonzero(values, kind))) - int(replaced)
+        return cast(out, kind, out_kind), nonzeros if source.verify else 0
 
     def nonzero_entries(self, source: SectionSource, record: pb.Tensor) -> None:
         return None
