@@ -102,16 +102,22 @@ def test_extended_round_trip_on_both_decoders(tmp_path_factory, tensor):
         assert f.info("t").encoding.endswith("_EXT") == tensor.extended
 
 
-def test_large_tensor_native_threads_and_numpy_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sparse", "dtype"), [(False, "float16"), (True, "float32"), (True, "bfloat16")])
+def test_large_tensor_native_threads_and_numpy_agree(tmp_path: Path, sparse: bool, dtype: str) -> None:
+    """Large enough for the threaded native path (parts of 2^18 symbols and more)."""
     rng = np.random.default_rng(5)
     shape = (300, 1000)
     book = np.sort(rng.normal(0, 1, 64)).astype(np.float32)
+    book[0] = 0
     outliers = np.sort(rng.choice(300_000, 1500, replace=False))
+    positions = np.flatnonzero(rng.random(300_000) < 0.95) if sparse else None
+    n = positions.size if sparse else 300_000
     tensor = dcformat.Quantized(
         book,
-        rng.integers(0, 64, shape),
+        rng.integers(0, 64, n if sparse else shape),
         shape,
-        dtype="float16",
+        positions=positions,
+        dtype=dtype,
         scales=rng.uniform(0.01, 10, 300).astype(np.float16),
         outliers=(outliers, rng.standard_t(1, outliers.size) * 50),
     )
@@ -127,7 +133,9 @@ def test_large_tensor_native_threads_and_numpy_agree(tmp_path: Path) -> None:
         assert codes.scales is not None and np.array_equal(codes.scales, tensor.scales.astype(np.float32))
         assert np.array_equal(codes.outliers[0], outliers)
         assert codes.outliers[1].tobytes() == tensor.outliers[1].tobytes()
-        assert np.array_equal(codes.codes.reshape(shape), tensor.codes.reshape(shape))
+        assert np.array_equal(
+            codes.codes, tensor.codes[tensor.codes != 0] if sparse else tensor.codes.reshape(shape)
+        )
 
 
 def test_plain_tensors_still_write_format_1_0(tmp_path: Path) -> None:
