@@ -446,6 +446,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("bool_value_2", "bool-value", _header("raw_dtypes", _bool_value_2))
     add("zstd_trailing_bytes", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, b"junk")))
     add("zstd_two_frames", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, None)))
+    add("chunk_offset_bound", "huffman-chunks", _header("chunked", _offset_past_bound))
     _add_1_1(add)
     add("one_symbol_chunk_offsets", "huffman-chunks", _header("one_symbol", _one_symbol_offsets))
     return v
@@ -566,6 +567,14 @@ def _dirty_header_padding(data: bytes) -> bytes:
     if pad == align_up(pad):
         raise AssertionError("vector needs header padding")
     return data[:pad] + b"\x01" + data[pad + 1 :]
+
+
+def _offset_past_bound(p: Parsed) -> None:
+    """Offset 1 one bit past 7 symbols of the longest code: still in order and in range."""
+    s = _first(p, "stream").codes
+    longest = max(s.code_lengths)
+    s.chunk_offsets[0] = s.chunk_size * longest + 1
+    assert s.chunk_offsets[0] < s.chunk_offsets[1], "vector needs room before chunk 2"
 
 
 def _add_1_1(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
