@@ -118,10 +118,12 @@ def check_version(tensor: pb.Tensor, minor: int) -> None:
         )
 
 
-def check_tensor(tensor: pb.Tensor) -> None:
-    """Every rule on one tensor record that needs no section data."""
+def check_tensor(tensor: pb.Tensor, minor: int = MINOR) -> None:
+    """Every rule on one tensor record that needs no section data, in the order of spec 11
+    (``minor``: the file's declared minor version)."""
     if not tensor.name or len(tensor.name.encode()) > MAX_NAME_BYTES:
         raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
+    check_version(tensor, minor)
     if len(tensor.shape) > MAX_RANK:
         raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
     # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).

@@ -23,7 +23,6 @@ from .header import (
     Preamble,
     check_layout,
     check_tensor,
-    check_version,
     parse_header,
     read_preamble,
     sections_of,
@@ -87,8 +86,7 @@ class DcnnFile:
                 if record.name in self._tensors:
                     raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
                 try:
-                    check_version(record, self.preamble.minor)
-                    check_tensor(record)
+                    check_tensor(record, self.preamble.minor)
                 except DcnnError as exc:
                     raise exc.located(tensor=record.name) from None
                 self._tensors[record.name] = record

@@ -121,7 +121,40 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
         },
     )
     out.update(format_1_1_vectors(rng))
+    out.update(coverage_vectors())
     return out
+
+
+def coverage_vectors() -> dict[str, tuple[dict, dict]]:
+    """Cases a reader must get right that the vectors above miss: special codebook values (NaN
+    with a payload, -0.0, inf) through every float conversion, a float16 codebook in
+    SPARSE_CODES, chunked gap streams, entries of code 0 where no filler is needed (zero entries
+    the reader must place like any other)."""
+    specials = np.array([0.0, np.nan, -0.0, np.inf, -np.inf, 1.0, -2.5, 3e-39], np.float32)
+    specials[1:2].view(np.uint32)[0] = 0x7FA00001  # a signalling NaN with a payload
+    codes = np.arange(16) % 8
+    book16 = np.array([0.0, -0.0, 0.5, np.nan, 65504.0, 6e-8], np.float16)
+    return {
+        "special_values": (
+            {
+                f"to_{dtype}": dcformat.Quantized(specials, codes, (2, 8), dtype=dtype)
+                for dtype in ("float32", "float16", "bfloat16", "float64")
+            },
+            {},
+        ),
+        "sparse_f16_book_chunked": (
+            {
+                "w": dcformat.Quantized(
+                    book16,
+                    [2, 1, 3, 4, 5, 2, 0, 0],
+                    (50,),
+                    positions=[0, 3, 4, 9, 20, 40, 41, 49],
+                    index_bits=3,
+                ),
+            },
+            {"chunk_size": 3},
+        ),
+    }
 
 
 def format_1_1_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]:
@@ -652,6 +685,26 @@ def _outlier_zstd_size(p: Parsed) -> None:
 # -- generation -------------------------------------------------------------------------------
 
 
+def _unknown_fields(data: bytes) -> bytes:
+    """A file of a later minor version: unknown fields (number 99) in the header and a tensor,
+    which a reader ignores (spec 10)."""
+    p = Parsed(data)
+    p.minor = 1
+    unknown = b"\x98\x06\x01"  # field 99, varint 1
+    tensor = p.header.tensors[0]
+    tensor.CopyFrom(pb.Tensor.FromString(tensor.SerializeToString(deterministic=True) + unknown))
+    rebuilt = p.build()
+    _, major, minor, length, _, _ = PREAMBLE.unpack(rebuilt[:PREAMBLE_SIZE])
+    header = rebuilt[PREAMBLE_SIZE : PREAMBLE_SIZE + length] + unknown
+    return assemble(header, rebuilt[align_up(PREAMBLE_SIZE + length) :], major, minor)
+
+
+# name -> rewrite of the writer's file, for valid vectors the reference writer does not produce
+REWRITES: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "unknown_fields": ("metadata_source", _unknown_fields)
+}
+
+
 def write_valid(out: Path) -> dict[str, bytes]:
     files = {}
     for name, (tensors, options) in valid_vectors().items():
@@ -661,6 +714,11 @@ def write_valid(out: Path) -> dict[str, bytes]:
                 w.add(tname, t)
         expected = dcformat.load_file(path)
         np.savez(out / f"{name}.npz", **expected)
+        files[name] = path.read_bytes()
+    for name, (base, rewrite) in REWRITES.items():
+        path = out / f"{name}.dcnn"
+        path.write_bytes(rewrite(files[base]))
+        np.savez(out / f"{name}.npz", **dcformat.load_file(path))
         files[name] = path.read_bytes()
     return files
 
