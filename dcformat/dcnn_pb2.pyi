@@ -147,7 +147,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., nonzeros: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., raw: _Optional[_Union[Section, _Mapping]] = ..., codebook: _Optional[_Union[Codebook, _Mapping]] = ..., codes: _Optional[_Union[HuffmanStream, _Mapping]] = ..., index_bits: _Optional[int] = ..., gaps: _Optional[_Union[HuffmanStream, _Mapping]] = ..., scales: _Optional[_Union[Scales, _Mapping]] = ..., outliers: _Optional[_Union[Outliers, _Mapping]] = ...) -> None: ...
 
 class Source(_message.Message):
-    __slots__ = ("format", "skeleton", "attributes")
+    __slots__ = ("format", "skeleton", "attributes", "skeleton_zstd")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,10 +158,12 @@ class Source(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     SKELETON_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SKELETON_ZSTD_FIELD_NUMBER: _ClassVar[int]
     format: str
     skeleton: bytes
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, format: _Optional[str] = ..., skeleton: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    skeleton_zstd: bytes
+    def __init__(self, format: _Optional[str] = ..., skeleton: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., skeleton_zstd: _Optional[bytes] = ...) -> None: ...
 
 class Header(_message.Message):
     __slots__ = ("producer", "metadata", "source", "tensors")

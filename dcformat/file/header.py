@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+import zstandard
 from google.protobuf.message import DecodeError
 
 from .. import dcnn_pb2 as pb
@@ -95,6 +96,36 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
             f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE
         ) from None
     return header
+
+
+def check_source(source: pb.Source, minor: int) -> bytes:
+    """The skeleton, after the rules of a zstd skeleton (spec 3): a 1.1 field, alone, one frame
+    that declares a size within the expansion limit and yields it."""
+    if not source.skeleton_zstd:
+        return source.skeleton
+    if minor < 1:
+        raise VersionError("skeleton_zstd is a format 1.1 field in a file that declares 1.0", rule="version")
+    if source.skeleton:
+        raise FormatError("the source has both skeleton and skeleton_zstd", rule="source")
+    try:
+        size = zstandard.get_frame_parameters(source.skeleton_zstd).content_size
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"skeleton_zstd is not a zstd frame: {exc}", rule="source") from None
+    if (
+        size == zstandard.CONTENTSIZE_UNKNOWN
+        or size > MAX_EXPANSION * len(source.skeleton_zstd) + EXPANSION_SLACK
+    ):
+        raise LimitError(
+            f"skeleton_zstd declares {size} bytes: unknown or over the expansion limit", rule="source"
+        )
+    try:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        out = frame.decompress(source.skeleton_zstd)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"skeleton_zstd does not decompress: {exc}", rule="source") from None
+    if not frame.eof or frame.unused_data or len(out) != size:
+        raise FormatError("skeleton_zstd is not exactly one zstd frame of its declared size", rule="source")
+    return out
 
 
 def check_version(tensor: pb.Tensor, minor: int) -> None:

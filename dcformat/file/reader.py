@@ -22,6 +22,7 @@ from ..tensors import Codes, Source
 from .header import (
     Preamble,
     check_layout,
+    check_source,
     check_tensor,
     parse_header,
     read_preamble,
@@ -81,6 +82,7 @@ class DcnnFile:
             head = self._map[:PREAMBLE_SIZE] if self._map is not None else b""
             self.preamble: Preamble = read_preamble(head, size)
             self.header = parse_header(self._map[: self.preamble.data_start], self.preamble)
+            self._skeleton = check_source(self.header.source, self.preamble.minor)
             self._tensors: dict[str, pb.Tensor] = {}
             for record in self.header.tensors:
                 if record.name in self._tensors:
@@ -106,8 +108,9 @@ class DcnnFile:
         return dict(self.header.metadata)
 
     def source(self) -> Source:
+        """The source record, its skeleton decompressed (checked when the file was opened)."""
         src = self.header.source
-        return Source(src.format, src.skeleton, dict(src.attributes))
+        return Source(src.format, self._skeleton, dict(src.attributes))
 
     @property
     def version(self) -> tuple[int, int]:

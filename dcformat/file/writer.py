@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import zstandard
 
 from .. import dcnn_pb2 as pb
 from ..encodings import DEFAULT_CHUNK_SIZE, SINCE_MINOR, EncodedTensor, encode
@@ -55,7 +56,12 @@ class Writer:
             self._header.metadata[key] = value
         if source is not None:
             self._header.source.format = source.format
-            self._header.source.skeleton = bytes(source.skeleton)
+            skeleton = bytes(source.skeleton)
+            packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(skeleton)
+            if skeleton and len(packed) < len(skeleton):  # format 1.1 (spec 3)
+                self._header.source.skeleton_zstd = packed
+            else:
+                self._header.source.skeleton = skeleton
             for key, value in source.attributes.items():
                 self._header.source.attributes[key] = value
         self._names: set[str] = set()
@@ -108,7 +114,10 @@ class Writer:
         if len(header) > MAX_HEADER_BYTES:
             self.abort()
             raise EncodeError(f"the header would take {len(header)} bytes; at most {MAX_HEADER_BYTES}")
-        minor = max((SINCE_MINOR.get(t.encoding, 0) for t in self._header.tensors), default=0)
+        minor = max(  # the lowest minor version with every feature the file uses (spec 10)
+            [1 if self._header.source.skeleton_zstd else 0]
+            + [SINCE_MINOR.get(t.encoding, 0) for t in self._header.tensors]
+        )
         head = PREAMBLE.pack(MAGIC, MAJOR, minor, len(header), zlib.crc32(header), 0)
         head = head[:-4] + (zlib.crc32(head[:-4])).to_bytes(4, "little")
         head += header

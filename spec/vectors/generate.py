@@ -21,7 +21,7 @@ from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
 
 PRODUCER = "dcnn conformance vectors"
 # Valid vectors whose bytes hold zstd output (which may change with the zstd library version).
-ZSTD_VECTORS = {"raw_zstd", "outliers_zstd"}
+ZSTD_VECTORS = {"raw_zstd", "outliers_zstd", "source_zstd"}
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -119,6 +119,16 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
             "metadata": {"framework": "pytorch", "note": "ünïcode ✓"},
             "source": dcformat.Source("onnx", b"\x08\x07skeleton", {"opset": "17"}),
         },
+    )
+    prototxt = "".join(
+        f'layer {{ name: "fire{i}/squeeze1x1" type: "Convolution" bottom: "pool{i}" '
+        f'top: "fire{i}/squeeze1x1" '
+        f"convolution_param {{ num_output: {16 * i} kernel_size: 1 }} }}\n"
+        for i in range(2, 10)
+    ).encode()
+    out["source_zstd"] = (
+        {"w": np.ones((2, 2), np.float32)},
+        {"source": dcformat.Source("caffe-release", prototxt)},
     )
     out.update(format_1_1_vectors(rng))
     out.update(coverage_vectors())
@@ -481,6 +491,13 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("zstd_two_frames", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, None)))
     add("chunk_offset_bound", "huffman-chunks", _header("chunked", _offset_past_bound))
     _add_1_1(add)
+    add("source_zstd_in_minor_0", "version", _header("source_zstd", lambda p: setattr(p, "minor", 0)))
+    add(
+        "source_both_skeletons",
+        "source",
+        _header("source_zstd", lambda p: setattr(p.header.source, "skeleton", b"x")),
+    )
+    add("source_zstd_damaged", "source", _header("source_zstd", _damage_skeleton_frame))
     add("one_symbol_chunk_offsets", "huffman-chunks", _header("one_symbol", _one_symbol_offsets))
     return v
 
@@ -608,6 +625,13 @@ def _offset_past_bound(p: Parsed) -> None:
     longest = max(s.code_lengths)
     s.chunk_offsets[0] = s.chunk_size * longest + 1
     assert s.chunk_offsets[0] < s.chunk_offsets[1], "vector needs room before chunk 2"
+
+
+def _damage_skeleton_frame(p: Parsed) -> None:
+    """The frame header intact (size declared), its last block's bytes garbled."""
+    frame = bytearray(p.header.source.skeleton_zstd)
+    frame[-6:] = b"\xff" * 6
+    p.header.source.skeleton_zstd = bytes(frame)
 
 
 def _add_1_1(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:

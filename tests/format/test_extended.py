@@ -164,3 +164,23 @@ def test_writer_refuses_bad_scales_and_outliers(kwargs, message) -> None:
     args = {"shape": (4, 2), "codes": np.zeros((4, 2), int)} | kwargs
     with pytest.raises(dcformat.EncodeError, match=message):
         dcformat.Quantized(np.array([0.0, 1.0], np.float32), **args)
+
+
+def test_skeleton_is_stored_zstd_when_smaller(tmp_path: Path) -> None:
+    """Source.skeleton_zstd (1.1): a compressible skeleton is stored as one zstd frame and comes
+    back whole; one that does not shrink stays plain in a 1.0 file."""
+    prototxt = b"".join(b'layer { name: "conv%d" type: "Convolution" }\n' % i for i in range(300))
+    noise = np.random.default_rng(0).bytes(300)
+    for skeleton, version in ((prototxt, (1, 1)), (noise, (1, 0))):
+        path = tmp_path / f"{version[1]}.dcnn"
+        dcformat.save_file(
+            {"w": np.ones(2, np.float32)}, path, source=dcformat.Source("caffe-release", skeleton)
+        )
+        with dcformat.safe_open(path) as f:
+            assert f.version == version and f.source().skeleton == skeleton
+            stored = f.header.source
+            assert (
+                (len(stored.skeleton_zstd) < len(skeleton) / 5)
+                if version == (1, 1)
+                else not stored.skeleton_zstd
+            )
