@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install bench clean
 
-$(STAMP): pyproject.toml setup.py dcformat/codec/_native.c
+$(STAMP): pyproject.toml setup.py dcformat/codec/_native.c dcformat/codec/_matvec.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned here (a CPU wheel); the library metadata keeps a range.
@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/lenet.py --out out/lenet
 	$(PY) benchmarks/minilm.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/matvec.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -10,6 +10,10 @@ setup(
     ext_modules=[
         Extension(
             "dcformat.codec._native", ["dcformat/codec/_native.c"], optional=True, extra_compile_args=["-O3"]
-        )
+        ),
+        # Products on the compressed form (dcformat/codec/matvec.py falls back to numpy without it).
+        Extension(
+            "dcformat.codec._matvec", ["dcformat/codec/_matvec.c"], optional=True, extra_compile_args=["-O3"]
+        ),
     ]
 )

@@ -42,6 +42,7 @@ INSPECT_EPILOG = """\
 examples:
   dcnn-inspect model.dcnn
   dcnn-inspect --json model.dcnn > model.json
+  dcnn-inspect model.dcnn --plot model.png    each layer's weights and centroids, bits and error
 
 exit status: 0 done, 1 the file cannot be read, 2 usage error"""
 
@@ -181,6 +182,11 @@ def inspect_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="draw each layer's weights and centroids, bits and error (matplotlib)",
+    )
     args = parser.parse_args(argv)
     try:
         with safe_open(args.file) as dcnn:
@@ -200,6 +206,10 @@ def inspect_main(argv: list[str] | None = None) -> int:
                 "tensors": [row(info) for info in infos],
             }
             size = dcnn.size
+        if args.plot:
+            from .plot import plot_file
+
+            plot_file(args.file, args.plot)
     except DcnnError as exc:
         return _fail(parser.prog, exc)
     if args.json:

@@ -197,7 +197,9 @@ def _calibrated(
 
     start = time.perf_counter()
     weights = list(model.weights())
-    planned = [w.name for w in weights if plan_for(config, w) is not None]
+    # Embedding rows that the calibration items never look up get no gradient: that says
+    # nothing of the held-out inputs that will, so tables are clustered unweighted.
+    planned = [w.name for w in weights if plan_for(config, w) is not None and w.role != "embedding"]
     importance = gradients.importance(planned, seed=config.seed) if gradients is not None else None
     result = calibrate(weights, config, outputs.error, target=config.max_output_error, importance=importance)
     chosen = (result.tensors[w.name] for w in weights)
@@ -295,6 +297,9 @@ def _write(
         for encoded, error in tensors:
             record = writer.add_encoded(encoded)
             errors[record.name] = error
+        lossy = {name: round(error, 6) for name, error in errors.items() if error}
+        if lossy:  # what dcnn-inspect shows per layer
+            writer.set_source_attribute("errors", json.dumps(lossy, separators=(",", ":")))
     with safe_open(dst) as dcnn:
         infos = [dcnn.info(name) for name in dcnn.keys()]
     seconds = time.perf_counter() - start

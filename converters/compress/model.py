@@ -4,6 +4,7 @@ or :func:`~converters.compress.tensor.compress_weight`, the one data-free path."
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -31,6 +32,9 @@ class CompressionResult:
         with dcformat.Writer(path, metadata=metadata) as writer:
             for tensor in self.tensors:
                 writer.add_encoded(tensor.encoded)
+            lossy = {t.report.name: round(t.error, 6) for t in self.tensors if t.error}
+            if lossy:  # what dcnn-inspect shows per layer
+                writer.set_source_attribute("errors", json.dumps(lossy, separators=(",", ":")))
         self.report.file_bytes = os.path.getsize(path)
         return self.report.file_bytes
 

@@ -100,6 +100,15 @@ class Writer:
         self._header.tensors.append(encoded.record)
         return encoded.record
 
+    def set_source_attribute(self, key: str, value: str) -> None:
+        """Add or replace one attribute of the source (e.g. what was learnt while adding
+        tensors); allowed until the file is committed."""
+        if self._closed:
+            raise EncodeError("the writer is closed")
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise EncodeError("source attributes are strings")
+        self._header.source.attributes[key] = value
+
     def _check_open(self, name: str) -> None:
         if self._closed:
             raise EncodeError("the writer is closed")

@@ -33,6 +33,7 @@ def load_into(
     *,
     threads: int = 1,
     verify: bool = True,
+    compressed: bool = False,
 ) -> LoadResult:
     """Copy every tensor of the file into the module entry of the same name, like
     ``module.load_state_dict``: the parameter and buffer objects are kept and filled in place,
@@ -41,6 +42,10 @@ def load_into(
     ``strict`` raises a DcnnError naming the missing and unexpected keys; shapes must always
     match. Both are checked before anything is copied; a corrupt tensor found while decoding
     raises with the tensors before it already copied.
+
+    ``compressed`` replaces the linear and 1x1 convolution layers whose weight is stored coded
+    by modules that compute on the compressed form, where that is predicted faster (see
+    dcformat.interop.compressed); the other tensors load as above.
     """
     import torch
 
@@ -68,6 +73,11 @@ def load_into(
                     path=f.path,
                     tensor=name,
                 )
+        if compressed:
+            from .compressed import replace_coded
+
+            done = replace_coded(module, f, shared)
+            shared = [name for name in shared if name not in done]
         for name in shared:
             target = targets[name]
             wanted = str(target.dtype).removeprefix("torch.")

@@ -1,0 +1,402 @@
+"""Torch modules that compute on the compressed form of coded weights, never expanded to dense.
+
+``dcformat.interop.torch.load_into(module, path, compressed=True)`` calls :func:`replace_coded`: each
+``nn.Linear`` and 1x1 ``nn.Conv2d`` whose weight the file stores coded is replaced by
+
+* :class:`SparseCodedLinear` / :class:`SparseCodedConv2d`: CSR row pointers, uint16 (or
+  uint32) column indices and uint8 codes, the codebook looked up in the kernel's inner loop;
+* :class:`LutCodedLinear`: one uint8 code per weight (dense codes, no index);
+
+or left dense, whichever :func:`choose` predicts fastest for batches up to ``max_batch``. The
+compressed form lives in registered buffers, so ``.to()``, ``state_dict()`` and memory
+accounting see it. Inference only: the outputs carry no gradient. On CPU with float32 inputs
+the native kernels of :mod:`dcformat.matvec` compute; elsewhere a torch fallback does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..codec import matvec
+from ..errors import DcnnError, FormatError
+from ..file.reader import DcnnFile
+from ..tensors import Codes
+
+SPARSE, LUT, DENSE = "sparse", "lut", "dense"
+MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for
+
+# The cost model of choose(), from `python benchmarks/matvec.py --sweep` (random matrices of
+# other shapes than the table's, one thread): nanoseconds per stored entry (sparse) or weight
+# (dense, LUT) at batch b, and per call. Sparse runs a gather kernel at batch 1.
+_CALL_NS = {SPARSE: 20000.0, LUT: 20000.0, DENSE: 8000.0}
+MIN_WEIGHTS = 1 << 18  # below this a layer stays dense: cache-resident, it runs in a few us
+MARGIN = 0.85  # a compressed form must be predicted this much faster than dense to be chosen
+CONV_MAX_DENSITY = 0.05  # 1x1 convolutions: sparse only at or below this density ...
+CONV_MAX_PIXELS = 256  # ... and on feature maps this small (measured: loses at 56x56)
+
+
+def _per_entry_ns(kind: str, batch: int) -> float:
+    if kind == SPARSE:
+        return 0.5 if batch == 1 else 0.75 + 0.04 * batch
+    if kind == LUT:
+        return 0.14 + 0.03 * batch
+    return 0.2 + 0.025 * batch
+
+
+def predicted_ns(kind: str, rows: int, cols: int, nnz: int, batch: int) -> float:
+    """The cost model's time for one product of a ``rows x cols`` weight with ``nnz`` nonzeros."""
+    entries = nnz if kind == SPARSE else rows * cols
+    return _CALL_NS[kind] + entries * _per_entry_ns(kind, batch)
+
+
+def choose(rows: int, cols: int, nnz: int, *, dense_codes: bool, max_batch: int = MAX_BATCH) -> str:
+    """SPARSE, LUT or DENSE for a linear layer: the form predicted fastest at every batch from
+    1 to ``max_batch``.
+
+    A compressed form is chosen only for layers of MIN_WEIGHTS or more, where it is predicted
+    at least 1/MARGIN times faster than dense at each batch of the range; LUT only for dense
+    codes (a weight with no index to skip zeros with); the faster of the two at ``max_batch``.
+    """
+    if rows * cols < MIN_WEIGHTS:
+        return DENSE
+    best, best_ns = DENSE, None
+    for kind in [SPARSE] + ([LUT] if dense_codes else []):
+        wins = all(
+            predicted_ns(kind, rows, cols, nnz, b) <= MARGIN * predicted_ns(DENSE, rows, cols, nnz, b)
+            for b in range(1, max_batch + 1)
+        )
+        ns = predicted_ns(kind, rows, cols, nnz, max_batch)
+        if wins and (best_ns is None or ns < best_ns):
+            best, best_ns = kind, ns
+    return best
+
+
+def choose_conv(rows: int, cols: int, nnz: int, pixels: int) -> str:
+    """SPARSE or DENSE for a 1x1 convolution on feature maps of ``pixels`` pixels: dense GEMM
+    is compute-bound there (about 0.02 ns per weight and pixel against the sparse kernel's
+    0.1 to 0.5 ns per entry and pixel), so sparse pays only when very sparse on small maps."""
+    density = nnz / max(rows * cols, 1)
+    ok = rows * cols >= MIN_WEIGHTS // 4 and density <= CONV_MAX_DENSITY and pixels <= CONV_MAX_PIXELS
+    return SPARSE if ok else DENSE
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), 64))
+
+
+def _native_arrays(module: nn.Module, names: tuple[str, ...]) -> tuple[np.ndarray | None, ...] | None:
+    """numpy views of the module's form buffers and its bias (None when it has none) for the
+    native kernels, or None where they cannot run (no kernels, tensors off the CPU or not
+    float32 values). Cached while the very same tensors (the cache holds them, so their ids
+    stay theirs) keep their versions (bumped by every in-place change) and data pointers."""
+    if not matvec.enabled():
+        return None
+    tensors = [module._buffers[name] for name in names] + [module._parameters.get("bias")]
+    state = [(t._version, t.data_ptr()) if t is not None else None for t in tensors]
+    cached = module.__dict__.get("_arrays")
+    if (
+        cached is not None
+        and cached[2] == state
+        and all(a is b for a, b in zip(cached[0], tensors, strict=True))
+    ):
+        return cached[1]
+    bias = tensors[-1]
+    ready = (
+        all(t.device.type == "cpu" for t in tensors if t is not None) and tensors[-2].dtype == torch.float32
+    )
+    ready = ready and (bias is None or bias.dtype == torch.float32)
+    arrays = tuple(t.detach().numpy() if t is not None else None for t in tensors) if ready else None
+    module.__dict__["_arrays"] = (tensors, arrays, state)
+    return arrays
+
+
+def _cpu_float32(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def _call(kernel: Any, *args: Any) -> None:
+    try:
+        kernel(*args)
+    except ValueError as exc:
+        raise DcnnError(f"the compressed weight is inconsistent: {exc}", rule="usage") from None
+
+
+class _SparseForm(nn.Module):
+    """The sparse compressed form: buffers ``indptr``, ``cols``, ``codes`` and ``codebook``."""
+
+    def _init_form(
+        self,
+        rows: int,
+        cols: int,
+        indptr: np.ndarray,
+        columns: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+    ) -> None:
+        self.register_buffer("indptr", torch.from_numpy(np.ascontiguousarray(indptr, dtype=np.int64)))
+        signed = np.int16 if columns.itemsize == 2 else np.int32  # torch's index types are signed
+        self.register_buffer("cols", torch.from_numpy(np.ascontiguousarray(columns).view(signed)))
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)))
+        self.register_buffer("codebook", torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32)))
+        self._rows, self._cols = rows, cols
+
+    def _spmm_native(self, x3: np.ndarray, transposed_out: bool) -> np.ndarray | None:
+        """``W @ x3[n] + bias`` by the native kernel for float32 ``x3 [n, in, p]``: ``[n, rows, p]``
+        (or ``[n, p, rows]``); None where the kernel cannot run."""
+        arrays = _native_arrays(self, ("indptr", "cols", "codes", "codebook"))
+        if arrays is None:
+            return None
+        n, _, p = x3.shape
+        y = np.empty((n, p, self._rows) if transposed_out else (n, self._rows, p), dtype=np.float32)
+        if y.size:
+            args = (self._cols, p, n, transposed_out, _threads())
+            _call(matvec._matvec.spmm, *arrays[:4], np.ascontiguousarray(x3), y, *args)
+        bias = arrays[4]
+        if bias is not None:
+            y += bias if transposed_out else bias[:, None]
+        return y
+
+    def _spmm_torch(self, x3: torch.Tensor, transposed_out: bool) -> torch.Tensor:
+        """The torch fallback of _spmm_native (any device and float dtype)."""
+        n, _, p = x3.shape
+        mask = 0xFFFF if self.cols.dtype == torch.int16 else 0xFFFFFFFF
+        values = self.codebook.to(x3.dtype)[self.codes.long()]
+        with warnings.catch_warnings():  # torch flags its CSR support as beta
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.sparse_csr_tensor(
+                self.indptr, self.cols.long() & mask, values, size=(self._rows, self._cols)
+            )
+            flat = x3.detach().permute(1, 0, 2).reshape(self._cols, n * p)
+            y = (w @ flat).reshape(self._rows, n, p)
+        if self.bias is not None:
+            y = y + self.bias.detach().to(y.dtype).view(-1, 1, 1)
+        return y.permute(1, 2, 0).contiguous() if transposed_out else y.permute(1, 0, 2).contiguous()
+
+    def stored_bytes(self) -> int:
+        """Bytes of the compressed form (bias excluded)."""
+        return sum(b.numel() * b.element_size() for b in (self.indptr, self.cols, self.codes, self.codebook))
+
+
+class SparseCodedLinear(_SparseForm):
+    """``nn.Linear`` computed on a sparse codebook weight (CSR indices, uint8 codes)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        indptr: np.ndarray,
+        cols: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_form(out_features, in_features, indptr, cols, codes, codebook)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
+        lead = x.shape[:-1]
+        if _cpu_float32(x):
+            x2 = x.detach().numpy().reshape(-1, self.in_features)
+            if x2.shape[0] == 1:
+                x3 = x2.reshape(1, self.in_features, 1)
+            else:  # "column-major" activations, aligned for the kernel's vector loads
+                x3 = matvec.aligned_empty((1, self.in_features, x2.shape[0]))
+                x3[0] = x2.T
+            y = self._spmm_native(x3, transposed_out=True)
+            if y is not None:
+                return torch.from_numpy(y).view(*lead, self.out_features)
+        y = self._spmm_torch(x.reshape(-1, self.in_features).t().unsqueeze(0), transposed_out=True)
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.codes.numel()}"
+
+
+class SparseCodedConv2d(_SparseForm):
+    """A 1x1 ``nn.Conv2d`` (no padding, one group) computed on a sparse codebook weight."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: tuple[int, int],
+        indptr: np.ndarray,
+        cols: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, tuple(stride)
+        self._init_form(out_channels, in_channels, indptr, cols, codes, codebook)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise RuntimeError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        n, c, h, w = x.shape
+        if _cpu_float32(x):
+            y = self._spmm_native(x.detach().numpy().reshape(n, c, h * w), transposed_out=False)
+            if y is not None:
+                return torch.from_numpy(y).view(n, self.out_channels, h, w)
+        return self._spmm_torch(x.reshape(n, c, h * w), transposed_out=False).view(n, self.out_channels, h, w)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, nnz={self.codes.numel()}"
+
+
+class LutCodedLinear(nn.Module):
+    """``nn.Linear`` computed on dense codes: one uint8 code per weight, looked up in a codebook."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(out_features, in_features)
+        self.register_buffer("codes", torch.from_numpy(codes))
+        self.register_buffer("codebook", torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32)))
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
+        lead = x.shape[:-1]
+        arrays = _native_arrays(self, ("codes", "codebook")) if _cpu_float32(x) else None
+        if arrays is not None:
+            x2 = np.ascontiguousarray(x.detach().numpy().reshape(-1, self.in_features))
+            y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
+            if y.size:
+                args = (self.out_features, self.in_features, x2.shape[0], _threads())
+                _call(matvec._matvec.lut, *arrays[:2], x2, y, *args)
+            if arrays[2] is not None:
+                y += arrays[2]
+            return torch.from_numpy(y).view(*lead, self.out_features)
+        # the fallback expands the weight for the duration of the call
+        y = x.detach().reshape(-1, self.in_features) @ self.codebook.to(x.dtype)[self.codes.long()].t()
+        if self.bias is not None:
+            y = y + self.bias.detach().to(y.dtype)
+        return y.view(*lead, self.out_features)
+
+    def stored_bytes(self) -> int:
+        """Bytes of the compressed form (bias excluded)."""
+        return self.codes.numel() + self.codebook.numel() * self.codebook.element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, codes=dense"
+
+
+def from_codes(layer: nn.Module, codes: Codes, kind: str) -> nn.Module:
+    """The compressed module of ``kind`` (SPARSE or LUT) for ``layer`` (nn.Linear or 1x1
+    nn.Conv2d) whose weight is ``codes``; the layer's bias Parameter object is kept."""
+    rows, cols = codes.shape[0], int(np.prod(codes.shape[1:], dtype=np.int64))
+    book = np.asarray(codes.codebook, dtype=np.float32)
+    if not 1 <= book.size <= matvec.MAX_CODEBOOK:
+        raise DcnnError(f"a codebook of {book.size} values does not fit uint8 codes", rule="usage")
+    if codes.codes.size and int(codes.codes.max()) >= book.size:
+        raise FormatError("a code lies outside the codebook", rule="codes")
+    bias = layer.bias
+    if kind == LUT:
+        if codes.positions is not None or not isinstance(layer, nn.Linear):
+            raise DcnnError("LUT is for the dense codes of a linear layer", rule="usage")
+        return LutCodedLinear(cols, rows, codes.codes.astype(np.uint8), book, bias)
+    if codes.positions is not None:
+        positions, entry_codes = codes.positions, codes.codes
+    else:  # dense codes: keep the entries whose value is nonzero
+        flat = codes.codes.reshape(-1)
+        positions = np.flatnonzero(book[flat] != 0)
+        entry_codes = flat[positions]
+    indptr, columns = matvec.csr_of(positions, rows, cols)
+    entry_codes = entry_codes.astype(np.uint8)
+    if isinstance(layer, nn.Linear):
+        return SparseCodedLinear(cols, rows, indptr, columns, entry_codes, book, bias)
+    stride = tuple(int(s) for s in layer.stride)
+    return SparseCodedConv2d(cols, rows, stride, indptr, columns, entry_codes, book, bias)
+
+
+def replace_coded(
+    module: nn.Module,
+    f: DcnnFile,
+    names: Collection[str],
+    max_batch: int = MAX_BATCH,
+    conv_pixels: int | None = None,
+) -> set[str]:
+    """Replace the eligible layers of ``module`` whose ``weight`` is among ``names`` and stored
+    coded in ``f`` by compressed modules where :func:`choose` says so; return the weight names
+    replaced (their other tensors, such as the bias, are still to be loaded). 1x1 convolutions
+    are considered only given ``conv_pixels``, the feature map size they will run on (see
+    :func:`choose_conv`); load_into(compressed=True) leaves them dense."""
+    params = module.state_dict(keep_vars=True)
+    owners: dict[int, int] = {}
+    for value in params.values():
+        owners[id(value)] = owners.get(id(value), 0) + 1
+    new_layers: dict[str, nn.Module] = {}
+    for prefix, layer in list(module.named_modules()):
+        name = f"{prefix}.weight" if prefix else "weight"
+        eligible = prefix and _eligible(layer) and owners.get(id(layer.weight), 0) == 1
+        if name not in names or not eligible or (isinstance(layer, nn.Conv2d) and conv_pixels is None):
+            continue
+        info = f.info(name)
+        if info.encoding == "RAW" or info.dtype != "float32" or info.weight_bits > 8:
+            continue
+        rows, cols = info.shape[0], info.numel // max(info.shape[0], 1)
+        if isinstance(layer, nn.Conv2d):
+            kind = choose_conv(rows, cols, info.nonzeros, conv_pixels)
+        else:
+            dense_codes = info.encoding == "DENSE_CODES"
+            kind = choose(rows, cols, info.nonzeros, dense_codes=dense_codes, max_batch=max_batch)
+        if kind == DENSE:
+            continue
+        codes = f.get_codes(name)
+        if f.verify:
+            found = int(np.count_nonzero((codes.codebook != 0)[codes.codes]))
+            if found != info.nonzeros:
+                raise FormatError(
+                    f"{found} nonzeros decoded, {info.nonzeros} declared",
+                    rule="nonzeros",
+                    path=f.path,
+                    tensor=name,
+                )
+        try:
+            new = from_codes(layer, codes, kind)
+        except DcnnError as exc:
+            raise exc.located(path=f.path, tensor=name) from None
+        new_layers[prefix] = new
+    for prefix, new in new_layers.items():  # swapped in only once every weight has decoded
+        _set_submodule(module, prefix, new)
+    return {f"{prefix}.weight" for prefix in new_layers}
+
+
+def _eligible(layer: nn.Module) -> bool:
+    """Exactly nn.Linear, or an nn.Conv2d with a 1x1 kernel, one group and no padding; float32
+    on the CPU (subclasses may read ``.weight`` themselves, as attention's out_proj does)."""
+    if type(layer) is nn.Linear:
+        ok = True
+    elif type(layer) is nn.Conv2d:
+        ok = tuple(layer.kernel_size) == (1, 1) and layer.groups == 1 and tuple(layer.padding) == (0, 0)
+    else:
+        return False
+    return ok and layer.weight.dtype == torch.float32 and layer.weight.device.type == "cpu"
+
+
+def _set_submodule(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent_name, _, child = path.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, child, new)
