@@ -5,6 +5,8 @@ codes, like a pruned and quantized layer. Timed: ``safe_open(...).get_tensor`` (
 CRC-32 checks, both Huffman streams, the scatter into a fresh zeroed array, the nonzeros check)
 against zstd decompression of a level-19 frame of the same tensor's raw float32 bytes into a
 fresh buffer. Symbols/s counts the symbols of both streams (codes and gaps, fillers included).
+The format 1.1 rows decode the same tensor with a float16 scale per row, with exact outliers
+(0.5% of the entries, float32), and with both (native path; same output bytes as plain).
 
     python benchmarks/decode.py [--entries N] [--density D] [--rounds R]
 """
@@ -42,6 +44,21 @@ def sparse_tensor(entries: int, density: float, seed: int = 0) -> tuple[dcformat
     return dcformat.Quantized(book, codes, (rows, cols), positions=positions), numel
 
 
+def extended(tensor: dcformat.Quantized, scales: bool, outliers: bool, seed: int = 1) -> dcformat.Quantized:
+    """The tensor with a scale per row and/or outliers at 0.5% of its entries."""
+    rng = np.random.default_rng(seed)
+    rows = tensor.shape[0]
+    picked = np.sort(rng.choice(tensor.positions, max(1, tensor.positions.size // 200), replace=False))
+    return dcformat.Quantized(
+        tensor.codebook,
+        tensor.codes,
+        tensor.shape,
+        positions=tensor.positions,
+        scales=rng.uniform(0.5, 2, rows).astype(np.float16) if scales else None,
+        outliers=(picked, rng.standard_t(1, picked.size).astype(np.float32)) if outliers else None,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=10_000_000)
@@ -51,7 +68,10 @@ def main() -> None:
     tensor, numel = sparse_tensor(args.entries, args.density)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sparse.dcnn"
-        dcformat.save_file({"w": tensor}, path)
+        variants = {"scales": (True, False), "outliers": (False, True), "scales+outliers": (True, True)}
+        dcformat.save_file(
+            {"w": tensor, **{name: extended(tensor, *flags) for name, flags in variants.items()}}, path
+        )
         f = dcformat.safe_open(path)
         info = f.info("w")
         record = f.header.tensors[0]
@@ -74,6 +94,11 @@ def main() -> None:
             methods["dcnn native"] = with_env(False, lambda: files[1].get_tensor("w"))
             methods["dcnn native, threads=2"] = with_env(False, lambda: files[2].get_tensor("w"))
             timed["dcnn native"] = timed["dcnn native, threads=2"] = "get_tensor"
+            for name in variants:
+                methods[f"dcnn native, 1.1 {name}"] = with_env(False, lambda n=name: files[1].get_tensor(n))
+                timed[f"dcnn native, 1.1 {name}"] = (
+                    f"get_tensor, {files[1].info(name).stored_bytes:,} B stored"
+                )
         methods["dcnn numpy path"] = with_env(True, lambda: files[1].get_tensor("w"))
         timed["dcnn numpy path"] = "get_tensor, DCNN_NO_NATIVE=1"
         methods["zstd -19 (decompress)"] = lambda: decompressor.decompress(frame)
@@ -86,6 +111,10 @@ def main() -> None:
         rates = {
             name: f"{symbols / min(times[name]) / 1e6:,.0f}" for name in methods if name.startswith("dcnn")
         }
+        if native.AVAILABLE:
+            for name in variants:
+                row = f"dcnn native, 1.1 {name}"
+                rates[row] += f" ({min(times[row]) / min(times['dcnn native']) - 1:+.1%} time vs plain)"
         print_table(
             f"Sparse tensor decode, {numel / 1e6:.0f}M elements, best of {args.rounds}",
             dense.nbytes,

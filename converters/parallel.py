@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from dcformat import EncodedTensor
-from dcformat import dcnn_pb2 as pb
 
 from .compress.config import CompressionConfig
 from .compress.report import TensorReport
@@ -111,9 +110,8 @@ def _checkpoint(path: str) -> Any:
 class Compressed:
     """A task's result: the encoded tensor, its error, and who made it in how long.
 
-    The tensor travels as bytes (the serialized header record, and the payload of each of
-    its present sections in the order raw, codes, gaps): header records do not pickle, and
-    a payload's section must be the record's own sub-message.
+    The tensor travels in ``EncodedTensor.to_bytes`` form (header records do not pickle), so
+    any encoding, whatever its sections, comes back whole.
     """
 
     name: str
@@ -129,9 +127,7 @@ class Compressed:
 
     def encoded(self) -> EncodedTensor:
         """The tensor for ``Writer.add_encoded``."""
-        record = pb.Tensor.FromString(self.record)
-        sections = [s for s in (record.raw, record.codes.data, record.gaps.data) if s.length]
-        return EncodedTensor(record, list(zip(sections, self.payloads, strict=True)))
+        return EncodedTensor.from_bytes(self.record, self.payloads)
 
 
 def run_task(task: Task, config: CompressionConfig) -> Compressed:
@@ -142,8 +138,7 @@ def run_task(task: Task, config: CompressionConfig) -> Compressed:
     encoded = result.encoded
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    record = encoded.record.SerializeToString(deterministic=True)
-    payloads = [data for _, data in encoded.payloads]
+    record, payloads = encoded.to_bytes()
     return Compressed(
         weight.name,
         record,

@@ -30,6 +30,8 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RAW: _ClassVar[Encoding]
     DENSE_CODES: _ClassVar[Encoding]
     SPARSE_CODES: _ClassVar[Encoding]
+    DENSE_CODES_EXT: _ClassVar[Encoding]
+    SPARSE_CODES_EXT: _ClassVar[Encoding]
 
 class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +55,8 @@ ENCODING_UNSPECIFIED: Encoding
 RAW: Encoding
 DENSE_CODES: Encoding
 SPARSE_CODES: Encoding
+DENSE_CODES_EXT: Encoding
+SPARSE_CODES_EXT: Encoding
 COMPRESSION_NONE: Compression
 COMPRESSION_ZSTD: Compression
 
@@ -90,8 +94,30 @@ class Codebook(_message.Message):
     values: bytes
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., values: _Optional[bytes] = ...) -> None: ...
 
+class Scales(_message.Message):
+    __slots__ = ("dtype", "rows_per_scale", "values")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_SCALE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    dtype: DType
+    rows_per_scale: int
+    values: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., rows_per_scale: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class Outliers(_message.Message):
+    __slots__ = ("count", "compression", "positions", "values")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    compression: Compression
+    positions: Section
+    values: Section
+    def __init__(self, count: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., positions: _Optional[_Union[Section, _Mapping]] = ..., values: _Optional[_Union[Section, _Mapping]] = ...) -> None: ...
+
 class Tensor(_message.Message):
-    __slots__ = ("name", "shape", "dtype", "encoding", "nonzeros", "compression", "raw", "codebook", "codes", "index_bits", "gaps")
+    __slots__ = ("name", "shape", "dtype", "encoding", "nonzeros", "compression", "raw", "codebook", "codes", "index_bits", "gaps", "scales", "outliers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +129,8 @@ class Tensor(_message.Message):
     CODES_FIELD_NUMBER: _ClassVar[int]
     INDEX_BITS_FIELD_NUMBER: _ClassVar[int]
     GAPS_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    OUTLIERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
@@ -114,10 +142,12 @@ class Tensor(_message.Message):
     codes: HuffmanStream
     index_bits: int
     gaps: HuffmanStream
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., nonzeros: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., raw: _Optional[_Union[Section, _Mapping]] = ..., codebook: _Optional[_Union[Codebook, _Mapping]] = ..., codes: _Optional[_Union[HuffmanStream, _Mapping]] = ..., index_bits: _Optional[int] = ..., gaps: _Optional[_Union[HuffmanStream, _Mapping]] = ...) -> None: ...
+    scales: Scales
+    outliers: Outliers
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., nonzeros: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., raw: _Optional[_Union[Section, _Mapping]] = ..., codebook: _Optional[_Union[Codebook, _Mapping]] = ..., codes: _Optional[_Union[HuffmanStream, _Mapping]] = ..., index_bits: _Optional[int] = ..., gaps: _Optional[_Union[HuffmanStream, _Mapping]] = ..., scales: _Optional[_Union[Scales, _Mapping]] = ..., outliers: _Optional[_Union[Outliers, _Mapping]] = ...) -> None: ...
 
 class Source(_message.Message):
-    __slots__ = ("format", "skeleton", "attributes")
+    __slots__ = ("format", "skeleton", "attributes", "skeleton_zstd")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,10 +158,12 @@ class Source(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     SKELETON_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SKELETON_ZSTD_FIELD_NUMBER: _ClassVar[int]
     format: str
     skeleton: bytes
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, format: _Optional[str] = ..., skeleton: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    skeleton_zstd: bytes
+    def __init__(self, format: _Optional[str] = ..., skeleton: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., skeleton_zstd: _Optional[bytes] = ...) -> None: ...
 
 class Header(_message.Message):
     __slots__ = ("producer", "metadata", "source", "tensors")

@@ -55,6 +55,12 @@ class Quantized:
     Sparse codes: one code per stored entry at the given strictly increasing flat
     (row-major) ``positions``; every other element is zero. ``codebook[0]`` must then be
     exactly +0.0, the padding-zero symbol. ``index_bits`` None lets the writer pick it.
+
+    Format 1.1 extras (spec 5.6, 5.7): ``scales`` (1-D float32 or float16, finite and > 0,
+    ``ceil(shape[0] / rows_per_scale)`` of them) multiply the codebook values of their rows
+    (in float32, then rounded to ``dtype``); ``outliers`` ``(positions, values)`` are elements
+    stored exactly, written over the decoded codes: strictly increasing flat positions and
+    values in ``dtype`` (float arrays are rounded to it; bfloat16 also as uint16 bits).
     """
 
     codebook: np.ndarray
@@ -63,6 +69,9 @@ class Quantized:
     positions: np.ndarray | None = None
     index_bits: int | None = None
     dtype: str = "float32"
+    scales: np.ndarray | None = None
+    rows_per_scale: int = 1
+    outliers: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         codebook = np.asarray(self.codebook)
@@ -102,6 +111,8 @@ class Quantized:
                 raise EncodeError("sparse codes need codebook[0] == +0.0 (the padding zero)")
             if self.index_bits is not None and not 1 <= self.index_bits <= MAX_CODE_LENGTH:
                 raise EncodeError(f"index_bits must be 1..{MAX_CODE_LENGTH}")
+        object.__setattr__(self, "scales", _checked_scales(self.scales, self.rows_per_scale, shape))
+        object.__setattr__(self, "outliers", _checked_outliers(self.outliers, self.dtype, numel))
         object.__setattr__(self, "codebook", codebook)
         object.__setattr__(self, "codes", codes)
         object.__setattr__(self, "shape", shape)
@@ -111,18 +122,27 @@ class Quantized:
     def sparse(self) -> bool:
         return self.positions is not None
 
+    @property
+    def extended(self) -> bool:
+        """Whether it needs format 1.1 (scales or outliers)."""
+        return self.scales is not None or self.outliers is not None
+
 
 @dataclass(frozen=True)
 class Codes:
     """The compressed form of a coded tensor, for engines that compute on it.
 
-    Sparse tensors give the positions of their stored entries, fillers left out.
+    Sparse tensors give the positions of their stored entries, fillers left out. Format 1.1
+    tensors also give their ``scales`` (float32, one per row) and ``outliers``
+    ``(positions, stored-form values)``, which the decoded tensor applies after the codes.
     """
 
     codebook: np.ndarray
     codes: np.ndarray
     positions: np.ndarray | None
     shape: tuple[int, ...]
+    scales: np.ndarray | None = None
+    outliers: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,54 @@ class Source:
     format: str = ""
     skeleton: bytes = b""
     attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+def _checked_scales(
+    scales: np.ndarray | None, rows_per_scale: int, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    if scales is None:
+        return None
+    scales = np.asarray(scales)
+    if scales.dtype not in (np.float32, np.float16) or scales.ndim != 1:
+        raise EncodeError("scales must be a 1-D float32 or float16 array")
+    if not shape:
+        raise EncodeError("a scalar has no rows to scale")
+    if isinstance(rows_per_scale, bool) or not isinstance(rows_per_scale, int) or rows_per_scale < 1:
+        raise EncodeError("rows_per_scale must be a positive int")
+    expected = -(-shape[0] // rows_per_scale)
+    if scales.size != expected:
+        raise EncodeError(
+            f"{scales.size} scales for {shape[0]} rows of {rows_per_scale}: expected {expected}"
+        )
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise EncodeError("scales must be finite and > 0")
+    return scales
+
+
+def _checked_outliers(
+    outliers: tuple[np.ndarray, np.ndarray] | None, dtype: str, numel: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    if outliers is None:
+        return None
+    try:
+        positions, values = (np.asarray(a) for a in outliers)
+    except (TypeError, ValueError):
+        raise EncodeError("outliers must be a pair (positions, values)") from None
+    if positions.dtype.kind not in "ui" or positions.ndim != 1 or values.shape != positions.shape:
+        raise EncodeError("outliers need 1-D integer positions and as many values")
+    if not positions.size:
+        raise EncodeError("outliers need at least one position (leave them None instead)")
+    positions = positions.astype(np.int64)
+    if positions[0] < 0 or positions[-1] >= numel or np.any(np.diff(positions) <= 0):
+        raise EncodeError(f"outlier positions must be strictly increasing in [0, {numel})")
+    storage = dtypes.storage(dtype)
+    if values.dtype == storage or (dtype == "bfloat16" and values.dtype == np.uint16):
+        values = values.astype(storage)
+    elif values.dtype.kind == "f":
+        values = dtypes.convert_floats(values, dtype)
+    else:
+        raise EncodeError(f"outlier values must be floats for a {dtype} tensor, not {values.dtype}")
+    return positions, values
 
 
 def _check_shape(shape: tuple[int, ...]) -> int:

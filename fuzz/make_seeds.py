@@ -51,6 +51,34 @@ def sample_tensors() -> dict[str, tuple[dict, dict]]:
             },
             {"chunk_size": 4},
         ),
+        "extended": (  # format 1.1: scales and outliers (spec 5.6, 5.7)
+            {
+                "sc": dcformat.Quantized(
+                    book,
+                    rng.integers(0, 4, (4, 5)),
+                    (4, 5),
+                    dtype="float16",
+                    scales=np.array([0.5, 2.0], np.float16),
+                    rows_per_scale=2,
+                ),
+                "out": dcformat.Quantized(
+                    book,
+                    [1, 3],
+                    (3, 6),
+                    positions=[2, 9],
+                    index_bits=2,
+                    scales=np.array([1.0, 3.0, 0.25], np.float32),
+                    outliers=([0, 9, 17], [40.0, -0.0, np.nan]),
+                ),
+                "z": dcformat.Quantized(
+                    book,
+                    rng.integers(0, 4, 200),
+                    (200,),
+                    outliers=(np.arange(0, 200, 4), np.tile(np.float32([8.0, -8.0]), 25)),
+                ),
+            },
+            {"chunk_size": 8},
+        ),
     }
 
 

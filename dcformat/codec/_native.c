@@ -331,22 +331,57 @@ INLINE int64_t scatter_impl(const uint16_t *gaps, const uint16_t *codes, uint64_
     return -1;
 }
 
+/* Format 1.1 row scales (spec 5.6): out[p] = values[c] * row_scales[p / row_len] in float32,
+ * counting the products that are not zero (NaN counts, -0.0 does not). */
+static int64_t scatter_scaled(const uint16_t *gaps, const uint16_t *codes, uint64_t n, const float *values,
+                              uint64_t k, const float *row_scales, uint64_t row_len, float *out, uint64_t numel,
+                              int64_t *position, uint64_t *nonzeros) {
+    int64_t p = *position;
+    uint64_t nz = 0, row = p < 0 ? 0 : (uint64_t)p / row_len, row_end = (row + 1) * row_len;
+    for (uint64_t i = 0; i < n; i++) {
+        p += (int64_t)gaps[i] + 1;
+        uint16_t c = codes[i];
+        if ((uint64_t)p >= numel || c >= k) {
+            *nonzeros += nz;
+            *position = p;
+            return (int64_t)i;
+        }
+        while ((uint64_t)p >= row_end) { /* at most rows + n steps in all: positions only grow */
+            row++;
+            row_end += row_len;
+        }
+        float v = values[c] * row_scales[row];
+        out[p] = v;
+        nz += v != 0.0f;
+    }
+    *nonzeros += nz;
+    *position = p;
+    return -1;
+}
+
 PyDoc_STRVAR(scatter_doc,
-"scatter(gaps, codes, values, vsize, nonzero, out, position)\n"
+"scatter(gaps, codes, values, vsize, nonzero, out, position, row_scales=None, row_len=0)\n"
 "--\n\n"
 "Place entries into a dense output: for each (gap, code) pair of the uint16 buffers,\n"
 "position += gap + 1 and out[position] = values[code] (vsize bytes each). `position`\n"
 "starts as the position of the entry before the first (-1 at the start of a tensor).\n"
 "Returns (bad_entry, position, nonzeros): bad_entry is -1, or the first entry whose\n"
-"position falls outside out or whose code is outside values; position is then its position.");
+"position falls outside out or whose code is outside values; position is then its position.\n"
+"With `row_scales` (float32, one per row of `row_len` elements; values and out float32, vsize 4)\n"
+"out[position] = values[code] * row_scales[position / row_len], and nonzeros counts the\n"
+"products that are not zero (`nonzero` is ignored).");
 
 static PyObject *py_scatter(PyObject *self, PyObject *args) {
     Py_buffer gaps = {0}, codes = {0}, values = {0}, nonzero = {0}, out = {0};
     Py_ssize_t vsize;
     long long position;
-    PyObject *nonzero_obj, *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*y*y*nOw*L", &gaps, &codes, &values, &vsize, &nonzero_obj, &out, &position))
+    PyObject *nonzero_obj, *scales_obj = Py_None, *result = NULL;
+    Py_buffer scales = {0};
+    unsigned long long row_len = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*nOw*L|OK", &gaps, &codes, &values, &vsize, &nonzero_obj, &out, &position,
+                          &scales_obj, &row_len))
         return NULL;
+    if (scales_obj != Py_None && PyObject_GetBuffer(scales_obj, &scales, PyBUF_SIMPLE) < 0) goto done;
     if (nonzero_obj != Py_None && PyObject_GetBuffer(nonzero_obj, &nonzero, PyBUF_SIMPLE) < 0) goto done;
     if (check_vsize(vsize) < 0) goto done;
     const char *err = NULL;
@@ -355,6 +390,8 @@ static PyObject *py_scatter(PyObject *self, PyObject *args) {
     else if (k > MAX_ALPHABET) err = "more than 65536 values";
     else if (nonzero.buf && (uint64_t)nonzero.len < k) err = "nonzero flags shorter than the values";
     else if (position < -1 || position >= (long long)(out.len / vsize)) err = "position outside the output";
+    else if (scales.buf && (vsize != 4 || !row_len || (uint64_t)scales.len / 4 < ((uint64_t)out.len / 4 + row_len - 1) / row_len))
+        err = "row scales need float32 values, row_len >= 1 and a scale for every row";
     if (err) {
         PyErr_SetString(PyExc_ValueError, err);
         goto done;
@@ -363,7 +400,9 @@ static PyObject *py_scatter(PyObject *self, PyObject *args) {
     int64_t pos = position, bad;
     const uint8_t *flags = nonzero.buf ? nonzero.buf : ZEROS;
     Py_BEGIN_ALLOW_THREADS
-    if (vsize == 2) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 2);
+    if (scales.buf)
+        bad = scatter_scaled(gaps.buf, codes.buf, n, values.buf, k, scales.buf, row_len, out.buf, numel, &pos, &nz);
+    else if (vsize == 2) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 2);
     else if (vsize == 4) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 4);
     else bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 8);
     Py_END_ALLOW_THREADS
@@ -374,12 +413,54 @@ done:
     PyBuffer_Release(&values);
     PyBuffer_Release(&out);
     if (nonzero.obj) PyBuffer_Release(&nonzero);
+    if (scales.obj) PyBuffer_Release(&scales);
+    return result;
+}
+
+PyDoc_STRVAR(scale_rows_doc,
+"scale_rows(out, row_scales, row_len)\n"
+"--\n\n"
+"Multiply the float32 buffer `out`, rows of `row_len` elements, by its float32 row scales in\n"
+"place (format 1.1, spec 5.6); returns how many products are not zero (NaN counts).");
+
+static PyObject *py_scale_rows(PyObject *self, PyObject *args) {
+    Py_buffer out = {0}, scales = {0};
+    unsigned long long row_len;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*y*K", &out, &scales, &row_len)) return NULL;
+    uint64_t numel = (uint64_t)out.len / 4;
+    if (out.len % 4 || scales.len % 4 || (numel && (!row_len || numel % row_len ||
+                                                    (uint64_t)scales.len / 4 < numel / row_len))) {
+        PyErr_SetString(PyExc_ValueError, "out must be float32 rows of row_len, with a scale for every row");
+        goto done;
+    }
+    uint64_t nz = 0;
+    float *o = out.buf;
+    const float *rs = scales.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (uint64_t r = 0; numel && r < numel / row_len; r++) {
+        const float sc = rs[r];
+        float *row = o + r * row_len;
+        uint64_t rnz = 0;
+        for (uint64_t j = 0; j < row_len; j++) {
+            float v = row[j] * sc;
+            row[j] = v;
+            rnz += v != 0.0f;
+        }
+        nz += rnz;
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromUnsignedLongLong(nz);
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&scales);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, decode_doc},
     {"scatter", py_scatter, METH_VARARGS, scatter_doc},
+    {"scale_rows", py_scale_rows, METH_VARARGS, scale_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -82,9 +82,13 @@ def decode_sparse(
     values: np.ndarray,
     nonzero: np.ndarray | None,
     threads: int = 1,
+    row_scales: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Dense flat output of a SPARSE_CODES tensor from its decoded codes and its gaps stream,
     and how many entries ``nonzero`` flags. Gap errors come before positions past the end.
+
+    ``row_scales`` (format 1.1: float32, one per row; ``values`` float32) multiplies each
+    entry by its row's scale; the count is then of the products that are not zero.
     """
     gap_symbols, parts = _decode_gaps(gaps, threads)
     n = code_symbols.size
@@ -96,21 +100,43 @@ def decode_sparse(
             f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions"
         )
     out = np.zeros(numel, dtype=values.dtype)
+    row_len = numel // row_scales.size if row_scales is not None and row_scales.size else 0
     if not enabled():
         huffman_numpy.scatter(gap_symbols, code_symbols, values, out)
+        if row_scales is not None:
+            return out, scale_rows(out, row_scales)
         return out, huffman_numpy.count_flagged(code_symbols, nonzero)
     tasks, previous = [], -1
     for p in parts:  # each part starts after the positions of the parts before it
         a, b = p.first * gaps.chunk_size, min(p.last * gaps.chunk_size, n)
         tasks.append(
             lambda a=a, b=b, start=previous: _native.scatter(
-                gap_symbols[a:b], code_symbols[a:b], values, values.itemsize, nonzero, out, start
+                gap_symbols[a:b],
+                code_symbols[a:b],
+                values,
+                values.itemsize,
+                nonzero,
+                out,
+                start,
+                row_scales,
+                row_len,
             )
         )
         previous += p.symbol_sum + b - a
     # Each result is (first entry past the tensor or -1, _, nonzeros); the position check
     # above excludes the first.
     return out, sum(nonzeros for _, _, nonzeros in _in_parallel(tasks, threads))
+
+
+def scale_rows(out: np.ndarray, row_scales: np.ndarray) -> int:
+    """Multiply the flat float32 ``out`` in place by one float32 scale per row (format 1.1);
+    returns how many products are not zero."""
+    if not out.size:
+        return 0
+    if enabled():
+        return _native.scale_rows(out, row_scales, out.size // row_scales.size)
+    out.reshape(row_scales.size, -1)[...] *= row_scales[:, None]
+    return int(np.count_nonzero(out))
 
 
 # -- internals ----------------------------------------------------------------------------------

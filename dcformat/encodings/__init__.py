@@ -10,10 +10,15 @@ from .. import dcnn_pb2 as pb
 from ..errors import EncodeError, FormatError
 from ..layout import MAX_CHUNK_SIZE, MAX_NAME_BYTES
 from ..tensors import Quantized, Raw
-from . import dense_codes, raw, sparse_codes
+from . import dense_codes, extended, raw, sparse_codes
 from .base import DEFAULT_CHUNK_SIZE, EncodedTensor, Encoding
 
-ENCODINGS: dict[int, Encoding] = {e.ENUM: e for e in (raw, dense_codes, sparse_codes)}
+ENCODINGS: dict[int, Encoding] = {
+    e.ENUM: e for e in (raw, dense_codes, sparse_codes, extended.DENSE, extended.SPARSE)
+}
+# The minor version that introduced each encoding (spec section 10); a file using one declares
+# at least that minor version.
+SINCE_MINOR: dict[int, int] = {pb.DENSE_CODES_EXT: 1, pb.SPARSE_CODES_EXT: 1}
 
 
 def of(record: pb.Tensor) -> Encoding:
@@ -47,4 +52,13 @@ def stored_size(tensor: Raw | Quantized | np.ndarray, chunk_size: int = DEFAULT_
     return encode("t", tensor, chunk_size).stored_bytes
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ENCODINGS", "EncodedTensor", "Encoding", "encode", "of", "stored_size"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ENCODINGS",
+    "SINCE_MINOR",
+    "EncodedTensor",
+    "Encoding",
+    "encode",
+    "of",
+    "stored_size",
+]

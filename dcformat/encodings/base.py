@@ -4,6 +4,7 @@ and the small helpers of its encode and decode."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,6 +13,7 @@ import numpy as np
 from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec.huffman import Stream
+from ..errors import EncodeError
 from ..layout import EXPANSION_SLACK, MAX_EXPANSION, align_up
 from ..tensors import Codes, Quantized, Raw
 
@@ -31,6 +33,24 @@ class EncodedTensor:
     @property
     def name(self) -> str:
         return self.record.name
+
+    def to_bytes(self) -> tuple[bytes, list[bytes]]:
+        """A pickle-safe form: the serialized record and each section's bytes, in file order
+        (header records do not pickle). :meth:`from_bytes` rebuilds the tensor."""
+        return self.record.SerializeToString(deterministic=True), [bytes(data) for _, data in self.payloads]
+
+    @classmethod
+    def from_bytes(cls, record: bytes, payloads: list[bytes]) -> EncodedTensor:
+        """The tensor :meth:`to_bytes` gave; each payload goes to the record's next present
+        section in file order, whatever the encoding."""
+        parsed = pb.Tensor.FromString(record)
+        sections = list(sections_of(parsed))
+        if len(sections) != len(payloads):
+            raise EncodeError(f"{len(payloads)} payloads for {len(sections)} sections")
+        return cls(parsed, list(zip(sections, payloads, strict=True)))
+
+    def __reduce__(self) -> tuple[object, tuple[bytes, list[bytes]]]:
+        return EncodedTensor.from_bytes, self.to_bytes()
 
     @property
     def stored_bytes(self) -> int:
@@ -91,6 +111,19 @@ class Encoding(Protocol):
     def codes(self, source: SectionSource, record: pb.Tensor) -> Codes:
         """Codebook, codes and positions, without decoding values (DcnnError if none)."""
         ...
+
+
+def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
+    """The tensor's present sections in their required file order (spec section 4)."""
+    if tensor.HasField("raw"):
+        yield tensor.raw
+    for stream in ("codes", "gaps"):
+        if tensor.HasField(stream) and getattr(tensor, stream).HasField("data"):
+            yield getattr(tensor, stream).data
+    if tensor.HasField("outliers"):
+        for name in ("positions", "values"):
+            if tensor.outliers.HasField(name):
+                yield getattr(tensor.outliers, name)
 
 
 def new_record(name: str, shape: tuple[int, ...], dtype: str, encoding: int) -> pb.Tensor:

@@ -49,6 +49,10 @@ def check_codebook(record: pb.Tensor, dtype: str) -> int:
         raise FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype")
     if record.HasField("raw") or record.compression:
         raise FormatError("a coded tensor has RAW fields", rule="encoding")
+    if record.encoding in (pb.DENSE_CODES, pb.SPARSE_CODES) and (
+        record.HasField("scales") or record.HasField("outliers")
+    ):
+        raise FormatError("scales and outliers need a 1.1 encoding (*_CODES_EXT)", rule="encoding")
     if not record.HasField("codebook") or not record.HasField("codes"):
         raise FormatError("a coded tensor needs a codebook and a codes stream", rule="encoding")
     book_dtype = dtypes.from_enum(record.codebook.dtype)
@@ -94,11 +98,22 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
     offsets = np.asarray(stream.chunk_offsets, dtype=np.uint64)
     if offsets.size and (offsets[0] == 0 or np.any(offsets[1:] <= offsets[:-1]) or offsets[-1] >= bits):
         raise FormatError(f"{what}: chunk offsets out of order or out of range", rule="huffman-chunks")
-    if np.count_nonzero(lengths) == 1:  # one bit per symbol fixes the offsets; decoding never reads them
-        starts = np.arange(1, offsets.size + 1, dtype=np.uint64) * np.uint64(stream.chunk_size)
-        if not np.array_equal(offsets, starts):
+    if offsets.size:  # chunk j starts in [j*C*min_len, j*C*max_len] and leaves room for the rest
+        used = lengths[lengths > 0]
+        lo, hi = int(used.min()), int(used.max())
+        before = np.arange(1, offsets.size + 1, dtype=object) * stream.chunk_size
+        starts = offsets.astype(object)
+        after = bits - starts
+        if (
+            np.any(starts < before * lo)
+            or np.any(starts > before * hi)
+            or np.any(after < (count - before) * lo)
+            or np.any(after > (count - before) * hi)
+        ):
             raise FormatError(
-                f"{what}: one-symbol chunk j must start at bit j * chunk_size", rule="huffman-chunks"
+                f"{what}: a chunk offset lies outside [j*C*min_len, j*C*max_len] or leaves the rest "
+                "of the stream too few or too many bits",
+                rule="huffman-chunks",
             )
     length = stream.data.length if stream.HasField("data") else 0
     if length != -(-bits // 8):

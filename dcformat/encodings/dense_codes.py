@@ -18,7 +18,7 @@ entries_and_bits = coded.entries_and_bits
 
 
 def accepts(tensor: Raw | Quantized) -> bool:
-    return isinstance(tensor, Quantized) and not tensor.sparse
+    return isinstance(tensor, Quantized) and not tensor.sparse and not tensor.extended
 
 
 def encode(name: str, tensor: Quantized, chunk_size: int) -> EncodedTensor:

@@ -38,6 +38,8 @@ def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None
         or record.HasField("codes")
         or record.HasField("gaps")
         or record.index_bits
+        or record.HasField("scales")
+        or record.HasField("outliers")
     ):
         raise FormatError("a RAW tensor has codebook, stream or index fields", rule="encoding")
     length = record.raw.length if record.HasField("raw") else 0

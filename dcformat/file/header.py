@@ -8,14 +8,14 @@ header is rejected before anything is allocated from its declared sizes.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+import zstandard
 from google.protobuf.message import DecodeError
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes, encodings
-from ..encodings.base import numel_of
+from ..encodings.base import numel_of, sections_of
 from ..errors import ChecksumError, FormatError, LimitError, VersionError
 from ..layout import (
     EXPANSION_SLACK,
@@ -26,6 +26,7 @@ from ..layout import (
     MAX_HEADER_BYTES,
     MAX_NAME_BYTES,
     MAX_RANK,
+    MINOR,
     PREAMBLE,
     PREAMBLE_SIZE,
     align_up,
@@ -97,19 +98,63 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
     return header
 
 
-def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
-    """The tensor's sections in their required file order."""
-    if tensor.HasField("raw"):
-        yield tensor.raw
-    for stream in ("codes", "gaps"):
-        if tensor.HasField(stream) and getattr(tensor, stream).HasField("data"):
-            yield getattr(tensor, stream).data
+def check_source(source: pb.Source, minor: int) -> bytes:
+    """The skeleton, after the rules of a zstd skeleton (spec 3): a 1.1 field, alone, one frame
+    that declares a size within the expansion limit and yields it."""
+    if not source.skeleton_zstd:
+        return source.skeleton
+    if minor < 1:
+        raise VersionError("skeleton_zstd is a format 1.1 field in a file that declares 1.0", rule="version")
+    if source.skeleton:
+        raise FormatError("the source has both skeleton and skeleton_zstd", rule="source")
+    try:
+        size = zstandard.get_frame_parameters(source.skeleton_zstd).content_size
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"skeleton_zstd is not a zstd frame: {exc}", rule="source") from None
+    if (
+        size == zstandard.CONTENTSIZE_UNKNOWN
+        or size > MAX_EXPANSION * len(source.skeleton_zstd) + EXPANSION_SLACK
+    ):
+        raise LimitError(
+            f"skeleton_zstd declares {size} bytes: unknown or over the expansion limit", rule="source"
+        )
+    try:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        out = frame.decompress(source.skeleton_zstd)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"skeleton_zstd does not decompress: {exc}", rule="source") from None
+    if not frame.eof or frame.unused_data or len(out) != size:
+        raise FormatError("skeleton_zstd is not exactly one zstd frame of its declared size", rule="source")
+    return out
 
 
-def check_tensor(tensor: pb.Tensor) -> None:
-    """Every rule on one tensor record that needs no section data."""
+def check_version(tensor: pb.Tensor, minor: int) -> None:
+    """A file whose minor version is newer than this reader's may use encodings it does not
+    know: that is "needs a newer reader" (rule ``version``), not a broken file; and a tensor
+    whose encoding is newer than the file's declared minor version breaks ``version``."""
+    if tensor.encoding not in encodings.ENCODINGS and minor > MINOR:
+        raise VersionError(
+            f"encoding {tensor.encoding} needs a newer reader: the file is format {MAJOR}.{minor}, "
+            f"this reader implements {MAJOR}.{MINOR}",
+            rule="version",
+            offset=10,
+        )
+    since = encodings.SINCE_MINOR.get(tensor.encoding, 0)
+    if since > minor:
+        raise VersionError(
+            f"{pb.Encoding.Name(tensor.encoding)} is a format {MAJOR}.{since} encoding in a file that "
+            f"declares {MAJOR}.{minor}",
+            rule="version",
+            offset=10,
+        )
+
+
+def check_tensor(tensor: pb.Tensor, minor: int = MINOR) -> None:
+    """Every rule on one tensor record that needs no section data, in the order of spec 11
+    (``minor``: the file's declared minor version)."""
     if not tensor.name or len(tensor.name.encode()) > MAX_NAME_BYTES:
         raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
+    check_version(tensor, minor)
     if len(tensor.shape) > MAX_RANK:
         raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
     # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).

@@ -19,7 +19,15 @@ from ..encodings.base import numel_of
 from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
 from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
 from ..tensors import Codes, Source
-from .header import Preamble, check_layout, check_tensor, parse_header, read_preamble, sections_of
+from .header import (
+    Preamble,
+    check_layout,
+    check_source,
+    check_tensor,
+    parse_header,
+    read_preamble,
+    sections_of,
+)
 
 FRAMEWORKS = ("numpy", "torch")
 
@@ -74,12 +82,13 @@ class DcnnFile:
             head = self._map[:PREAMBLE_SIZE] if self._map is not None else b""
             self.preamble: Preamble = read_preamble(head, size)
             self.header = parse_header(self._map[: self.preamble.data_start], self.preamble)
+            self._skeleton = check_source(self.header.source, self.preamble.minor)
             self._tensors: dict[str, pb.Tensor] = {}
             for record in self.header.tensors:
                 if record.name in self._tensors:
                     raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
                 try:
-                    check_tensor(record)
+                    check_tensor(record, self.preamble.minor)
                 except DcnnError as exc:
                     raise exc.located(tensor=record.name) from None
                 self._tensors[record.name] = record
@@ -99,8 +108,9 @@ class DcnnFile:
         return dict(self.header.metadata)
 
     def source(self) -> Source:
+        """The source record, its skeleton decompressed (checked when the file was opened)."""
         src = self.header.source
-        return Source(src.format, src.skeleton, dict(src.attributes))
+        return Source(src.format, self._skeleton, dict(src.attributes))
 
     @property
     def version(self) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 Sections go to a spool file as tensors are added; closing writes the preamble, the header
 and the spool into the target through ``atomic.replacing``: a crash at any moment leaves
-the target as it was (old file or none).
+the target as it was (old file or none). The preamble declares the lowest minor version
+whose encodings the file uses (1.0 unless a tensor needs 1.1), so 1.0 readers read the rest.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import zstandard
 
 from .. import dcnn_pb2 as pb
-from ..encodings import DEFAULT_CHUNK_SIZE, EncodedTensor, encode
+from ..encodings import DEFAULT_CHUNK_SIZE, SINCE_MINOR, EncodedTensor, encode
 from ..errors import DcnnIOError, EncodeError
-from ..layout import MAGIC, MAJOR, MAX_HEADER_BYTES, MINOR, PREAMBLE, align_up
+from ..layout import MAGIC, MAJOR, MAX_HEADER_BYTES, PREAMBLE, align_up
 from ..tensors import Quantized, Raw, Source
 from .atomic import replacing
 
@@ -54,7 +56,12 @@ class Writer:
             self._header.metadata[key] = value
         if source is not None:
             self._header.source.format = source.format
-            self._header.source.skeleton = bytes(source.skeleton)
+            skeleton = bytes(source.skeleton)
+            packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(skeleton)
+            if skeleton and len(packed) < len(skeleton):  # format 1.1 (spec 3)
+                self._header.source.skeleton_zstd = packed
+            else:
+                self._header.source.skeleton = skeleton
             for key, value in source.attributes.items():
                 self._header.source.attributes[key] = value
         self._names: set[str] = set()
@@ -116,7 +123,11 @@ class Writer:
         if len(header) > MAX_HEADER_BYTES:
             self.abort()
             raise EncodeError(f"the header would take {len(header)} bytes; at most {MAX_HEADER_BYTES}")
-        head = PREAMBLE.pack(MAGIC, MAJOR, MINOR, len(header), zlib.crc32(header), 0)
+        minor = max(  # the lowest minor version with every feature the file uses (spec 10)
+            [1 if self._header.source.skeleton_zstd else 0]
+            + [SINCE_MINOR.get(t.encoding, 0) for t in self._header.tensors]
+        )
+        head = PREAMBLE.pack(MAGIC, MAJOR, minor, len(header), zlib.crc32(header), 0)
         head = head[:-4] + (zlib.crc32(head[:-4])).to_bytes(4, "little")
         head += header
         head += bytes(align_up(len(head)) - len(head))

@@ -354,7 +354,12 @@ def replace_coded(
         if name not in names or not eligible or (isinstance(layer, nn.Conv2d) and conv_pixels is None):
             continue
         info = f.info(name)
-        if info.encoding == "RAW" or info.dtype != "float32" or info.weight_bits > 8:
+        # The kernels compute on codes alone: RAW and the 1.1 encodings (scales, outliers) stay dense.
+        if (
+            info.encoding not in ("DENSE_CODES", "SPARSE_CODES")
+            or info.dtype != "float32"
+            or info.weight_bits > 8
+        ):
             continue
         rows, cols = info.shape[0], info.numel // max(info.shape[0], 1)
         if isinstance(layer, nn.Conv2d):

@@ -20,6 +20,8 @@ from dcformat import dcnn_pb2 as pb
 from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
 
 PRODUCER = "dcnn conformance vectors"
+# Valid vectors whose bytes hold zstd output (which may change with the zstd library version).
+ZSTD_VECTORS = {"raw_zstd", "outliers_zstd", "source_zstd"}
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -118,6 +120,129 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
             "source": dcformat.Source("onnx", b"\x08\x07skeleton", {"opset": "17"}),
         },
     )
+    prototxt = "".join(
+        f'layer {{ name: "fire{i}/squeeze1x1" type: "Convolution" bottom: "pool{i}" '
+        f'top: "fire{i}/squeeze1x1" '
+        f"convolution_param {{ num_output: {16 * i} kernel_size: 1 }} }}\n"
+        for i in range(2, 10)
+    ).encode()
+    out["source_zstd"] = (
+        {"w": np.ones((2, 2), np.float32)},
+        {"source": dcformat.Source("caffe-release", prototxt)},
+    )
+    out.update(format_1_1_vectors(rng))
+    out.update(coverage_vectors())
+    return out
+
+
+def coverage_vectors() -> dict[str, tuple[dict, dict]]:
+    """Cases a reader must get right that the vectors above miss: special codebook values (NaN
+    with a payload, -0.0, inf) through every float conversion, a float16 codebook in
+    SPARSE_CODES, chunked gap streams, entries of code 0 where no filler is needed (zero entries
+    the reader must place like any other)."""
+    specials = np.array([0.0, np.nan, -0.0, np.inf, -np.inf, 1.0, -2.5, 3e-39], np.float32)
+    specials[1:2].view(np.uint32)[0] = 0x7FA00001  # a signalling NaN with a payload
+    codes = np.arange(16) % 8
+    book16 = np.array([0.0, -0.0, 0.5, np.nan, 65504.0, 6e-8], np.float16)
+    return {
+        "special_values": (
+            {
+                f"to_{dtype}": dcformat.Quantized(specials, codes, (2, 8), dtype=dtype)
+                for dtype in ("float32", "float16", "bfloat16", "float64")
+            },
+            {},
+        ),
+        "sparse_f16_book_chunked": (
+            {
+                "w": dcformat.Quantized(
+                    book16,
+                    [2, 1, 3, 4, 5, 2, 0, 0],
+                    (50,),
+                    positions=[0, 3, 4, 9, 20, 40, 41, 49],
+                    index_bits=3,
+                ),
+            },
+            {"chunk_size": 3},
+        ),
+    }
+
+
+def format_1_1_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]:
+    """Scales and outliers (spec 5.6, 5.7), the worked examples among them."""
+    book = np.concatenate([[0.0], np.linspace(-0.5, 0.5, 15)]).astype(np.float32)
+    codes = rng.integers(0, 16, (6, 5))
+    row_scales = np.array([1.0, 2.0, 0.5, 4.0, 3.0, 0.001], np.float16)
+    positions, sparse_codes = _sparse_codes((6, 5), 0.4, 16, 3)
+    out: dict[str, tuple[dict, dict]] = {}
+    out["scales"] = (
+        {
+            "example_5_6": dcformat.Quantized(
+                np.array([0.0, 0.5, -1.0], np.float32),
+                [[1, 2], [0, 1], [2, 1]],
+                (3, 2),
+                scales=np.array([2.0, 0.1], np.float16),
+                rows_per_scale=2,
+            ),
+            "rows_f16": dcformat.Quantized(book, codes, (6, 5), dtype="float16", scales=row_scales),
+            "groups_bf16": dcformat.Quantized(
+                book,
+                codes,
+                (6, 5),
+                dtype="bfloat16",
+                scales=np.array([3.0, 1e-3, 7.5], np.float32),
+                rows_per_scale=2,
+            ),
+            "conv_f64": dcformat.Quantized(
+                book.astype(np.float16),
+                rng.integers(0, 16, (2, 3, 2)),
+                (2, 3, 2),
+                dtype="float64",
+                scales=np.array([1e4, 3.0], np.float32),
+            ),
+            "sparse": dcformat.Quantized(book, sparse_codes, (6, 5), positions=positions, scales=row_scales),
+            "empty_rows": dcformat.Quantized(
+                book, np.zeros((4, 0), int), (4, 0), scales=np.ones(4, np.float16)
+            ),
+        },
+        {},
+    )
+    special = np.array([np.nan, -0.0, np.inf, 55.0], np.float32)
+    out["outliers"] = (
+        {
+            "example_5_7": dcformat.Quantized(
+                book, np.zeros(400, int), (400,), dtype="float16", outliers=([1, 302], [55.0, -0.28])
+            ),
+            "dense_specials": dcformat.Quantized(book, codes, (6, 5), outliers=([0, 7, 8, 29], special)),
+            "sparse_unstored": dcformat.Quantized(
+                book,
+                sparse_codes,
+                (6, 5),
+                positions=positions,
+                dtype="bfloat16",
+                outliers=([1, 2, 28], [9.0, -9.0, 1e30]),
+            ),
+            "scalar": dcformat.Quantized(book, [3], (), dtype="float64", outliers=([0], np.array([np.pi]))),
+            "all_outliers": dcformat.Quantized(
+                book, np.zeros(6, int), (2, 3), outliers=(np.arange(6), np.arange(6.0) - 2.5)
+            ),
+            "with_scales": dcformat.Quantized(
+                book, codes, (6, 5), scales=row_scales, outliers=([4, 13], [-100.0, 100.0])
+            ),
+        },
+        {},
+    )
+    many = np.flatnonzero(rng.random(4000) < 0.05)
+    out["outliers_zstd"] = (
+        {
+            "w": dcformat.Quantized(
+                book,
+                rng.integers(0, 16, 4000),
+                (40, 100),
+                outliers=(many, np.round(rng.normal(0, 9, many.size))),
+            )
+        },
+        {},
+    )
     return out
 
 
@@ -144,6 +269,9 @@ class Parsed:
             for stream in ("codes", "gaps"):
                 if t.HasField(stream) and getattr(t, stream).HasField("data"):
                     found.append(((i, stream), getattr(t, stream).data))
+            for field in ("positions", "values"):
+                if t.HasField("outliers") and t.outliers.HasField(field):
+                    found.append(((i, f"outliers.{field}"), getattr(t.outliers, field)))
         return found
 
     def data_of(self, tensor: pb.Tensor, field: str) -> bytes:
@@ -152,7 +280,12 @@ class Parsed:
     def set_data(self, tensor: pb.Tensor, field: str, data: bytes) -> None:
         """Replace a section's bytes, keeping its checksum right."""
         self.sections[(list(self.header.tensors).index(tensor), field)] = data
-        section = tensor.raw if field == "raw" else getattr(tensor, field).data
+        if field == "raw":
+            section = tensor.raw
+        elif field.startswith("outliers."):
+            section = getattr(tensor.outliers, field.split(".")[1])
+        else:
+            section = getattr(tensor, field).data
         section.length = len(data)
         section.crc32 = zlib.crc32(data)
 
@@ -356,6 +489,15 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("bool_value_2", "bool-value", _header("raw_dtypes", _bool_value_2))
     add("zstd_trailing_bytes", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, b"junk")))
     add("zstd_two_frames", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, None)))
+    add("chunk_offset_bound", "huffman-chunks", _header("chunked", _offset_past_bound))
+    _add_1_1(add)
+    add("source_zstd_in_minor_0", "version", _header("source_zstd", lambda p: setattr(p, "minor", 0)))
+    add(
+        "source_both_skeletons",
+        "source",
+        _header("source_zstd", lambda p: setattr(p.header.source, "skeleton", b"x")),
+    )
+    add("source_zstd_damaged", "source", _header("source_zstd", _damage_skeleton_frame))
     add("one_symbol_chunk_offsets", "huffman-chunks", _header("one_symbol", _one_symbol_offsets))
     return v
 
@@ -477,7 +619,114 @@ def _dirty_header_padding(data: bytes) -> bytes:
     return data[:pad] + b"\x01" + data[pad + 1 :]
 
 
+def _offset_past_bound(p: Parsed) -> None:
+    """Offset 1 one bit past 7 symbols of the longest code: still in order and in range."""
+    s = _first(p, "stream").codes
+    longest = max(s.code_lengths)
+    s.chunk_offsets[0] = s.chunk_size * longest + 1
+    assert s.chunk_offsets[0] < s.chunk_offsets[1], "vector needs room before chunk 2"
+
+
+def _damage_skeleton_frame(p: Parsed) -> None:
+    """The frame header intact (size declared), its last block's bytes garbled."""
+    frame = bytearray(p.header.source.skeleton_zstd)
+    frame[-6:] = b"\xff" * 6
+    p.header.source.skeleton_zstd = bytes(frame)
+
+
+def _add_1_1(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
+    """Invalid vectors of the 1.1 rules (spec 5.6, 5.7, 10)."""
+    add("ext_in_minor_0", "version", _header("scales", lambda p: setattr(p, "minor", 0)))
+    add("newer_minor_unknown_encoding", "version", _header("scales", _newer_minor))
+    add(
+        "ext_without_extras",
+        "encoding",
+        _header("scales", lambda p: _first(p, "rows_f16").ClearField("scales")),
+    )
+    add(
+        "dense_with_scales",
+        "encoding",
+        _header("scales", lambda p: setattr(_first(p, "rows_f16"), "encoding", pb.DENSE_CODES)),
+    )
+    add("scales_count", "scales", _header("scales", lambda p: _edit_scales(p, lambda v: v[:-2])))
+    add("scales_zero", "scales", _header("scales", lambda p: _edit_scales(p, lambda v: v[:-2] + bytes(2))))
+    add(
+        "scales_rows_0",
+        "scales",
+        _header("scales", lambda p: setattr(_first(p, "rows_f16").scales, "rows_per_scale", 0)),
+    )
+    add(
+        "scales_dtype",
+        "scales",
+        _header("scales", lambda p: setattr(_first(p, "rows_f16").scales, "dtype", pb.BFLOAT16)),
+    )
+    add(
+        "outliers_count_0",
+        "outliers",
+        _header("outliers", lambda p: setattr(_first(p, "dense_specials").outliers, "count", 0)),
+    )
+    add("outliers_values_size", "outliers", _header("outliers", _short_outlier_values))
+    add("outliers_varint_not_minimal", "outliers", _header("outliers", _non_minimal_varint))
+    add("outliers_past_end", "outliers", _header("outliers", _outlier_past_end))
+    add("outliers_zstd_size", "outliers", _header("outliers_zstd", _outlier_zstd_size))
+
+
+def _newer_minor(p: Parsed) -> None:
+    p.minor = 2
+    _first(p, "rows_f16").encoding = 6
+
+
+def _edit_scales(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
+    scales = _first(p, "rows_f16").scales
+    scales.values = edit(scales.values)
+
+
+def _short_outlier_values(p: Parsed) -> None:
+    t = _first(p, "dense_specials")
+    p.set_data(t, "outliers.values", p.data_of(t, "outliers.values")[:-4])
+
+
+def _non_minimal_varint(p: Parsed) -> None:
+    t = _first(p, "dense_specials")  # gaps 0, 6, 0, 20: the gap 6 as two bytes 86 00
+    data = p.data_of(t, "outliers.positions")
+    assert data == bytes([0, 6, 0, 20]), data
+    p.set_data(t, "outliers.positions", bytes([0, 0x86, 0, 0, 20]))
+
+
+def _outlier_past_end(p: Parsed) -> None:
+    t = _first(p, "dense_specials")  # the last gap 20 -> 21 puts position 29 at 30 = numel
+    p.set_data(t, "outliers.positions", bytes([0, 6, 0, 21]))
+
+
+def _outlier_zstd_size(p: Parsed) -> None:
+    import zstandard
+
+    t = _first(p, "w")
+    values = zstandard.ZstdDecompressor().decompress(p.data_of(t, "outliers.values"))
+    p.set_data(t, "outliers.values", zstandard.ZstdCompressor(level=3).compress(values[:-4]))
+
+
 # -- generation -------------------------------------------------------------------------------
+
+
+def _unknown_fields(data: bytes) -> bytes:
+    """A file of a later minor version: unknown fields (number 99) in the header and a tensor,
+    which a reader ignores (spec 10)."""
+    p = Parsed(data)
+    p.minor = 1
+    unknown = b"\x98\x06\x01"  # field 99, varint 1
+    tensor = p.header.tensors[0]
+    tensor.CopyFrom(pb.Tensor.FromString(tensor.SerializeToString(deterministic=True) + unknown))
+    rebuilt = p.build()
+    _, major, minor, length, _, _ = PREAMBLE.unpack(rebuilt[:PREAMBLE_SIZE])
+    header = rebuilt[PREAMBLE_SIZE : PREAMBLE_SIZE + length] + unknown
+    return assemble(header, rebuilt[align_up(PREAMBLE_SIZE + length) :], major, minor)
+
+
+# name -> rewrite of the writer's file, for valid vectors the reference writer does not produce
+REWRITES: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "unknown_fields": ("metadata_source", _unknown_fields)
+}
 
 
 def write_valid(out: Path) -> dict[str, bytes]:
@@ -489,6 +738,11 @@ def write_valid(out: Path) -> dict[str, bytes]:
                 w.add(tname, t)
         expected = dcformat.load_file(path)
         np.savez(out / f"{name}.npz", **expected)
+        files[name] = path.read_bytes()
+    for name, (base, rewrite) in REWRITES.items():
+        path = out / f"{name}.dcnn"
+        path.write_bytes(rewrite(files[base]))
+        np.savez(out / f"{name}.npz", **dcformat.load_file(path))
         files[name] = path.read_bytes()
     return files
 

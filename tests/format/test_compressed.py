@@ -222,6 +222,26 @@ def test_small_or_dense_layers_stay_dense(scratch):
     assert type(full.fc) is torch.nn.Linear
 
 
+def test_format_1_1_tensors_stay_dense(scratch):
+    """Scales and outliers are not in the kernels' codes: such a layer is loaded dense, exactly."""
+    rng = np.random.default_rng(6)
+    _, positions, codes, book = sparse_weight(rng, 600, 1500, 0.08, 32)
+    q = dcformat.Quantized(
+        book,
+        codes,
+        (600, 1500),
+        positions=positions,
+        scales=rng.uniform(0.5, 2, 600).astype(np.float16),
+        outliers=([3, 70_000], [50.0, -50.0]),
+    )
+    path = scratch / "fc.dcnn"
+    dcformat.save_file({"fc.weight": q, "fc.bias": np.zeros(600, np.float32)}, path)
+    module = net(600, 1500)
+    dcnn_torch.load_into(module, path, compressed=True)
+    assert type(module.fc) is torch.nn.Linear
+    assert np.array_equal(module.fc.weight.detach().numpy(), dcformat.load_file(path)["fc.weight"])
+
+
 def test_choose_follows_density_and_size():
     assert compressed.choose(4096, 9216, int(0.09 * 4096 * 9216), dense_codes=False) == compressed.SPARSE
     assert compressed.choose(4096, 9216, int(0.9 * 4096 * 9216), dense_codes=False) == compressed.DENSE

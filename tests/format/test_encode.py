@@ -96,3 +96,19 @@ def test_registry_covers_every_encoding_of_the_schema() -> None:
         if not isinstance(t, np.ndarray)
     }
     assert chosen == {"zstd": ["RAW"], "dense": ["DENSE_CODES"], "sparse": ["SPARSE_CODES"]}
+
+
+def test_encoded_tensors_pickle_whole(tmp_path: Path) -> None:
+    """EncodedTensor travels between processes (pickle) and writes the same file."""
+    import pickle
+
+    encoded = [dcformat.encode(name, t) for name, t in tensors().items()]
+    copies = [pickle.loads(pickle.dumps(e)) for e in encoded]
+    for original, copy in ((tmp_path / "a.dcnn", encoded), (tmp_path / "b.dcnn", copies)):
+        with dcformat.Writer(original) as writer:
+            for e in copy:
+                writer.add_encoded(e)
+    assert (tmp_path / "a.dcnn").read_bytes() == (tmp_path / "b.dcnn").read_bytes()
+    record, payloads = encoded[2].to_bytes()
+    with pytest.raises(dcformat.EncodeError, match="payloads"):
+        dcformat.EncodedTensor.from_bytes(record, [*payloads, b"x"])
