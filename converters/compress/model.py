@@ -13,8 +13,9 @@ from typing import Any
 import dcformat
 
 from ..weight import Weight, as_weight
-from .config import SAFE, CompressionConfig
+from .config import SAFE, CompressionConfig, TensorPlan
 from .report import CompressionReport
+from .share import SharedTensor
 from .tensor import CompressedTensor, compress_weight, encode_shared, plan_for
 
 Evaluate = Callable[[Any], float]
@@ -68,20 +69,13 @@ def compress_model(
     the weights that the result decodes to. Conv and fully connected layers are told from
     the module types.
     """
-    from ..formats.pytorch import module_uses
     from .finetune import TrainedQuantizer
     from .prune import Pruner
     from .retrain import RetrainStage
     from .share import share_weights
 
-    uses = module_uses(model)
     params = dict(model.named_parameters())
-
-    def weights() -> dict[str, Weight]:
-        state = model.state_dict()
-        return {name: _with_use(as_weight(name, t), uses) for name, t in state.items()}
-
-    plans = {name: plan for name, w in weights().items() if (plan := plan_for(config, w)) is not None}
+    plans = model_plans(model, config)
     trained = {name: plan for name, plan in plans.items() if name in params}
     metrics: dict[str, float] = {}
 
@@ -101,7 +95,7 @@ def compress_model(
                 with pruner.enforce():
                     retrain(model, stage)
         record("pruned")
-    current = weights()
+    current = model_weights(model)
     quantizer = TrainedQuantizer(
         model,
         {
@@ -123,16 +117,40 @@ def compress_model(
         with quantizer.enforce():
             retrain(model, stage)
         record("fine-tuned")
-    shared = quantizer.shared()
+    return encode_model(model, config, plans, quantizer.shared(), metrics)
+
+
+def model_weights(model: Any) -> dict[str, Weight]:
+    """A ``torch.nn.Module``'s state as Weights, with roles and conv/fc from its layer types."""
+    from ..formats.pytorch import module_uses
+
+    uses = module_uses(model)
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        role, layer = uses.get(name, (None, None))
+        weights[name] = replace(as_weight(name, tensor), layer=layer, role=role)
+    return weights
+
+
+def model_plans(model: Any, config: CompressionConfig) -> dict[str, TensorPlan]:
+    """The config's plan of each tensor of a module that it compresses."""
+    plans = {name: plan_for(config, weight) for name, weight in model_weights(model).items()}
+    return {name: plan for name, plan in plans.items() if plan is not None}
+
+
+def encode_model(
+    model: Any,
+    config: CompressionConfig,
+    plans: Mapping[str, TensorPlan],
+    shared: Mapping[str, SharedTensor],
+    metrics: dict[str, float],
+) -> CompressionResult:
+    """The end of retraining: each tensor trained into ``shared`` encoded as it is, the others
+    (buffers, tensors not trained) through the data-free path."""
     tensors = []
-    for name, weight in weights().items():
+    for name, weight in model_weights(model).items():
         if name in shared:
             tensors.append(encode_shared(weight, shared[name], plans[name].bits))
-        else:  # not trained (buffers too): the data-free path
+        else:
             tensors.append(compress_weight(weight, config))
     return _result(tensors, metrics)
-
-
-def _with_use(weight: Weight, uses: Mapping[str, tuple[Any, Any]]) -> Weight:
-    role, layer = uses.get(weight.name, (None, None))
-    return replace(weight, layer=layer, role=role)
