@@ -1,6 +1,6 @@
 """Deep Compression with retraining on your own model and data: LeNet-300-100 on MNIST.
 
-Usage: python examples/retrain_mnist.py [--out lenet.dcnn] [--epochs 4] [--quantizer kmeans]
+Usage: python examples/retrain_mnist.py [--out FILE] [--epochs 4] [--quantizer kmeans|ternary|binary]
 
 Trains a small dense network, then ``converters.deep_compress`` prunes it in three rounds
 (retraining with the masks held), shares its weights and fine-tunes the centroids (or trains
@@ -25,11 +25,13 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--out", default="lenet-300-100.dcnn")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per stage")
     parser.add_argument("--quantizer", default="kmeans", choices=["kmeans", "ternary", "binary"])
+    parser.add_argument("--train-images", type=int, default=4000, help="use N of them (a quick try)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in load_mnist())
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True)
+    subset = torch.randperm(len(x_train))[: args.train_images]  # the images are sorted by class
+    loader = DataLoader(TensorDataset(x_train[subset], y_train[subset]), batch_size=64, shuffle=True)
     model = LeNet300100()
 
     def error(m: torch.nn.Module) -> float:  # percent misclassified on the test images

@@ -25,7 +25,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -323,6 +323,9 @@ def deep_compress(
 
     exact = {name: _exact(name, t) for name, t in model.state_dict().items()}
     shared = q.shared()
+    if quantizer != "kmeans":  # the report's weight bits: those of the 2- or 3-entry codebook
+        for name in shared:
+            plans[name] = replace(plans[name], bits=max(1, math.ceil(math.log2(len(shared[name].codebook)))))
     for name, plan in plans.items():  # selected buffers: nothing to retrain
         if name not in shared:
             shared[name] = _prune_and_share(exact[name].values(), plan, config)

