@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> float:
             return 100.0 * (m(x_test).argmax(1) != y_test).float().mean().item()
 
     # Your own dense training goes here; the pipeline's plain loop serves as well.
-    dense = converters.TrainLoop(loader, prune_epochs=3 * args.epochs, lr=0.05)
-    dense(model, converters.Stage("dense", "prune", list(model.parameters())))
+    converters.TrainLoop(loader, lr=0.05).fit(model, epochs=3 * args.epochs)
 
     config = converters.CompressionConfig(
         fc_bits=4,

@@ -93,7 +93,8 @@ class TrainLoop:
     """The plain epoch loop: SGD (momentum) with a cosine-decayed rate per stage.
 
     ``lr`` and ``prune_epochs`` serve the pruning stages, ``quantize_lr`` and ``quantize_epochs``
-    the centroid fine-tuning (a centroid's gradient sums its cluster's, hence the small rate).
+    the centroid fine-tuning (a centroid's gradient sums its cluster's, hence the small rate;
+    ``quantize_optimizer="adam"`` makes the step independent of the cluster sizes).
     Ternary and binary stages use Adam at ``lowbit_lr`` for ``quantize_epochs``. ``distill`` is
     how the loss uses ``stage.teacher`` when there is one (default :func:`distillation_loss`).
     """
@@ -105,6 +106,7 @@ class TrainLoop:
     lr: float = 0.01
     quantize_lr: float = 1e-4
     lowbit_lr: float = 1e-3
+    quantize_optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
     distill: Callable[[nn.Module, LossFn], LossFn] = field(default=distillation_loss)
@@ -112,6 +114,13 @@ class TrainLoop:
     def __post_init__(self) -> None:
         if self.prune_epochs < 0 or self.quantize_epochs < 0:
             raise ValueError("epochs must be >= 0")
+        if self.quantize_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"quantize_optimizer must be 'sgd' or 'adam', got {self.quantize_optimizer!r}")
+
+    def fit(self, model: nn.Module, epochs: int) -> None:
+        """Train all of ``model``'s parameters for ``epochs`` at ``lr`` (e.g. the dense model)."""
+        loop = replace(self, prune_epochs=epochs)
+        loop(model, Stage("dense", "prune", [p for p in model.parameters() if p.requires_grad]))
 
     def __call__(self, model: nn.Module, stage: RetrainStage) -> None:
         """Run the loop for one stage."""
@@ -120,8 +129,8 @@ class TrainLoop:
         params = list(stage.parameters)
         if epochs == 0 or not params:
             return
-        if lowbit:
-            lr = self.lowbit_lr
+        if lowbit or (stage.kind == "quantize" and self.quantize_optimizer == "adam"):
+            lr = self.lowbit_lr if lowbit else self.quantize_lr
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr)
         else:
             lr = self.lr if stage.kind == "prune" else self.quantize_lr
