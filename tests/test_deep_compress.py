@@ -134,11 +134,36 @@ def test_importing_converters_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_example_runs(tmp_path, capsys) -> None:
+@pytest.fixture(scope="module")
+def small_mnist() -> tuple[np.ndarray, ...]:
+    """640 training and 200 test images of the MNIST split, drawn at random (it is sorted)."""
+    from converters.data.mnist import load_mnist
+
+    x, y, x_test, y_test = load_mnist()
+    rng = np.random.default_rng(0)
+    train, test = rng.permutation(len(x))[:640], rng.permutation(len(x_test))[:200]
+    return x[train], y[train], x_test[test], y_test[test]
+
+
+def test_example_runs(tmp_path, capsys, small_mnist) -> None:
     example = runpy.run_path(str(ROOT / "examples" / "retrain_mnist.py"))  # its main() is not run
+    example["main"].__globals__["load_mnist"] = lambda: small_mnist
     out = tmp_path / "lenet.dcnn"
-    error = example["main"](["--out", str(out), "--epochs", "1", "--train-images", "640"])
+    error = example["main"](["--out", str(out), "--epochs", "1"])
     assert "smaller, test error" in capsys.readouterr().out
     weights = dcformat.load_file(out)["fc1.weight"]
     assert np.mean(weights == 0) == pytest.approx(0.92, abs=0.01)
     assert error < 75  # it learned something in these few steps: chance is 90%
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys, small_mnist) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Compress with retraining") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    monkeypatch.setattr("converters.data.mnist.load_mnist", lambda: small_mnist)  # less data, same code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert "fine-tuned" in capsys.readouterr().out
+    weights = dcformat.load_file(tmp_path / "lenet.dcnn")
+    assert np.mean(weights["fc1.weight"] == 0) == pytest.approx(0.9, abs=0.01)
+    assert len(list((tmp_path / "ckpt").glob("stage-*.pt"))) == 4
