@@ -170,9 +170,9 @@ def _bar(total: int | None, desc: str, show: bool) -> Any:
 Train = Callable[[nn.Module, RetrainStage], None]
 
 
-def _fingerprint(config: CompressionConfig, quantizer: Any, threshold: float, model: nn.Module) -> str:
+def _fingerprint(*settings: Any, model: nn.Module) -> str:
     shapes = {name: list(p.shape) for name, p in model.state_dict().items()}
-    text = json.dumps([config.to_dict(), quantizer, threshold, shapes], sort_keys=True, default=str)
+    text = json.dumps([*settings, shapes], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -187,7 +187,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class _Checkpoints:
-    """``stage-<i>.pt`` files in a directory, written atomically, for one run's fingerprint."""
+    """``stage-<i>.pt`` files in a directory, written atomically, for one run's fingerprint.
+
+    They are pickles (RNG states included): load only checkpoints you wrote.
+    """
 
     def __init__(self, directory: str | os.PathLike[str] | None, fingerprint: str) -> None:
         self.dir = None if directory is None else Path(directory)
@@ -202,7 +205,8 @@ class _Checkpoints:
         state = torch.load(self.dir / f"stage-{done[-1]}.pt", weights_only=False)
         if state.get("fingerprint") != self.fingerprint:
             raise ValueError(
-                f"checkpoints in {self.dir} belong to another run (model, config or quantizer differ)"
+                f"checkpoints in {self.dir} belong to another run (model shapes, config, quantizer, "
+                "threshold or distill differ)"
             )
         return state
 
@@ -252,7 +256,8 @@ def deep_compress(
     to_prune = [plan for plan in trained.values() if plan.prunes]
     pruner = Pruner(model, to_prune, steps=config.prune_steps) if to_prune else None
     n_prune = pruner.steps if pruner is not None else 0
-    checkpoints = _Checkpoints(checkpoint_dir, _fingerprint(config, quantizer, threshold, model))
+    fingerprint = _fingerprint(config.to_dict(), quantizer, threshold, distill, model=model)
+    checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
     teacher = None
     if distill:
         teacher = copy.deepcopy(model).eval()
