@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -187,80 +188,78 @@ def score_file(path: Path, spec: dict, x: torch.Tensor, y: torch.Tensor) -> floa
     return error_rate(decoded, x, y)
 
 
-def run_network(
-    name: str, spec: dict, inits: list[str], args: argparse.Namespace, scratch: Path
-) -> list[dict]:
+def run_task(name: str, init: str, first_init: str, args: argparse.Namespace, scratch: Path) -> list[dict]:
+    """Train, prune and quantize one network from one init; score every result from its file."""
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    spec = NETWORKS[name]
     x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in spec["data"]())
     rows = []
     epochs_scale = 0.5 if args.quick else 1.0
-    for init in inits:
-        start = time.perf_counter()
-        loader = DataLoader(
-            TensorDataset(x_tr, y_tr),
-            batch_size=spec["batch"],
-            shuffle=True,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
-        dense = initialized(spec, init, args.seed)
-        dense_epochs = max(1, round(spec["dense"]["epochs"] * epochs_scale))
-        TrainLoop(loader, lr=spec["dense"]["lr"], weight_decay=WEIGHT_DECAY).fit(dense, dense_epochs)
-        dense_err = error_rate(dense, x_te, y_te)
-        teacher = copy.deepcopy(dense).eval()
-        epochs = max(1, round(spec["prune_epochs"] * epochs_scale))
-        pruned = copy.deepcopy(dense)
-        rules = tuple(LayerRule(r["pattern"], sparsity=r["sparsity"]) for r in spec["prune"])
-        plans = [
-            CompressionConfig(min_size=0, rules=rules).plan(n, p.shape, np.float32)
-            for n, p in pruned.named_parameters()
-        ]
-        pruner = Pruner(pruned, [p for p in plans if p is not None and p.prunes], steps=3)
-        loop = TrainLoop(
-            loader,
-            loss_fn=distillation_loss(teacher),
-            prune_epochs=epochs,
-            lr=spec["dense"]["lr"] / 2,
-            weight_decay=WEIGHT_DECAY,
-        )
-        for step in range(pruner.steps):
-            pruner.step()
-            with pruner.enforce():
-                loop(pruned, Stage(f"prune {step + 1}", "prune", list(pruned.parameters())))
-        pruned_err = error_rate(pruned, x_te, y_te)
-        for is_pruned, source in ((False, dense), (True, pruned)):
-            for q in args.quants:
-                model, result = quantize(source, teacher, spec, q, loader, epochs_scale, args.threshold)
-                headline = (
-                    not is_pruned and isinstance(q, str) and init == inits[0] and name.startswith("lenet")
-                )
-                path = (
-                    args.out if headline else scratch
-                ) / f"{name}-{q if isinstance(q, str) else f'{q}bit'}.dcnn"
-                result.save(path, metadata={"network": name, "quantizer": str(q), "init": init})
-                weights = [t for t in result.report.tensors if t.weight_bits is not None]
-                numel = sum(t.numel for t in weights)
-                original = sum(p.numel() * 4 for p in model.parameters())
-                rows.append(
-                    {
-                        "network": name,
-                        "init": init,
-                        "pruned": is_pruned,
-                        "quant": q,
-                        "dense_err": dense_err,
-                        "pruned_err": pruned_err,
-                        "err": score_file(path, spec, x_te, y_te),
-                        "kept": sum(t.nonzeros for t in weights) / numel,
-                        "bits_per_weight": 8 * sum(t.stored_bytes for t in weights) / numel,
-                        "ratio": original / os.path.getsize(path),
-                        "values": max(
-                            len(np.unique(v))
-                            for k, v in dcformat.load_file(path).items()
-                            if k.endswith("weight")
-                        ),
-                        "file": path.name if headline else None,
-                    }
-                )
-                print(_line(rows[-1]), flush=True)
-        print(f"# {name} / {init}: {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    loader = DataLoader(
+        TensorDataset(x_tr, y_tr),
+        batch_size=spec["batch"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    dense = initialized(spec, init, args.seed)
+    dense_epochs = max(1, round(spec["dense"]["epochs"] * epochs_scale))
+    TrainLoop(loader, lr=spec["dense"]["lr"], weight_decay=WEIGHT_DECAY).fit(dense, dense_epochs)
+    dense_err = error_rate(dense, x_te, y_te)
+    teacher = copy.deepcopy(dense).eval()
+    epochs = max(1, round(spec["prune_epochs"] * epochs_scale))
+    pruned = copy.deepcopy(dense)
+    rules = tuple(LayerRule(r["pattern"], sparsity=r["sparsity"]) for r in spec["prune"])
+    plans = [
+        CompressionConfig(min_size=0, rules=rules).plan(n, p.shape, np.float32)
+        for n, p in pruned.named_parameters()
+    ]
+    pruner = Pruner(pruned, [p for p in plans if p is not None and p.prunes], steps=3)
+    loop = TrainLoop(
+        loader,
+        loss_fn=distillation_loss(teacher),
+        prune_epochs=epochs,
+        lr=spec["dense"]["lr"] / 2,
+        weight_decay=WEIGHT_DECAY,
+    )
+    for step in range(pruner.steps):
+        pruner.step()
+        with pruner.enforce():
+            loop(pruned, Stage(f"prune {step + 1}", "prune", list(pruned.parameters())))
+    pruned_err = error_rate(pruned, x_te, y_te)
+    for is_pruned, source in ((False, dense), (True, pruned)):
+        for q in args.quants:
+            model, result = quantize(source, teacher, spec, q, loader, epochs_scale, args.threshold)
+            headline = (
+                not is_pruned and isinstance(q, str) and init == first_init and name.startswith("lenet")
+            )
+            stem = f"{name}-{q}" if headline else f"{name}-{init}-{'pruned' if is_pruned else 'dense'}-{q}"
+            path = (args.out if headline else scratch) / f"{stem}.dcnn"
+            result.save(path, metadata={"network": name, "quantizer": str(q), "init": init})
+            weights = [t for t in result.report.tensors if t.weight_bits is not None]
+            numel = sum(t.numel for t in weights)
+            original = sum(p.numel() * 4 for p in model.parameters())
+            rows.append(
+                {
+                    "network": name,
+                    "init": init,
+                    "pruned": is_pruned,
+                    "quant": q,
+                    "dense_err": dense_err,
+                    "pruned_err": pruned_err,
+                    "err": score_file(path, spec, x_te, y_te),
+                    "kept": sum(t.nonzeros for t in weights) / numel,
+                    "bits_per_weight": 8 * sum(t.stored_bytes for t in weights) / numel,
+                    "ratio": original / os.path.getsize(path),
+                    "values": max(
+                        len(np.unique(v)) for k, v in dcformat.load_file(path).items() if k.endswith("weight")
+                    ),
+                    "file": path.name if headline else None,
+                }
+            )
+            print(_line(rows[-1]), flush=True)
+    print(f"# {name} / {init}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
 
 
@@ -331,7 +330,8 @@ def main() -> None:
     parser.add_argument("--quants", default=",".join(map(str, QUANTS)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="TTQ threshold (x max|w|)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--jobs", type=int, default=1, help="(network, init) pairs run in parallel")
     args = parser.parse_args()
     nets = args.nets.split(",")
     inits = args.inits.split(",")[:1] if args.quick else args.inits.split(",")
@@ -345,10 +345,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(HEAD)
-    rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name in nets:
-            rows += run_network(name, NETWORKS[name], inits, args, Path(scratch))
+    tasks = [(name, init) for name in nets for init in inits]
+    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
+        # Each (network, init) is independent: its own process, its own seeded RNG.
+        futures = [pool.submit(run_task, name, init, inits[0], args, Path(scratch)) for name, init in tasks]
+        rows = [row for f in futures for row in f.result()]
     table = "\n".join([HEAD, "-" * len(HEAD), *map(_line, rows)])
     print()
     print(table)
