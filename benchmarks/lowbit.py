@@ -280,43 +280,47 @@ def _line(r: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Error against bits per weight, averaged over the inits: one curve per network and pruning."""
+    """Error against bits per weight, averaged over the inits: a k-means curve per network and
+    pruning (8 bits at the right, 1 at the left), ternary and binary as their own markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     colors = dict(zip(NETWORKS, ("C0", "C1", "C2"), strict=True))
+    markers = {"ternary": "^", "binary": "s"}
     for net in dict.fromkeys(r["network"] for r in rows):
         for is_pruned in (False, True):
-            sel = [r for r in rows if r["network"] == net and r["pruned"] == is_pruned]
-            if not sel:
-                continue
-            points = {}
-            for r in sel:
-                points.setdefault(r["quant"], []).append((r["bits_per_weight"], r["err"]))
-            xy = sorted(
-                (np.mean([p[0] for p in v]), np.mean([p[1] for p in v]), q) for q, v in points.items()
-            )
-            ax.plot(
-                [p[0] for p in xy],
-                [p[1] for p in xy],
-                marker="o",
-                linestyle="--" if is_pruned else "-",
-                color=colors[net],
-                label=f"{net}{' pruned' if is_pruned else ''}",
-            )
-            for bx, ey, q in xy:
-                if isinstance(q, str):
-                    ax.annotate(q[0].upper(), (bx, ey), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            points: dict[int | str, list[tuple[float, float]]] = {}
+            for r in rows:
+                if r["network"] == net and r["pruned"] == is_pruned:
+                    points.setdefault(r["quant"], []).append((r["bits_per_weight"], r["err"]))
+            mean = {q: tuple(np.mean(v, axis=0)) for q, v in points.items()}
+            curve = sorted(xy for q, xy in mean.items() if isinstance(q, int))
+            style = {"color": colors[net], "linestyle": "--" if is_pruned else "-"}
+            label = f"{net}{', pruned' if is_pruned else ''}"
+            if curve:
+                ax.plot(*zip(*curve, strict=True), marker="o", markersize=4, label=label, **style)
+            for q, marker in markers.items():
+                if q in mean:
+                    face = "none" if is_pruned else colors[net]
+                    ax.plot(*mean[q], marker=marker, markersize=8, color=colors[net], markerfacecolor=face)
         dense = np.mean([r["dense_err"] for r in rows if r["network"] == net])
         ax.axhline(dense, color=colors[net], linestyle=":", linewidth=0.8)
+    ax.plot([], [], "k^", label="ternary (TTQ)")
+    ax.plot([], [], "ks", label="binary")
+    ax.plot([], [], "k^", markerfacecolor="none", label="open: on the pruned network")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    percent = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(percent)
+    ax.yaxis.set_minor_formatter(percent)
+    ax.xaxis.set_major_formatter(percent)
     ax.set_xlabel("stored bits per weight (Huffman codes + sparse indices + codebook)")
-    ax.set_ylabel("test error (%), from the .dcnn file")
-    ax.set_title("k-means 8..1 bits, T = ternary (TTQ), B = binary; mean over inits; dotted: dense")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("test error (%), scored from the .dcnn file")
+    ax.set_title("k-means 8, 6, 5, 4, 3, 2, 1 bits; mean over inits; dotted: dense error")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
