@@ -336,7 +336,11 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="TTQ threshold (x max|w|)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--jobs", type=int, default=1, help="(network, init) pairs run in parallel")
+    parser.add_argument("--replot", action="store_true", help="redraw DIR/lowbit.png from DIR/lowbit.json")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads((args.out / "lowbit.json").read_text()), args.out / "lowbit.png")
+        return
     nets = args.nets.split(",")
     inits = args.inits.split(",")[:1] if args.quick else args.inits.split(",")
     args.quants = [int(q) if q.isdigit() else q for q in args.quants.split(",")]
