@@ -242,6 +242,13 @@ def deep_compress(
     only. ``evaluate(model)``, if given, is recorded in ``result.report.metrics`` after each
     stage (dense, pruned, quantized, fine-tuned). The model is modified in place and ends
     holding the weights the result decodes to.
+
+    ``train``: a :class:`TrainLoop`, an iterable of ``(inputs, targets)`` batches (a TrainLoop
+    with cross-entropy), or ``train(model, stage)`` for your own loop (see the module doc).
+    ``distill``: ``stage.teacher`` is a frozen copy of the dense model (a TrainLoop adds
+    distillation to its loss). ``checkpoint_dir``: save after each stage and resume from the
+    last saved one (same arguments and model shapes required). ``progress``: the TrainLoop's
+    tqdm bar (stage, epoch, loss); custom loops see it as ``stage.progress``.
     """
     if quantizer not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
