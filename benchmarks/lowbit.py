@@ -336,10 +336,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="TTQ threshold (x max|w|)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--jobs", type=int, default=1, help="(network, init) pairs run in parallel")
-    parser.add_argument("--replot", action="store_true", help="redraw DIR/lowbit.png from DIR/lowbit.json")
+    parser.add_argument("--replot", action="store_true", help="redo tables, plot from DIR/lowbit.json")
     args = parser.parse_args()
     if args.replot:
-        plot(json.loads((args.out / "lowbit.json").read_text()), args.out / "lowbit.png")
+        write_results(json.loads((args.out / "lowbit.json").read_text()), args.out)
         return
     nets = args.nets.split(",")
     inits = args.inits.split(",")[:1] if args.quick else args.inits.split(",")
@@ -358,13 +358,46 @@ def main() -> None:
         # Each (network, init) is independent: its own process, its own seeded RNG.
         futures = [pool.submit(run_task, name, init, inits[0], args, Path(scratch)) for name, init in tasks]
         rows = [row for f in futures for row in f.result()]
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    (args.out / "lowbit.json").write_text(json.dumps(rows, indent=1))
+    write_results(rows, args.out)
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown: per network and pruning, each quantizer's error and ratio, mean over the inits."""
+    quants = list(dict.fromkeys(r["quant"] for r in rows))
+    names = [q if isinstance(q, str) else f"{q} bit" for q in quants]
+    out = [
+        "| network | pruned | dense err | " + " | ".join(names) + " |",
+        "|---|---|---:|" + "---:|" * len(quants),
+    ]
+    for net in dict.fromkeys(r["network"] for r in rows):
+        for is_pruned in (False, True):
+            sel = [r for r in rows if r["network"] == net and r["pruned"] == is_pruned]
+            if not sel:
+                continue
+            cells = []
+            for q in quants:
+                rs = [r for r in sel if r["quant"] == q]
+                err = np.mean([r["err"] for r in rs])
+                cells.append(f"{err:.2f}% {np.mean([r['ratio'] for r in rs]):.1f}x")
+            dense = np.mean([r["dense_err"] for r in sel])
+            head = f"| {net} | {'yes' if is_pruned else 'no'} | {dense:.2f}% | "
+            out.append(head + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_results(rows: list[dict], out: Path) -> None:
+    """Print and write the full table (lowbit.txt), the summary (lowbit.md) and the plot."""
     table = "\n".join([HEAD, "-" * len(HEAD), *map(_line, rows)])
+    md = summary(rows)
     print()
     print(table)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    (args.out / "lowbit.txt").write_text(table + "\n")
-    (args.out / "lowbit.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, args.out / "lowbit.png")
+    print()
+    print(md)
+    (out / "lowbit.txt").write_text(table + "\n")
+    (out / "lowbit.md").write_text(md + "\n")
+    plot(rows, out / "lowbit.png")
 
 
 if __name__ == "__main__":
