@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/lenet.py --out out/lenet
+	nice -n 10 $(PY) benchmarks/lowbit.py --out out/lowbit --jobs 3
 	$(PY) benchmarks/minilm.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/matvec.py

@@ -6,6 +6,7 @@ The package-level API (imported on first use: ``import converters`` loads no tor
     converters.compress_state_dict(state, config=SAFE)  # arrays or tensors -> result.save(path)
     converters.save_module(module, path, config=SAFE)   # a live torch.nn.Module
     converters.apply_options(config, [("bits", "6"), ("prune", "fc*=0.9")])  # the CLI's flags
+    converters.deep_compress(model, train, evaluate, config)  # prune, retrain, share, fine-tune
 """
 
 from converters.lazy import lazy_attributes
@@ -17,11 +18,15 @@ _MODULE_OF = {
     "CompressionResult": "compress.model",
     "ConversionReport": "conversion",
     "ConvertError": "errors",
+    "Stage": "compress.recipe",
+    "TrainLoop": "compress.recipe",
     "LayerRule": "compress.config",
     "apply_options": "compress.config",
     "compress_model": "compress.model",
     "compress_state_dict": "compress.model",
     "convert": "conversion",
+    "deep_compress": "compress.recipe",
+    "distillation_loss": "compress.recipe",
     "load_config": "compress.config",
     "save_module": "conversion",
 }
