@@ -31,9 +31,9 @@ from dcformat import EncodedTensor
 
 from .compress.config import CompressionConfig
 from .compress.report import TensorReport
-from .compress.tensor import compress_weight
+from .compress.tensor import compress_weight, floors
 from .errors import ConvertError
-from .weight import Weight
+from .weight import DTYPE_NAMES, Weight, outline
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class SafetensorsRef:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+
+    def outline(self) -> Weight:
+        return Weight(self.name, outline(self.shape, self.dtype), self.dtype)
 
     def load(self) -> Weight:
         from .formats.safetensors_file import read_tensor
@@ -63,6 +66,15 @@ class CheckpointRef:
     path: str
     name: str
     nbytes: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    def outline(self) -> Weight:
+        if self.dtype not in DTYPE_NAMES:
+            raise ConvertError(
+                f"tensor {self.name!r} has unsupported dtype torch.{self.dtype}", path=self.path
+            )
+        return Weight(self.name, outline(self.shape, self.dtype), self.dtype)
 
     def load(self) -> Weight:
         from .weight import from_torch
@@ -87,11 +99,15 @@ class InMemory:
     def nbytes(self) -> int:
         return self.weight.array.nbytes
 
+    def outline(self) -> Weight:
+        return self.weight
+
     def load(self) -> Weight:
         return self.weight
 
 
 Task = SafetensorsRef | CheckpointRef | InMemory
+Job = tuple[Task, float | None]  # a task and its chooser floor
 
 _mapped: dict[str, Any] = {}
 
@@ -130,11 +146,12 @@ class Compressed:
         return EncodedTensor.from_bytes(self.record, self.payloads)
 
 
-def run_task(task: Task, config: CompressionConfig) -> Compressed:
-    """Read, compress and encode one tensor (in whichever process runs it)."""
+def run_task(task: Task, config: CompressionConfig, floor: float | None = None) -> Compressed:
+    """Read, compress and encode one tensor (in whichever process runs it); ``floor``: its
+    chooser floor (see :func:`converters.compress.tensor.floors`)."""
     start = time.perf_counter()
     weight = task.load()
-    result = compress_weight(weight, config)
+    result = compress_weight(weight, config, floor=floor)
     encoded = result.encoded
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
@@ -171,19 +188,23 @@ def compressed(
     """
     if workers < 0 or (workers == 0 and not ray):
         raise ConvertError(f"workers must be at least 1, got {workers}", rule="usage")
+    tasks = list(tasks)
+    # the chooser's floors depend on every tensor's size: allocated here, from outlines
+    chooser = floors((task.outline() for task in tasks), config)
+    jobs = [(task, chooser.get(task.name)) for task in tasks]
     if ray:
-        yield from _ray(tasks, config, workers)
+        yield from _ray(jobs, config, workers)
     elif workers == 1:
         try:
-            for task in tasks:
-                yield run_task(task, config)
+            for task, floor in jobs:
+                yield run_task(task, config, floor)
         finally:
             _mapped.clear()  # no checkpoint stays mapped in this process
     else:
-        yield from _pool(list(tasks), config, workers)
+        yield from _pool(jobs, config, workers)
 
 
-def _pool(tasks: list[Task], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
+def _pool(tasks: list[Job], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
     if not tasks:
         return
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -192,7 +213,10 @@ def _pool(tasks: list[Task], config: CompressionConfig, workers: int) -> Iterato
         context.set_forkserver_preload([__name__])
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
     try:
-        submit = partial(executor.submit, run_task, config=config)
+
+        def submit(job: Job) -> Future:
+            return executor.submit(run_task, job[0], config, job[1])
+
         yield from _ordered(tasks, submit, Future.result, 2 * workers)
     except BrokenProcessPool:
         raise ConvertError("a worker process died (killed, or out of memory?); nothing was written") from None
@@ -201,19 +225,19 @@ def _pool(tasks: list[Task], config: CompressionConfig, workers: int) -> Iterato
 
 
 def _ordered(
-    tasks: Iterable[Task], submit: Callable[[Task], Any], get: Callable[[Any], Compressed], window: int
+    jobs: Iterable[Job], submit: Callable[[Job], Any], get: Callable[[Any], Compressed], window: int
 ) -> Iterator[Compressed]:
-    """Submit tasks keeping ``window`` in flight, and yield their results in order."""
+    """Submit jobs keeping ``window`` in flight, and yield their results in order."""
     pending: deque[Any] = deque()
-    for task in tasks:
-        pending.append(submit(task))
+    for job in jobs:
+        pending.append(submit(job))
         if len(pending) >= window:
             yield get(pending.popleft())
     while pending:
         yield get(pending.popleft())
 
 
-def _ray(tasks: Iterable[Task], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
+def _ray(tasks: list[Job], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
     try:
         import ray
     except ImportError:
@@ -225,10 +249,15 @@ def _ray(tasks: Iterable[Task], config: CompressionConfig, workers: int) -> Iter
         cpus = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
         shared = ray.put(config)
-        yield from _ordered(tasks, lambda task: remote.remote(task, shared), partial(_ray_get, ray), 2 * cpus)
+        submit = partial(_ray_submit, remote, shared)
+        yield from _ordered(tasks, submit, partial(_ray_get, ray), 2 * cpus)
     finally:
         if started:
             ray.shutdown()
+
+
+def _ray_submit(remote: Any, config: Any, job: Job) -> Any:
+    return remote.remote(job[0], config, job[1])
 
 
 def _ray_get(ray: Any, ref: Any) -> Compressed:

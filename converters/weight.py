@@ -6,7 +6,7 @@ bfloat16 (which numpy lacks) held as its 16 bits in a uint16 array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -54,9 +54,19 @@ class Weight:
     encodings: tuple[Raw | Quantized, ...] = ()
     role: Role | None = None
 
+    def outline(self) -> Weight:
+        """This weight with a stand-in array of its shape and dtype that holds no data (for
+        planning over a model without reading it)."""
+        return replace(self, array=outline(self.array.shape, self.dtype))
+
     def values(self) -> np.ndarray:
         """The float values (float32; float64 kept), for floating-point tensors."""
         return float_values(self.array, self.dtype)
+
+
+def outline(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A read-only array of ``shape`` in ``dtype``'s stored form, taking no memory."""
+    return np.broadcast_to(np.zeros((), dtypes.storage(dtype)), shape)
 
 
 def float_values(stored: np.ndarray, dtype: str) -> np.ndarray:

@@ -110,7 +110,7 @@ def _ladders(
         quick = replace(config, kmeans_iters=min(config.kmeans_iters, LADDER_ITERS))
         for bits in sorted({*LADDER, plan.bits}, reverse=True):
             for init in dict.fromkeys((plan.init, *INITS)):
-                setting = replace(plan, bits=bits, init=init)
+                setting = replace(plan, bits=bits, init=init, snr=None)
                 tensor = compress_planned(w, setting, quick, weight_importance)
                 options.append((bits, tensor, tensor.values(w).reshape(-1)))
         if weight_importance is None:  # predict from one measured probe and the weight error

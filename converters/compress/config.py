@@ -101,6 +101,7 @@ class TensorPlan:
     init: Init
     sparsity: float | None = None
     quality: float | None = None
+    snr: float | None = None  # the error-bounded chooser's floor in dB; None: ``bits`` as they are
 
     @property
     def prunes(self) -> bool:
@@ -118,6 +119,12 @@ class CompressionConfig:
     prune-then-retrain rounds when retraining is available (the target is reached at the last).
     ``max_output_error``, with calibration data, is the mean ||y - y0|| / ||y0|| over the
     calibration items that the per-tensor bits are searched to stay within.
+
+    ``snr`` (dB) turns on the error-bounded chooser (``converters.compress.fidelity``): each
+    compressed tensor gets the fewest bytes (bits, centroids) that keep its fidelity at or
+    above its floor, or is stored exactly; a rule that sets a tensor's bits takes it out of
+    the chooser. Floors are ``snr`` for a tensor of the model's mean size, lower for larger
+    tensors and higher for smaller, within ``snr_spread`` dB (0: ``snr`` for all).
     """
 
     conv_bits: int = 8
@@ -128,6 +135,8 @@ class CompressionConfig:
     kmeans_iters: int = 300
     seed: int = 0
     max_output_error: float | None = None
+    snr: float | None = None
+    snr_spread: float = 10.0
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -144,6 +153,13 @@ class CompressionConfig:
             isinstance(target, bool) or not isinstance(target, int | float) or not target > 0
         ):
             raise ValueError(f"max_output_error must be a positive number, got {target!r}")
+        if self.snr is not None and (
+            isinstance(self.snr, bool) or not isinstance(self.snr, int | float) or not 0 < self.snr < 200
+        ):
+            raise ValueError(f"snr must be a number of dB in (0, 200), got {self.snr!r}")
+        spread = self.snr_spread
+        if isinstance(spread, bool) or not isinstance(spread, int | float) or not 0 <= spread <= 60:
+            raise ValueError(f"snr_spread must be a number of dB in [0, 60], got {spread!r}")
         if not all(isinstance(rule, LayerRule) for rule in self.rules):
             raise ValueError("rules must be LayerRule instances")
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -174,6 +190,8 @@ class CompressionConfig:
             for f in fields(self)
             if f.name != "rules" and getattr(self, f.name) is not None
         }
+        if self.snr is None:  # configs without the chooser record as before
+            del out["snr_spread"]
         out["rules"] = [
             {f.name: getattr(r, f.name) for f in fields(r) if getattr(r, f.name) is not None}
             for r in self.rules
@@ -200,10 +218,11 @@ class CompressionConfig:
         if not floating:
             raise ValueError(f"a rule forces compression of {name!r}, which is not floating point")
         layer: Layer = "conv" if len(shape) >= 3 else "fc"
-        plan = TensorPlan(name, layer, self.conv_bits if layer == "conv" else self.fc_bits, self.init)
+        bits = self.conv_bits if layer == "conv" else self.fc_bits
+        plan = TensorPlan(name, layer, bits, self.init, snr=self.snr)
         for rule in matched:
             if rule.bits is not None:
-                plan = replace(plan, bits=rule.bits)
+                plan = replace(plan, bits=rule.bits, snr=None)
             if rule.init is not None:
                 plan = replace(plan, init=rule.init)
             if rule.sparsity is not None:
@@ -243,7 +262,8 @@ def _parse_rules(raw: Any) -> list[LayerRule]:
     return rules
 
 
-SAFE = CompressionConfig(conv_bits=8, fc_bits=8, init="density")
+DEFAULT_SNR_DB = 36.0  # the lowest floor (2 dB steps) meeting every zoo target (benchmarks/zoo.py)
+SAFE = CompressionConfig(conv_bits=8, fc_bits=8, init="density", snr=DEFAULT_SNR_DB)
 PAPER = CompressionConfig()
 
 
@@ -276,12 +296,14 @@ def apply_options(
     "PATTERN=N" (a rule, which beats the default);
     ``prune`` "F" or "PATTERN=F", F the fraction of weights removed (0.9 or 90%);
     ``include``/``exclude`` a PATTERN to compress or store exactly;
-    ``max-output-error`` "E", the output-error target of a calibrated conversion.
+    ``max-output-error`` "E", the output-error target of a calibrated conversion;
+    ``snr`` "DB", the error-bounded chooser's floor (0 or "off": no chooser). ``bits`` N for
+    every tensor, or ``init``, turn the chooser off: the bits given are used.
     """
     config, rules = base, list(base.rules)
     try:
         if init is not None:
-            config = replace(config, init=init)
+            config = replace(config, init=init, snr=None)
         if min_size is not None:
             config = replace(config, min_size=min_size)
         for option, text in options:
@@ -294,7 +316,10 @@ def apply_options(
                 if pattern:
                     rules.append(LayerRule(pattern, bits=bits))
                 else:
-                    config = replace(config, conv_bits=bits, fc_bits=bits)
+                    config = replace(config, conv_bits=bits, fc_bits=bits, snr=None)
+            elif option == "snr":
+                off = value.lower() in ("0", "off", "none")
+                config = replace(config, snr=None if off else _number(float, value, text))
             elif option == "max-output-error":
                 config = replace(config, max_output_error=_number(float, value, text))
             elif option == "prune":

@@ -16,7 +16,7 @@ from ..weight import Weight, as_weight
 from .config import SAFE, CompressionConfig, TensorPlan
 from .report import CompressionReport
 from .share import SharedTensor
-from .tensor import CompressedTensor, compress_weight, encode_shared, plan_for
+from .tensor import CompressedTensor, compress_weight, encode_shared, floors, plan_for
 
 Evaluate = Callable[[Any], float]
 
@@ -49,7 +49,9 @@ def compress_state_dict(state: Mapping[str, Any], config: CompressionConfig = SA
 
     Tensors the config does not select are stored exactly.
     """
-    return _result([compress_weight(as_weight(name, value), config) for name, value in state.items()], {})
+    weights = [as_weight(name, value) for name, value in state.items()]
+    chooser = floors(weights, config)
+    return _result([compress_weight(w, config, floor=chooser.get(w.name)) for w in weights], {})
 
 
 def compress_model(

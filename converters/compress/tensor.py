@@ -7,6 +7,7 @@ memory a conversion takes is a few bytes per element of the largest tensor.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,9 +17,10 @@ from dcformat import dcnn_pb2 as pb
 
 from ..errors import ConvertError
 from ..weight import Weight, float_values
-from . import share
+from . import fidelity, share
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
+from .fidelity import allocate, role_of
 from .report import TensorReport, stage_bytes
 from .share import SharedTensor, share_weights
 
@@ -47,8 +49,9 @@ def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
     """The config's plan for a tensor; a conv/fc ``layer`` the model states beats the shape's."""
     # bfloat16 has no numpy dtype; any float dtype gives the same plan.
     like = np.float32 if weight.dtype == "bfloat16" else weight.array.dtype
+    role = weight.role or role_of(weight.name, weight.array.shape, weight.dtype)
     try:
-        plan = config.plan(weight.name, weight.array.shape, like, weight.role)
+        plan = config.plan(weight.name, weight.array.shape, like, role)
     except ValueError as exc:
         raise ConvertError(str(exc), rule="usage") from None
     if plan is None or weight.layer is None or weight.layer == plan.layer:
@@ -60,19 +63,41 @@ def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
 
 
 def compress_weight(
-    weight: Weight, config: CompressionConfig, importance: np.ndarray | None = None
+    weight: Weight,
+    config: CompressionConfig,
+    importance: np.ndarray | None = None,
+    floor: float | None = None,
 ) -> CompressedTensor:
     """Compress one tensor as ``config`` plans it (data-free), or store it exactly.
 
-    With a plan: pruned as planned, then k-means weight sharing (each weight's error weighed
-    by ``importance`` when calibration measured it); stored as sparse codes, dense codes or
+    With a plan: pruned as planned, then weight sharing: with the chooser (``config.snr``)
+    the fewest bytes whose fidelity meets ``floor`` dB (default: the config's; see
+    :func:`floors`), else k-means at the planned bits (each weight's error weighed by
+    ``importance`` when calibration measured it); stored as sparse codes, dense codes or
     exactly, whichever is smallest in the file. A source that is already encoded
     (``weight.encodings``) keeps the cheapest of its exact encodings.
     Raises ConvertError for NaN or infinite values, which weight sharing cannot represent.
     """
     if weight.encodings:
         return _stored_as_is(weight, cheapest(weight.name, weight.encodings))
-    return compress_planned(weight, plan_for(config, weight), config, importance)
+    plan = plan_for(config, weight)
+    if plan is not None and plan.snr is not None and floor is not None:
+        plan = replace(plan, snr=floor)
+    return compress_planned(weight, plan, config, importance)
+
+
+def floors(weights: Iterable[Weight], config: CompressionConfig) -> dict[str, float]:
+    """The chooser's floor of each tensor it codes: ``config.snr`` allocated by size over the
+    model (:func:`~converters.compress.fidelity.allocate`); empty without the chooser. The
+    weights' arrays are not read: shape-only stand-ins (:meth:`Weight.outline`) will do."""
+    if config.snr is None:
+        return {}
+    sizes = {}
+    for weight in weights:
+        plan = plan_for(config, weight)
+        if plan is not None and plan.snr is not None:
+            sizes[weight.name] = weight.array.size
+    return allocate(config.snr, sizes, config.snr_spread)
 
 
 def compress_planned(
@@ -81,6 +106,8 @@ def compress_planned(
     """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`."""
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
+    if plan.snr is not None and not plan.prunes and importance is None:
+        return _chosen(weight, plan, config)
     original = values = weight.values().reshape(-1)
     if not np.isfinite(values).all():
         raise ConvertError(
@@ -102,6 +129,34 @@ def compress_planned(
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
     return encode_shared(weight, shared, plan.bits, original)
+
+
+def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> CompressedTensor:
+    """The error-bounded chooser's coding: the setting :func:`fidelity.choose` finds on a
+    sample, coded on the full tensor, measured, and given more bits while it misses the floor;
+    or exact storage."""
+    values = weight.values().reshape(-1)
+    if not np.isfinite(values).all():
+        raise ConvertError(
+            f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
+        )
+    floor = plan.snr
+    choice = fidelity.choose(values.reshape(weight.array.shape), snr_db=floor, seed=config.seed)
+    plain = replace(config, kmeans_iters=choice.iters or config.kmeans_iters)
+    bits = choice.bits
+    while bits is not None and bits <= fidelity.MAX_BITS:
+        setting = replace(plan, bits=bits, init=choice.init or plan.init, snr=None)
+        tensor = compress_planned(weight, setting, plain)
+        if tensor.codes is None:  # exact storage was smaller
+            return tensor
+
+        def decoded(first: int, stop: int, tensor: CompressedTensor = tensor) -> np.ndarray:
+            return tensor.codebook[tensor.codes[first:stop]]
+
+        if fidelity.fidelity_db(values.reshape(weight.array.shape), decoded) >= floor:
+            return tensor
+        bits += 1
+    return compress_planned(weight, None, config)
 
 
 def encode_shared(

@@ -118,8 +118,18 @@ def file_tasks(path: Path) -> tuple[list[Task], dict[str, str], str]:
     from .pytorch import load_state
 
     state, key = load_state(path)
-    tasks = [CheckpointRef(str(path), name, t.numel() * t.element_size()) for name, t in state.items()]
+    tasks = [
+        CheckpointRef(
+            str(path), name, t.numel() * t.element_size(), tuple(t.shape), str(t.dtype).split(".")[-1]
+        )
+        for name, t in state.items()
+    ]
     return tasks, {}, key
+
+
+def _dtype_name(tensor: Any) -> str:
+    """The dtype name (``float32``) of a torch tensor."""
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def read_folder(folder: Path) -> tuple[ModelInput, list[Task]]:

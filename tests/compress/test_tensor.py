@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import dcformat
+from converters.compress import fidelity
 from converters.compress import share as share_module
 from converters.compress.config import SAFE, apply_options
 from converters.compress.tensor import CompressedTensor, compress_weight
@@ -131,6 +132,7 @@ def test_memory_is_a_few_bytes_per_weight(monkeypatch, rng) -> None:
     coded bytes, not the float64 work arrays of a full k-means or int64 codes."""
     # samples and blocks small against the tensor, so that only per-weight costs count
     monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 16)
+    monkeypatch.setattr(fidelity, "BLOCK_VALUES", 1 << 16)
     monkeypatch.setattr(share_module, "BLOCK", 1 << 16)
     monkeypatch.setattr(huffman, "_BLOCK", 1 << 16)
     array = rng.standard_normal(1 << 22, dtype=np.float32).reshape(1024, 4096)

@@ -213,6 +213,9 @@ class Killed:
     name: str = "killed"
     nbytes: int = 0
 
+    def outline(self) -> Weight:
+        return Weight(self.name, np.zeros(4, np.float32), "float32")
+
     def load(self) -> Weight:
         os.kill(os.getpid(), signal.SIGKILL)
         raise AssertionError("unreachable")

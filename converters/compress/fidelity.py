@@ -1,0 +1,346 @@
+"""The error-bounded default: per tensor, the weight sharing of fewest bytes that meets a
+fidelity floor.
+
+The floor is in dB, on :func:`fidelity_db`: the lower of the tensor's signal-to-quantization-
+noise ratio, ``SQNR = 10 log10(sum w^2 / sum (w - q)^2)`` (``q`` the decoded values), and
+the same ratio taken per output channel and averaged (so channels of small weights, which a
+following BatchNorm or LayerNorm scales up, keep their share of the error budget).
+
+For each tensor :func:`choose` codes a sample at 1, 2, ... bits (uniform grids, and k-means
+from linear and density initialization) and takes the setting of least estimated size (code
+entropy, what Huffman coding pays) that meets the floor; the converter then codes the full
+tensor once, measures its fidelity, and adds bits while it misses the floor. A tensor that
+nothing up to ``MAX_BITS`` codes within the floor, or codes smaller than its exact bytes, or
+whose role must stay exact (biases, norms, scales, zero points, integer tensors), is stored
+exactly.
+
+Roles come from the graph or module where it says so (``converters.formats``: the operator
+input slot or the layer type that uses the tensor), else from the name and shape
+(:func:`role_of`).
+
+Pure numpy: nothing here imports torch or onnx.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..weight import Role
+from .config import DEFAULT_SNR_DB, Init
+from .share import SharedTensor, share_weights
+
+MAX_BITS = 12  # codebooks of up to 4096 values (the uniform grid); exact storage beyond
+LLOYD_MAX_BITS = 8  # k-means to convergence up to 256 centroids (the search sample has 65536 values)
+SEARCH_SAMPLE = 1 << 16  # order statistics the bits search clusters
+SEARCH_INITS: tuple[Init, ...] = ("linear", "density")
+SEARCH_ITERS = 30  # k-means iterations in the search (the full tensor gets the config's)
+SPREAD_DB = 10.0  # per-tensor floors lie within this of the model's floor (see allocate)
+BLOCK_VALUES = 1 << 18  # values measured at a time (float64 work arrays of this size)
+MIN_CHANNEL = 4  # fewer values per channel than this: the tensor is measured as one channel
+
+# ONNX operator inputs (by slot) whose role is not a weight to share. Standard ops and the
+# onnxruntime contrib ops that quantized exports use.
+ONNX_SLOTS: dict[str, dict[int, Role]] = {
+    "Conv": {2: "bias"},
+    "ConvTranspose": {2: "bias"},
+    "Gemm": {2: "bias"},
+    "LSTM": {3: "bias"},
+    "GRU": {3: "bias"},
+    "RNN": {3: "bias"},
+    "DynamicQuantizeLSTM": {3: "bias", 8: "scale", 9: "zero_point", 10: "scale", 11: "zero_point"},
+    "BatchNormalization": {1: "norm", 2: "norm", 3: "norm", 4: "norm"},
+    "InstanceNormalization": {1: "norm", 2: "norm"},
+    "LayerNormalization": {1: "norm", 2: "norm"},
+    "SkipLayerNormalization": {2: "norm", 3: "norm", 4: "bias"},
+    "GroupNormalization": {1: "norm", 2: "norm"},
+    "QuantizeLinear": {1: "scale", 2: "zero_point"},
+    "DequantizeLinear": {1: "scale", 2: "zero_point"},
+    "DynamicQuantizeMatMul": {2: "scale", 3: "zero_point", 4: "bias"},
+    "MatMulInteger": {2: "zero_point", 3: "zero_point"},
+    "ConvInteger": {2: "zero_point", 3: "zero_point"},
+    "QLinearConv": {1: "scale", 2: "zero_point", 4: "scale", 5: "zero_point", 6: "scale", 7: "zero_point"},
+    "QLinearMatMul": {1: "scale", 2: "zero_point", 4: "scale", 5: "zero_point", 6: "scale", 7: "zero_point"},
+    "Gather": {0: "embedding"},
+}
+# a name part that says "normalization": *norm* (LayerNorm, batchnorm, rmsnorm), bn1, ln_f
+_NORM_PART = re.compile(r"norm|^(bn|ln)(\d+|_.*)?$")
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A tensor's weight sharing: ``bits`` (codebook of up to 2**bits values), the centroid
+    ``init`` and the number of k-means ``iters`` (1: a uniform grid with its centroids moved
+    once to their cluster means); ``bits`` None when the tensor is stored exactly.
+    ``snr_db`` is the floor it was chosen for, ``bits_per_weight`` the codes' estimated
+    entropy, ``reason`` a few words on why."""
+
+    bits: int | None
+    init: Init | None
+    iters: int
+    snr_db: float
+    bits_per_weight: float
+    reason: str
+
+
+def role_of(name: str, shape: tuple[int, ...], dtype: str, graph_role: str | None = None) -> str:
+    """A tensor's role: integer tensors are "int"; then the graph's word; then the name and shape.
+
+    Names with a norm word are "norm", names ending in "bias" are "bias", rank-1 and scalar
+    tensors are "bias" (per-channel vectors: biases, norm gains, scales), names with "embed"
+    are "embedding"; everything else is a "weight".
+    """
+    if dtype not in FLOAT_DTYPES:
+        return "int"
+    if graph_role is not None:
+        return graph_role  # type: ignore[return-value]
+    lower = name.lower()
+    leaf = lower.rpartition(".")[2]
+    normed = any(_NORM_PART.search(part) for part in lower.split(".")[:-1])
+    if normed and leaf in ("weight", "bias", "gamma", "beta", "scale"):
+        return "norm"
+    if leaf.endswith("bias") or len(shape) <= 1:
+        return "bias"
+    if "embed" in lower:
+        return "embedding"
+    return "weight"
+
+
+def allocate(snr_db: float, sizes: Mapping[Any, int], spread_db: float = SPREAD_DB) -> dict[Any, float]:
+    """Per-tensor floors that spend the model's noise budget where it saves the most bytes.
+
+    With entropy-coded codes a tensor of ``n`` weights pays about ``n/2`` bits per halving
+    of its relative noise, so if every tensor's relative noise reaches the output alike,
+    the fewest bytes for a given total noise give each tensor noise in proportion to its
+    size (reverse water-filling): floor_i = ``snr_db`` - 10 log10(n_i / mean n), kept within
+    ``spread_db`` of ``snr_db``. The total relative noise stays about that of every tensor at
+    ``snr_db``. ``spread_db`` 0 gives every tensor ``snr_db``.
+    """
+    if not sizes:
+        return {}
+    mean = sum(sizes.values()) / len(sizes)
+    return {
+        name: snr_db - float(np.clip(10 * np.log10(max(n, 1) / mean), -spread_db, spread_db))
+        for name, n in sizes.items()
+    }
+
+
+def sqnr_db(values: np.ndarray, decoded: np.ndarray) -> float:
+    """10 log10 of the signal's energy over the error's (inf when exact, -inf for a zero signal
+    with an error)."""
+    x = np.asarray(values, dtype=np.float64)
+    noise = float(np.sum((x - np.asarray(decoded, dtype=np.float64)) ** 2))
+    signal = float(np.sum(x**2))
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(signal / noise) if signal else float("-inf")
+
+
+def channel_rows(values: np.ndarray) -> np.ndarray:
+    """The tensor as (channels, rest): axis 0 after leading axes of size 1 (output channels of
+    a conv or PyTorch linear weight, the rows of an embedding or ONNX MatMul weight); one
+    channel for a vector or when axis 0 splits it into pieces under MIN_CHANNEL values."""
+    a = np.asarray(values)
+    shape = list(a.shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape.pop(0)
+    if len(shape) < 2 or a.size < MIN_CHANNEL * shape[0]:
+        return a.reshape(1, -1)  # a vector, or "channels" too small to be channels: one
+    return a.reshape(shape[0], -1)
+
+
+def fidelity_db(values: np.ndarray, decoded: np.ndarray | Callable[[int, int], np.ndarray]) -> float:
+    """The floor's measure: the lower of the tensor's SQNR and its channel SQNR, the latter
+    ``-10 log10(mean over channels of min(1, noise_c / signal_c))``: what reaches the output
+    after a normalization (BatchNorm, LayerNorm) rescales every channel alike, so a channel of
+    small weights keeps its share of the error budget.
+
+    ``decoded`` is an array of the values' size, or ``decoded(first, stop)`` giving the flat
+    decoded values of that range: channels are measured a block at a time (float64 sums), so
+    the memory taken is a block's, not the tensor's.
+    """
+    x = channel_rows(np.asarray(values))
+    rows, width = x.shape
+    if callable(decoded):
+        decode = decoded
+    else:
+        flat = np.asarray(decoded).reshape(-1)
+
+        def decode(first: int, stop: int) -> np.ndarray:
+            return flat[first:stop]
+
+    signal, noise = np.empty(rows), np.empty(rows)
+    step = max(1, BLOCK_VALUES // max(width, 1))
+    for first in range(0, rows, step):
+        stop = min(rows, first + step)
+        xb = x[first:stop].astype(np.float64)
+        qb = np.asarray(decode(first * width, stop * width), dtype=np.float64).reshape(xb.shape)
+        signal[first:stop] = np.einsum("ij,ij->i", xb, xb)
+        qb -= xb
+        noise[first:stop] = np.einsum("ij,ij->i", qb, qb)
+    relative = np.where(signal > 0, np.minimum(noise / np.where(signal > 0, signal, 1), 1.0), noise > 0)
+    channel = float(relative.mean())
+    channel_db = float("inf") if channel == 0 else -10 * float(np.log10(channel))
+    total_noise, total_signal = float(noise.sum()), float(signal.sum())
+    if total_noise == 0:
+        tensor_db = float("inf")
+    else:
+        tensor_db = 10 * np.log10(total_signal / total_noise) if total_signal else float("-inf")
+    return min(float(tensor_db), channel_db)
+
+
+def row_sample(values: np.ndarray, size: int = SEARCH_SAMPLE) -> np.ndarray:
+    """Evenly spaced whole channels of the tensor (see :func:`channel_rows`), about ``size``
+    values in all (float64; part of one channel when a channel alone is larger)."""
+    rows = channel_rows(values)
+    step = max(1, -(-rows.size // size))
+    picked = rows[::step] if rows.shape[1] <= size else rows[: 1 + rows.shape[0] // step, :size]
+    return np.asarray(picked, dtype=np.float64)
+
+
+def error_to_db(relative_rms: float) -> float:
+    """The SQNR of a relative RMS error (what :func:`converters.compress.compress` reports)."""
+    return float("inf") if relative_rms == 0 else -20 * float(np.log10(relative_rms))
+
+
+def search_sample(values: np.ndarray, size: int = SEARCH_SAMPLE) -> np.ndarray:
+    """About ``size`` evenly ranked order statistics of ``values`` (float64), with the maximum,
+    and a zero when the values have zeros (so the sample keeps the zero symbol)."""
+    flat = np.sort(np.asarray(values).ravel())  # sorted in the values' own precision
+    if flat.size <= size:
+        return flat.astype(np.float64)
+    parts = [flat[:: -(-flat.size // size)].astype(np.float64), flat[-1:].astype(np.float64)]
+    zero = int(np.searchsorted(flat, flat.dtype.type(0)))  # a Python 0 would widen the array
+    if zero < flat.size and flat[zero] == 0:
+        parts.append(np.zeros(1))
+    return np.sort(np.concatenate(parts))
+
+
+def choose(
+    values: np.ndarray,
+    *,
+    snr_db: float = DEFAULT_SNR_DB,
+    max_bits: int = MAX_BITS,
+    lloyd_max_bits: int = LLOYD_MAX_BITS,
+    seed: int = 0,
+) -> Choice:
+    """The weight sharing of a float tensor's ``values`` that meets ``snr_db`` (:func:`fidelity_db`
+    on search samples) in the fewest coded bytes, or ``bits`` None when nothing up to
+    ``max_bits`` meets it.
+
+    Candidates: uniform grids over [min, max] with one centroid update (``iters`` 1;
+    entropy-coded, they need the fewest bytes for smooth distributions), tried from 1 bit up
+    to the first that meets the floor (finer ones only cost more); and k-means run to
+    convergence from linear and from density initialization (best for few bits and clustered
+    values), from that many bits (at most ``lloyd_max_bits``) down while it still meets the
+    floor. The size estimate is the codes' entropy (what Huffman coding pays, within a few
+    percent) plus the codebook.
+
+    Raises ValueError for an empty tensor or non-finite values.
+    """
+    sample = search_sample(values)
+    if sample.size == 0:
+        raise ValueError("cannot choose a setting for an empty tensor")
+    if not np.isfinite(sample[[0, -1]]).all():
+        raise ValueError("the tensor holds NaN or infinite values")
+    if not np.any(sample):
+        return Choice(1, "linear", 1, float("inf"), 0.0, "all zeros")
+    numel = int(np.size(values))
+    rows = row_sample(values)
+    best_snr = float("-inf")
+    met: list[tuple[float, int, float, Init, int]] = []
+
+    def meets(bits: int, init: Init, iters: int) -> bool:
+        nonlocal best_snr
+        shared = share_weights(sample, bits, init=init, max_iter=iters, seed=seed)
+        snr = min(sqnr_db(sample, shared.decode()), fidelity_db(rows, _assign(shared, rows)))
+        best_snr = max(best_snr, snr)
+        if snr >= snr_db:
+            entropy = _entropy(shared.codes)
+            met.append((numel * entropy / 8 + 4 * shared.codebook.size, bits, entropy, init, iters))
+        return snr >= snr_db
+
+    # uniform grids: the fewest bits that meet the floor (finer ones cost more), searched from
+    # an estimate; then k-means from that many bits (at most lloyd_max_bits) down, while it
+    # still meets the floor
+    uniform = start = _uniform_start(sample, snr_db, max_bits)
+    if meets(start, "linear", 1):
+        while uniform > 1 and meets(uniform - 1, "linear", 1):
+            uniform -= 1
+    else:
+        uniform = next((b for b in range(start + 1, max_bits + 1) if meets(b, "linear", 1)), max_bits)
+    for bits in range(min(uniform, lloyd_max_bits), 0, -1):
+        if not [init for init in SEARCH_INITS if meets(bits, init, SEARCH_ITERS)]:
+            break
+    if not met:
+        return Choice(None, None, 0, float("inf"), 0.0, f"best {best_snr:.1f} dB < {snr_db:g} dB")
+    _, bits, entropy, init, iters = min(met)
+    how = "uniform grid" if iters == 1 else f"k-means from {init}"
+    return Choice(bits, init, iters, snr_db, entropy, f"{how}, {bits} bits, ~{entropy:.2f} bits/weight")
+
+
+def _uniform_start(sample: np.ndarray, snr_db: float, max_bits: int) -> int:
+    """Two bits below what a uniform grid over the sample's range needs for ``snr_db`` if its
+    noise were step^2 / 12 (a search start that saves trying every smaller width)."""
+    rms = float(np.sqrt(np.mean(sample**2)))
+    levels = (sample[-1] - sample[0]) / (rms * np.sqrt(12)) * 10 ** (snr_db / 20) if rms else 1.0
+    return int(np.clip(np.floor(np.log2(levels + 1)) - 2, 1, max_bits))
+
+
+def _entropy(codes: np.ndarray) -> float:
+    counts = np.bincount(np.asarray(codes).ravel())
+    p = counts[counts > 0] / codes.size
+    return float(-(p * np.log2(p)).sum())
+
+
+# ---- simulations of what format 1.1 could store (evidence only; not written to files) ----
+
+
+def with_outliers(
+    values: np.ndarray, bits: int, init: Init, iters: int = SEARCH_ITERS, fraction: float = 0.005
+) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` weight-shared at ``bits`` with the top ``fraction`` of |w| kept exact and the
+    rest clustered alone: the decoded values, and the shared (coded) values among them."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    keep = max(1, round(fraction * flat.size))
+    outliers = np.argpartition(np.abs(flat), flat.size - keep)[flat.size - keep :]
+    rest = np.ones(flat.size, dtype=bool)
+    rest[outliers] = False
+    out = flat.copy()
+    out[rest] = shared = shared_values(flat[rest], bits, init, iters)
+    return out.reshape(np.shape(values)), shared
+
+
+def with_channel_scales(
+    values: np.ndarray, bits: int, init: Init, iters: int = SEARCH_ITERS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` divided by a float16 scale per channel (:func:`channel_rows`; the channel's
+    max |w|), weight-shared at ``bits`` with one codebook, multiplied back: the decoded values,
+    and the shared (coded, unscaled) values."""
+    rows = channel_rows(np.asarray(values, dtype=np.float64))
+    scale = np.abs(rows).max(axis=1).astype(np.float16).astype(np.float64)
+    scale[scale == 0] = 1.0
+    shared = shared_values((rows / scale[:, None]).ravel(), bits, init, iters)
+    return (shared.reshape(rows.shape) * scale[:, None]).reshape(np.shape(values)), shared
+
+
+def shared_values(flat: np.ndarray, bits: int, init: Init, iters: int = SEARCH_ITERS) -> np.ndarray:
+    """Flat values clustered on a search sample, every value given its nearest centroid."""
+    return _assign(share_weights(search_sample(flat, 1 << 18), bits, init=init, max_iter=iters), flat)
+
+
+def _assign(fitted: SharedTensor, values: np.ndarray) -> np.ndarray:
+    """``values`` replaced by their nearest centroid of ``fitted`` (exact zeros by the zero
+    symbol when it has one), as the converter codes a tensor from its sample's clustering."""
+    centroids = fitted.codebook[1:] if fitted.zero_symbol else fitted.codebook
+    centroids = centroids.astype(np.float64)
+    boundaries = (centroids[:-1] + centroids[1:]) / 2
+    decoded = centroids[np.searchsorted(boundaries, values, side="right")]
+    if fitted.zero_symbol:
+        decoded[values == 0] = 0.0
+    return decoded
