@@ -1,12 +1,13 @@
 """Data-free compression judged on a zoo of real models from several domains (issue 12).
 
 For each model and config: every source file is converted to .dcnn by the library
-(``converters.convert.convert``), decoded back (``dcformat.load_file``), and the decoded model
+(``converters.convert``), decoded back (``dcformat.load_file``), and the decoded model
 is run on held-out inputs and scored against the original model's outputs (see
 benchmarks/zoo_models.py for the models, their inputs and their measures). Prints one
 markdown table; a measure that misses the issue's target is marked with "!".
 
-    python benchmarks/zoo.py [--config safe|paper|chooser] [--snr DB] [--spread DB] [--models a,b] [--out DIR]
+    python benchmarks/zoo.py [--config safe,fixed8,paper] [--snr DB] [--spread DB] [--models a,b] [--out DIR]
+    python benchmarks/zoo.py --calibrated 0.05,0.15 [--models minilm,mobilenet]
     python benchmarks/zoo.py --simulate [--snr DB] [--simulate-bits N] [--models a,b]
 
 ``--simulate`` does not write files: it measures, in numpy, what format features the
@@ -24,19 +25,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import common  # noqa: F401  (puts the checkout's examples/ on the path)
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from zoo_models import LOADERS, ZooModel
 
 import dcformat
-from converters import choose
-from converters.convert import convert
-from converters.settings import CHOOSER, PAPER, SAFE
+from converters import PAPER, SAFE, apply_options, convert
+from converters.compress import fidelity
+from converters.weight import EXACT_ROLES
 
-CONFIGS = {"safe": SAFE, "paper": PAPER, "chooser": CHOOSER}
+# safe: the default (the error-bounded chooser); fixed8: the old default, 8-bit density k-means
+CONFIGS = {"safe": SAFE, "fixed8": replace(SAFE, snr=None), "paper": PAPER}
 
 
 def _mark(model: ZooModel, column: str, value: float) -> str:
@@ -63,7 +62,7 @@ def run_config(model: ZooModel, config, work: Path) -> dict:
         source_bytes += source.stat().st_size
         dcnn_bytes += out.stat().st_size
         decoded.append(dcformat.load_file(out))
-        snrs += [choose.error_to_db(e) for e in report.errors.values() if e > 0]
+        snrs += [fidelity.error_to_db(e) for e in report.errors.values() if e > 0]
     quality = model.evaluate(decoded)
     return {
         "ratio": source_bytes / dcnn_bytes,
@@ -89,6 +88,32 @@ def table(config_name: str, config, names: list[str], out: Path) -> None:
         )
 
 
+def calibrated_table(targets: list[float], names: list[str], out: Path) -> None:
+    """Calibrated conversions (the models with calibration data) at each output-error target:
+    ratio, the error reached on the calibration items, and quality on the held-out inputs."""
+    print("\n### calibrated (`--max-output-error`), scored on held-out inputs\n")
+    print("| model | target | ratio | convert s | calibration error | quality |")
+    print("|---|---:|---:|---:|---:|---|")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        model = LOADERS[name]()
+        if model.calibrate is None:
+            continue
+        for target in targets:
+            config = apply_options(SAFE, [("max-output-error", str(target))])
+            dst = out / f"{model.name}-calibrated-{target:g}.dcnn"
+            start = time.perf_counter()
+            error = model.calibrate(config, dst)
+            seconds = time.perf_counter() - start
+            ratio = sum(s.stat().st_size for s in model.sources) / dst.stat().st_size
+            quality = model.evaluate([dcformat.load_file(dst)])
+            shown = ", ".join(f"{k} {_mark(model, k, v)}" for k, v in quality.items())
+            print(
+                f"| {model.name} | {target:g} | {ratio:.2f}x | {seconds:.0f} | {error:.4f} | {shown} |",
+                flush=True,
+            )
+
+
 VARIANTS = ("plain", "outliers 0.5%", "channel scales")
 
 
@@ -97,13 +122,13 @@ def _variant(variant: str, w: np.ndarray, bits: int, init, iters: int) -> tuple[
     entropy, a float32 codebook and the side data (an outlier: its exact value and a 16-bit
     position gap; a channel: its float16 scale)."""
     if variant == "plain":
-        q = choose.shared_values(w.ravel(), bits, init, iters).reshape(w.shape)
+        q = fidelity.shared_values(w.ravel(), bits, init, iters).reshape(w.shape)
         return q, _coded_bytes(q)
     if variant == "outliers 0.5%":
-        q, shared = choose.with_outliers(w, bits, init, iters)
+        q, shared = fidelity.with_outliers(w, bits, init, iters)
         return q, _coded_bytes(shared) + (w.size - shared.size) * (w.dtype.itemsize + 2)
-    q, shared = choose.with_channel_scales(w, bits, init, iters)
-    return q, _coded_bytes(shared) + 2 * choose.channel_rows(w).shape[0]
+    q, shared = fidelity.with_channel_scales(w, bits, init, iters)
+    return q, _coded_bytes(shared) + 2 * fidelity.channel_rows(w).shape[0]
 
 
 def _coded_bytes(shared: np.ndarray) -> float:
@@ -133,19 +158,22 @@ def simulate(names: list[str], snr: float, fixed_bits: int | None = None) -> Non
         for i, tensors in enumerate(originals):
             roles = _graph_roles(model.sources[i])
             for key, array in tensors.items():
-                if array.dtype.kind != "f" or array.ndim < 2 or array.size < CHOOSER.min_size:
+                if array.dtype.kind != "f" or array.ndim < 2 or array.size < SAFE.min_size:
                     continue
-                if choose.role_of(key, array.shape, str(array.dtype), roles.get(key)) in choose.EXACT_ROLES:
+                if (
+                    fidelity.role_of(key, array.shape, str(array.dtype), roles.get(key))
+                    in EXACT_ROLES
+                ):
                     continue
                 coded[(i, key)] = array.size
-        floors = choose.allocate(snr, coded, CHOOSER.snr_spread)  # as convert() allocates them
+        floors = fidelity.allocate(snr, coded, SAFE.snr_spread)  # as convert() allocates them
         plans = []  # (file index, tensor name, choice, floor)
         for (i, key), floor_db in floors.items():
             if fixed_bits:
-                pick = choose.Choice(fixed_bits, "density", CHOOSER.kmeans_iters, floor_db, 0.0, "fixed")
+                pick = fidelity.Choice(fixed_bits, "density", SAFE.kmeans_iters, floor_db, 0.0, "fixed")
                 plans.append((i, key, pick, float("inf")))  # an infinite floor: no fewer bits
                 continue
-            pick = choose.choose(originals[i][key], snr_db=floor_db)
+            pick = fidelity.choose(originals[i][key], snr_db=floor_db)
             if pick.bits is not None:
                 plans.append((i, key, pick, floor_db))
         if not plans:
@@ -162,11 +190,11 @@ def simulate(names: list[str], snr: float, fixed_bits: int | None = None) -> Non
                 w = originals[i][key].astype(np.float64)
                 best = _variant(variant, w, pick.bits, pick.init, pick.iters)
                 same[i][key] = best[0].astype(originals[i][key].dtype)
-                dbs.append(choose.fidelity_db(w, best[0]))
+                dbs.append(fidelity.fidelity_db(w, best[0]))
                 bits = pick.bits
                 while bits > 1:  # the fewest bits that keep the floor
                     lower = _variant(variant, w, bits - 1, pick.init, pick.iters)
-                    if choose.fidelity_db(w, lower[0]) < floor_db:
+                    if fidelity.fidelity_db(w, lower[0]) < floor_db:
                         break
                     bits, best = bits - 1, lower
                 saved += pick.bits - bits
@@ -193,17 +221,20 @@ def _as_dcnn(source: Path) -> Path:
     return _DCNN_CACHE[source]
 
 
-def _graph_roles(source: Path) -> dict[str, choose.Role]:
+def _graph_roles(source: Path) -> dict[str, str | None]:
     if source.suffix != ".onnx":
         return {}
-    import onnx
+    from converters.formats.onnx_model import read_onnx
 
-    return choose.onnx_roles(onnx.load(str(source)).graph)
+    return {w.name: w.role for w in read_onnx(source).weights()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="safe", help="safe, paper or chooser; a comma list runs each")
+    parser.add_argument("--config", default="safe", help="safe, fixed8 or paper; a comma list runs each")
+    parser.add_argument(
+        "--calibrated", default=None, help="output-error targets (comma list): calibrated conversions instead"
+    )
     parser.add_argument("--snr", type=float, default=None, help="the chooser's floor in dB (default its own)")
     parser.add_argument("--spread", type=float, default=None, help="the chooser's snr_spread in dB")
     parser.add_argument("--models", default=",".join(LOADERS), help=f"comma list of {', '.join(LOADERS)}")
@@ -216,15 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(LOADERS)}")
     if args.simulate:
-        simulate(names, args.snr or choose.DEFAULT_SNR_DB, args.simulate_bits)
+        simulate(names, args.snr or SAFE.snr, args.simulate_bits)
+        return 0
+    if args.calibrated:
+        with tempfile.TemporaryDirectory() as work:
+            calibrated_table([float(t) for t in args.calibrated.split(",")], names, args.out or Path(work))
         return 0
     for config_name in args.config.split(","):
         if config_name not in CONFIGS:
             parser.error(f"unknown config {config_name!r}")
         config = CONFIGS[config_name]
-        if args.snr is not None and config_name == "chooser":
+        if args.snr is not None and config.snr is not None:
             config = replace(config, snr=args.snr)
-        if args.spread is not None and config_name == "chooser":
+        if args.spread is not None and config.snr is not None:
             config = replace(config, snr_spread=args.spread)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)

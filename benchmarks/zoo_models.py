@@ -21,6 +21,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,9 @@ class ZooModel:
     targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # column -> (">=" or "<=", bound)
     # columns shown in the table, with their format
     columns: dict[str, str] = field(default_factory=dict)
+    # calibrate(config, dst): a calibrated conversion (data apart from the evaluation's) to dst;
+    # returns the output error reached on the calibration items
+    calibrate: Callable[[Any, Path], float] | None = None
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -113,6 +117,24 @@ def minilm() -> ZooModel:
         cos = cosine_rows(reference, out)
         return {"cos mean": float(cos.mean()), "cos min": float(cos.min())}
 
+    def calibrate(config: Any, dst: Path) -> float:
+        from converters import save_module
+
+        texts = doc_sentences(CALIBRATION_MODULES, 64)
+        batches = [dict(model.tokenize(texts[i : i + 8])) for i in range(0, len(texts), 8)]
+
+        def embed(features: dict) -> torch.Tensor:  # the module returns the sentence embedding
+            hidden = type(bert).forward(bert, **features).last_hidden_state
+            mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+        bert.forward = embed  # the module is the BertModel, so tensor names are the file's
+        try:
+            return save_module(bert, dst, config, calibration=batches, force=True).output_error
+        finally:
+            del bert.forward
+
     return ZooModel(
         "MiniLM-L6",
         "text",
@@ -120,6 +142,7 @@ def minilm() -> ZooModel:
         evaluate,
         {"cos mean": (">=", 0.99), "cos min": (">=", 0.98)},
         {"cos mean": ".4f", "cos min": ".4f"},
+        calibrate,
     )
 
 
@@ -229,6 +252,12 @@ def mobilenet() -> ZooModel:
         cos = cosine_rows(reference, out)
         return {"top1 agree": agree, "logit cos mean": float(cos.mean()), "logit cos min": float(cos.min())}
 
+    def calibrate(config: Any, dst: Path) -> float:
+        from converters import save_module
+
+        batches = [torch.from_numpy(image[None]) for image in calibration_photos(8)]
+        return save_module(net, dst, config, calibration=batches, force=True).output_error
+
     return ZooModel(
         "MobileNetV2",
         "vision",
@@ -236,7 +265,23 @@ def mobilenet() -> ZooModel:
         evaluate,
         {"top1 agree": (">=", 15), "logit cos mean": (">=", 0.99)},
         {"top1 agree": "d", "logit cos mean": ".4f", "logit cos min": ".4f"},
+        calibrate,
     )
+
+
+def calibration_photos(count: int) -> np.ndarray:
+    """``count`` calibration images apart from the evaluation photos: crops and mirror images
+    of scikit-learn's two bundled photos (china, flower), ImageNet-normalized."""
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for image in load_sample_images().images:  # 427 x 640
+        image = image.astype(np.float64) / 255.0
+        for top, left in ((0, 0), (203, 416), (100, 200), (0, 300)):
+            crop = image[top : top + 224, left : left + 224]
+            out += [crop, crop[:, ::-1]] if len(out) % 4 == 0 else [crop]
+    picked = [(np.asarray(c) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] for c in out[:count]]
+    return np.stack([p.transpose(2, 0, 1).astype(np.float32) for p in picked])
 
 
 # ---------------------------------------------------------------- DeepFilterNet3 (audio)
@@ -393,7 +438,7 @@ def _with_weights(model, decoded: dict[str, np.ndarray]):
     decoded tensors of the same name (as the converter names them)."""
     import onnx
 
-    from converters.onnx_io import _tensors
+    from converters.formats.onnx_model import _tensors
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -513,9 +558,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def lenet(which: str) -> ZooModel:
     import torch
 
-    from converters.data.mnist import load_mnist
-    from converters.models.lenet import LeNet5, LeNet300100
-    from converters.pipeline import train_loop
+    from converters.compress import train_loop
+    from examples.lenet import LeNet5, LeNet300100
+    from examples.mnist import load_mnist
 
     x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in load_mnist())
     net_class = LeNet300100 if which == "300-100" else LeNet5
