@@ -160,10 +160,7 @@ def simulate(names: list[str], snr: float, fixed_bits: int | None = None) -> Non
             for key, array in tensors.items():
                 if array.dtype.kind != "f" or array.ndim < 2 or array.size < SAFE.min_size:
                     continue
-                if (
-                    fidelity.role_of(key, array.shape, str(array.dtype), roles.get(key))
-                    in EXACT_ROLES
-                ):
+                if fidelity.role_of(key, array.shape, str(array.dtype), roles.get(key)) in EXACT_ROLES:
                     continue
                 coded[(i, key)] = array.size
         floors = fidelity.allocate(snr, coded, SAFE.snr_spread)  # as convert() allocates them
