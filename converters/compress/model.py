@@ -15,7 +15,7 @@ import dcformat
 from ..weight import Weight, as_weight
 from .config import SAFE, CompressionConfig, TensorPlan
 from .report import CompressionReport
-from .share import SharedTensor
+from .share import SharedTensor, share_weights
 from .tensor import CompressedTensor, compress_weight, encode_shared, floors, plan_for
 
 Evaluate = Callable[[Any], float]
@@ -74,7 +74,6 @@ def compress_model(
     from .finetune import TrainedQuantizer
     from .prune import Pruner
     from .retrain import RetrainStage
-    from .share import share_weights
 
     params = dict(model.named_parameters())
     plans = model_plans(model, config)
@@ -97,20 +96,7 @@ def compress_model(
                 with pruner.enforce():
                     retrain(model, stage)
         record("pruned")
-    current = model_weights(model)
-    quantizer = TrainedQuantizer(
-        model,
-        {
-            name: share_weights(
-                current[name].values(),
-                plan.bits,
-                init=plan.init,
-                max_iter=config.kmeans_iters,
-                seed=config.seed,
-            )
-            for name, plan in trained.items()
-        },
-    )
+    quantizer = TrainedQuantizer(model, shared_weights(model, trained, config))
     if trained:
         record("quantized")
     if retrain is not None and trained:
@@ -132,6 +118,19 @@ def model_weights(model: Any) -> dict[str, Weight]:
         role, layer = uses.get(name, (None, None))
         weights[name] = replace(as_weight(name, tensor), layer=layer, role=role)
     return weights
+
+
+def shared_weights(
+    model: Any, plans: Mapping[str, TensorPlan], config: CompressionConfig
+) -> dict[str, SharedTensor]:
+    """Each planned tensor of a module weight-shared by k-means, as trained quantization starts."""
+    current = model_weights(model)
+    return {
+        name: share_weights(
+            current[name].values(), plan.bits, init=plan.init, max_iter=config.kmeans_iters, seed=config.seed
+        )
+        for name, plan in plans.items()
+    }
 
 
 def model_plans(model: Any, config: CompressionConfig) -> dict[str, TensorPlan]:

@@ -36,10 +36,9 @@ from torch import nn
 
 from converters.compress.config import PAPER, CompressionConfig
 from converters.compress.finetune import TrainedQuantizer
-from converters.compress.model import CompressionResult, Evaluate, encode_model, model_plans, model_weights
+from converters.compress.model import CompressionResult, Evaluate, encode_model, model_plans, shared_weights
 from converters.compress.prune import Pruner
 from converters.compress.retrain import LossFn, RetrainStage, classification_loss
-from converters.compress.share import share_weights
 from converters.compress.ternary import DEFAULT_THRESHOLD, LowBitQuantizer
 
 Quantizer = Literal["kmeans", "ternary", "binary"]
@@ -319,18 +318,7 @@ def deep_compress(
     others = [p for name, p in params.items() if name not in trained and p.requires_grad]
     q: TrainedQuantizer | LowBitQuantizer
     if quantizer == "kmeans":
-        current = model_weights(model)
-        initial = shared_state or {
-            name: share_weights(
-                current[name].values(),
-                plan.bits,
-                init=plan.init,
-                max_iter=config.kmeans_iters,
-                seed=config.seed,
-            )
-            for name, plan in trained.items()
-        }
-        q = TrainedQuantizer(model, initial)
+        q = TrainedQuantizer(model, shared_state or shared_weights(model, trained, config))
     else:
         q = LowBitQuantizer(model, list(trained), quantizer, threshold)
         if shared_state is not None:
