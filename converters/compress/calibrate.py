@@ -8,8 +8,8 @@ The output error of a compressed model on calibration items is the mean over ite
   that error, E[(∂(v·y)/∂w)²] / ‖y₀‖² over items and random directions v: what a change of
   the weight does to the output, through everything that follows it (norms, residual
   branches, depthwise filters). k-means then weighs each weight's squared error by it.
-- **the search**: every tensor gets a ladder of settings (bits and centroid initialization,
-  or exact storage). Each
+- **the search**: every tensor gets a ladder of settings (bits, centroid initialization, with
+  or without per-row scales, or exact storage). Each
   setting's contribution to the squared output error is predicted (from the importance, or
   for graphs without gradients from one measured probe per tensor), the cheapest settings
   whose predicted sum fits the target are chosen (a Lagrangian sweep), and the whole
@@ -108,11 +108,13 @@ def _ladders(
         weight_importance = importance.get(w.name)
         options = []
         quick = replace(config, kmeans_iters=min(config.kmeans_iters, LADDER_ITERS))
+        scalings = (False, True) if w.dtype == "float32" and w.array.ndim >= 2 else (False,)
         for bits in sorted({*LADDER, plan.bits}, reverse=True):
             for init in dict.fromkeys((plan.init, *INITS)):
-                setting = replace(plan, bits=bits, init=init, snr=None)
-                tensor = compress_planned(w, setting, quick, weight_importance)
-                options.append((bits, tensor, tensor.values(w).reshape(-1)))
+                for scaled in scalings:
+                    setting = replace(plan, bits=bits, init=init, snr=None)
+                    tensor = compress_planned(w, setting, quick, weight_importance, scaled)
+                    options.append((bits, tensor, tensor.values(w).reshape(-1)))
         if weight_importance is None:  # predict from one measured probe and the weight error
             probe = min(options, key=lambda o: abs(o[0] - PROBE_BITS))
             measured = evaluate({w.name: probe[2].reshape(w.array.shape)}) ** 2

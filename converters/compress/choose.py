@@ -20,17 +20,26 @@ def exact(array: np.ndarray, dtype: str) -> Raw:
     return Raw(array, dtype=dtype, zstd_level=RAW_ZSTD_LEVEL)
 
 
-def coded(shared: SharedTensor, shape: tuple[int, ...], dtype: str) -> list[Quantized]:
-    """Dense codes, and sparse codes where zeros abound.
+def coded(
+    shared: SharedTensor, shape: tuple[int, ...], dtype: str, scales: np.ndarray | None = None
+) -> list[Quantized]:
+    """Dense codes, and sparse codes where zeros abound (``scales``: one per row, format 1.1).
 
     Sparse codes can win only when most codes are the zero symbol: with fewer, a zero symbol
     of about a bit keeps dense codes smaller (measured at 30%, 50% and 60% zeros, 3 to 8 bits).
     """
-    options = [Quantized(shared.codebook, shared.codes, shape, dtype=dtype)]
+    options = [Quantized(shared.codebook, shared.codes, shape, dtype=dtype, scales=scales)]
     if shared.zero_symbol and 2 * np.count_nonzero(shared.codes) <= shared.codes.size:
         positions = np.flatnonzero(shared.codes)
         options.append(
-            Quantized(shared.codebook, shared.codes[positions], shape, positions=positions, dtype=dtype)
+            Quantized(
+                shared.codebook,
+                shared.codes[positions],
+                shape,
+                positions=positions,
+                dtype=dtype,
+                scales=scales,
+            )
         )
     return options
 

@@ -36,13 +36,37 @@ class CompressedTensor:
     report: TensorReport
     codebook: np.ndarray | None = None
     codes: np.ndarray | None = None
+    scales: np.ndarray | None = None  # float32, one per row (axis 0)
 
     def values(self, weight: Weight) -> np.ndarray:
         """The float values the file decodes to, in the weight's shape (``weight`` is the
         tensor this was compressed from)."""
         if self.codes is None:
             return weight.values()
-        return self.codebook[self.codes].reshape(weight.array.shape)
+        return _decode(self.codebook, self.codes, self.scales, 0, self.codes.size).reshape(weight.array.shape)
+
+
+def _decode(
+    codebook: np.ndarray, codes: np.ndarray, scales: np.ndarray | None, first: int, stop: int
+) -> np.ndarray:
+    """Flat decoded values ``first:stop``: codebook values, times their row's scale."""
+    values = codebook[codes[first:stop]]
+    if scales is None:
+        return values
+    width = codes.size // scales.size
+    rows = np.arange(first, stop) // width
+    return (values * scales[rows]).astype(values.dtype, copy=False)
+
+
+def row_scales(values: np.ndarray, rows: int) -> np.ndarray | None:
+    """Per-row float16 scales (each row's largest |w|) of flat float values, or None where
+    float16 cannot hold them (a row of zeros gets 1)."""
+    with np.errstate(over="ignore"):
+        scales = np.abs(values.reshape(rows, -1)).max(axis=1).astype(np.float16)
+    if not np.isfinite(scales).all():
+        return None
+    scales[scales == 0] = 1
+    return scales
 
 
 def plan_for(config: CompressionConfig, weight: Weight) -> TensorPlan | None:
@@ -101,9 +125,18 @@ def floors(weights: Iterable[Weight], config: CompressionConfig) -> dict[str, fl
 
 
 def compress_planned(
-    weight: Weight, plan: TensorPlan | None, config: CompressionConfig, importance: np.ndarray | None = None
+    weight: Weight,
+    plan: TensorPlan | None,
+    config: CompressionConfig,
+    importance: np.ndarray | None = None,
+    scaled: bool = False,
 ) -> CompressedTensor:
-    """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`."""
+    """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`.
+
+    ``scaled`` (float32 tensors): every row (axis 0) is divided by a float16 scale, its
+    largest |w|, before weight sharing, and the file stores the scales (format 1.1): one
+    codebook then serves rows of very different ranges.
+    """
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     if plan.snr is not None and not plan.prunes and importance is None:
@@ -113,11 +146,19 @@ def compress_planned(
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
+    scales = None
+    if scaled and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
+        scales = row_scales(values, weight.array.shape[0])
     try:
         if plan.prunes:
             from .prune import prune_array  # imports torch, which pruning alone needs
 
             values = prune_array(values, plan)
+        if scales is not None:
+            rows = scales.astype(np.float32)[:, None]
+            values = (values.reshape(rows.shape[0], -1) / rows).reshape(-1)
+            if importance is not None:
+                importance = (np.asarray(importance).reshape(rows.shape[0], -1) * rows**2).reshape(-1)
         shared = share_weights(
             values,
             plan.bits,
@@ -128,7 +169,7 @@ def compress_planned(
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
-    return encode_shared(weight, shared, plan.bits, original)
+    return encode_shared(weight, shared, plan.bits, original, scales)
 
 
 def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> CompressedTensor:
@@ -151,7 +192,7 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
             return tensor
 
         def decoded(first: int, stop: int, tensor: CompressedTensor = tensor) -> np.ndarray:
-            return tensor.codebook[tensor.codes[first:stop]]
+            return _decode(tensor.codebook, tensor.codes, tensor.scales, first, stop)
 
         if fidelity.fidelity_db(values.reshape(weight.array.shape), decoded) >= floor:
             return tensor
@@ -160,21 +201,30 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
 
 
 def encode_shared(
-    weight: Weight, shared: SharedTensor, bits: int, values: np.ndarray | None = None
+    weight: Weight,
+    shared: SharedTensor,
+    bits: int,
+    values: np.ndarray | None = None,
+    scales: np.ndarray | None = None,
 ) -> CompressedTensor:
     """The cheapest of the shared tensor's codes, or the weight stored exactly where its
     plain bytes cost no more than the codes.
 
-    ``values`` are the weight's float values, flat, when the caller has them already.
+    ``values`` are the weight's float values, flat, when the caller has them already;
+    ``scales`` the float16 row scales the codes were shared under.
     """
     shared = shared.compact()
     shape = tuple(weight.array.shape)
-    encoded = cheapest(weight.name, coded(shared, shape, weight.dtype))
+    encoded = cheapest(weight.name, coded(shared, shape, weight.dtype, scales))
     if weight.array.nbytes <= encoded.stored_bytes:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
-    codebook = float_values(dtypes.convert_floats(shared.codebook, weight.dtype), weight.dtype)
+    if scales is None:
+        codebook = float_values(dtypes.convert_floats(shared.codebook, weight.dtype), weight.dtype)
+        row_scale = None
+    else:  # float32 tensors only: codebook value times scale, in float32, as the reader does
+        codebook, row_scale = shared.codebook.astype(np.float32), scales.astype(np.float32)
     values = weight.values().reshape(-1) if values is None else values
-    error = _relative_rms(values, codebook, shared.codes)
+    error = _relative_rms(values, codebook, shared.codes, row_scale)
     survivors = np.flatnonzero(shared.codes) if shared.zero_symbol else None
     row = _row(
         weight,
@@ -184,7 +234,7 @@ def encode_shared(
         quantized_bytes=stage_bytes(survivors, values.size, bits) + 4 * len(shared.codebook),
         error=error,
     )
-    return CompressedTensor(encoded, error, row, codebook, shared.codes)
+    return CompressedTensor(encoded, error, row, codebook, shared.codes, row_scale)
 
 
 def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:
@@ -218,13 +268,15 @@ def _row(
     )
 
 
-def _relative_rms(values: np.ndarray, codebook: np.ndarray, codes: np.ndarray) -> float:
-    """‖values − codebook[codes]‖ / ‖values‖, in blocks (float64 sums)."""
-    lookup = codebook.astype(np.float64)
+def _relative_rms(
+    values: np.ndarray, codebook: np.ndarray, codes: np.ndarray, scales: np.ndarray | None = None
+) -> float:
+    """‖values − decoded‖ / ‖values‖, in blocks (float64 sums)."""
     error = total = 0.0
     block = share.BLOCK
     for first in range(0, values.size, block):
         v = values[first : first + block].astype(np.float64)
-        error += float(np.sum((v - lookup[codes[first : first + block]]) ** 2))
+        decoded = _decode(codebook, codes, scales, first, min(values.size, first + block))
+        error += float(np.sum((v - decoded) ** 2))
         total += float(np.sum(v**2))
     return (error / total) ** 0.5 if total else 0.0

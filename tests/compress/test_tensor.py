@@ -143,3 +143,19 @@ def test_memory_is_a_few_bytes_per_weight(monkeypatch, rng) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 6 * array.size  # the sorted copy alone takes 4
+
+
+def test_row_scales_serve_rows_of_very_different_ranges(rng, tmp_path) -> None:
+    from dataclasses import replace
+
+    from converters.compress.tensor import compress_planned, plan_for
+
+    array = (rng.standard_normal((64, 256)) * np.geomspace(0.01, 1, 64)[:, None]).astype(np.float32)
+    weight = Weight("layer.weight", array, "float32")
+    plan = replace(plan_for(SAFE, weight), bits=4, snr=None)
+    plain, scaled = (compress_planned(weight, plan, SAFE, scaled=s) for s in (False, True))
+    assert scaled.encoded.record.encoding == dcformat.dcnn_pb2.DENSE_CODES_EXT and scaled.scales is not None
+    assert scaled.error < 0.8 * plain.error
+    _, _, decoded = written(scaled, tmp_path)
+    assert np.array_equal(decoded, scaled.values(weight))  # the reader decodes what was measured
+    assert scaled.error == pytest.approx(np.linalg.norm(decoded - array) / np.linalg.norm(array), rel=1e-6)
