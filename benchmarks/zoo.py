@@ -101,12 +101,14 @@ def calibrated_table(targets: list[float], names: list[str], out: Path) -> None:
             continue
         for target in targets:
             config = apply_options(SAFE, [("max-output-error", str(target))])
-            dst = out / f"{model.name}-calibrated-{target:g}.dcnn"
+            folder = out / f"{model.name}-calibrated-{target:g}"
+            folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
-            error = model.calibrate(config, dst)
+            error = model.calibrate(config, folder)
             seconds = time.perf_counter() - start
-            ratio = sum(s.stat().st_size for s in model.sources) / dst.stat().st_size
-            quality = model.evaluate([dcformat.load_file(dst)])
+            files = [folder / f"{source.stem}.dcnn" for source in model.sources]
+            ratio = sum(s.stat().st_size for s in model.sources) / sum(f.stat().st_size for f in files)
+            quality = model.evaluate([dcformat.load_file(f) for f in files])
             shown = ", ".join(f"{k} {_mark(model, k, v)}" for k, v in quality.items())
             print(
                 f"| {model.name} | {target:g} | {ratio:.2f}x | {seconds:.0f} | {error:.4f} | {shown} |",

@@ -38,8 +38,8 @@ class ZooModel:
     targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # column -> (">=" or "<=", bound)
     # columns shown in the table, with their format
     columns: dict[str, str] = field(default_factory=dict)
-    # calibrate(config, dst): a calibrated conversion (data apart from the evaluation's) to dst;
-    # returns the output error reached on the calibration items
+    # calibrate(config, folder): calibrated conversions (data apart from the evaluation's), one
+    # <source stem>.dcnn per source in folder; returns the output error reached on that data
     calibrate: Callable[[Any, Path], float] | None = None
 
 
@@ -117,9 +117,10 @@ def minilm() -> ZooModel:
         cos = cosine_rows(reference, out)
         return {"cos mean": float(cos.mean()), "cos min": float(cos.min())}
 
-    def calibrate(config: Any, dst: Path) -> float:
+    def calibrate(config: Any, folder: Path) -> float:
         from converters import save_module
 
+        dst = folder / "model.dcnn"
         texts = doc_sentences(CALIBRATION_MODULES, 64)
         batches = [dict(model.tokenize(texts[i : i + 8])) for i in range(0, len(texts), 8)]
 
@@ -252,9 +253,10 @@ def mobilenet() -> ZooModel:
         cos = cosine_rows(reference, out)
         return {"top1 agree": agree, "logit cos mean": float(cos.mean()), "logit cos min": float(cos.min())}
 
-    def calibrate(config: Any, dst: Path) -> float:
+    def calibrate(config: Any, folder: Path) -> float:
         from converters import save_module
 
+        dst = folder / f"{source.stem}.dcnn"
         batches = [torch.from_numpy(image[None]) for image in calibration_photos(8)]
         return save_module(net, dst, config, calibration=batches, force=True).output_error
 
@@ -286,6 +288,11 @@ def calibration_photos(count: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- DeepFilterNet3 (audio)
 
+# Calibration speech: another speaker (voice) reading another text, with other noise.
+CALIBRATION_SPEECH = (
+    "A large size in stockings is hard to sell. The boy was there when the sun rose. "
+    "A rod is used to catch pink salmon. The source of the huge river is the clear spring."
+)
 SPEECH = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
     "It is easy to tell the depth of a well. These days a chicken leg is a rare dish. "
@@ -293,15 +300,20 @@ SPEECH = (
 )
 
 
-def speech(sr: int = 48000, seconds: float = 8.0, seed: int = 7) -> np.ndarray:
+def speech(
+    sr: int = 48000, seconds: float = 8.0, seed: int = 7, text: str = SPEECH, voice: str = "en"
+) -> np.ndarray:
     """A few seconds of speech (espeak-ng, resampled to ``sr``) in pink-ish noise at 5 dB SNR,
     with a second of noise alone before it."""
+    import hashlib
+
     from scipy.signal import lfilter, resample_poly
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    wav = CACHE / "speech.wav"
+    wav = CACHE / f"speech-{hashlib.sha1((voice + text).encode()).hexdigest()[:10]}.wav"
     if not wav.exists():
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), SPEECH], check=True, capture_output=True)
+        command = ["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text]
+        subprocess.run(command, check=True, capture_output=True)
     data = wav.read_bytes()
     rate = int.from_bytes(data[24:28], "little")
     start = data.index(b"data") + 8
@@ -423,6 +435,28 @@ def deepfilternet() -> ZooModel:
         result["lsnr max dB"] = float(np.abs(out["lsnr"] - reference["lsnr"]).max())
         return result
 
+    def calibrate(config: Any, dst: Path) -> float:
+        """Each of the three graphs calibrated on one other utterance (its own inputs: the
+        features for the encoder, the original encoder's outputs for the decoders); the
+        returned error is the three graphs' mean."""
+        from converters import convert
+
+        erb_c, spec_c = dfn_features(speech(seed=11, text=CALIBRATION_SPEECH, voice="en-us"))
+        session = ort.InferenceSession(models[0].SerializeToString(), options)
+        names = [o.name for o in session.get_outputs()]
+        values = {"feat_erb": erb_c, "feat_spec": spec_c}
+        values.update(zip(names, session.run(None, {"feat_erb": erb_c, "feat_spec": spec_c}), strict=True))
+        dst.mkdir(parents=True, exist_ok=True)
+        errors = []
+        for part, source, proto in zip(parts, sources, models, strict=True):
+            inputs = {i.name for i in proto.graph.input} - {t.name for t in proto.graph.initializer}
+            np.savez(dst / f"{part}.npz", **{name: values[name][None] for name in inputs})
+            report = convert(
+                source, dst / f"{part}.dcnn", config, force=True, calibration=dst / f"{part}.npz"
+            )
+            errors.append(report.output_error)
+        return float(np.mean(errors))
+
     return ZooModel(
         "DeepFilterNet3",
         "audio",
@@ -430,6 +464,7 @@ def deepfilternet() -> ZooModel:
         evaluate,
         {"decisions": (">=", 0.99), "SNR m": (">=", 30.0), "SNR coefs": (">=", 30.0)},
         {"SNR m": ".1f", "SNR coefs": ".1f", "SNR lsnr": ".1f", "decisions": ".4f", "lsnr max dB": ".2f"},
+        calibrate,
     )
 
 

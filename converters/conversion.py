@@ -128,7 +128,7 @@ def convert(
         from .compress.outputs import onnx_outputs
 
         check_input(Path(calibration))
-        outputs = onnx_outputs(src_path, Path(calibration))
+        outputs = onnx_outputs(model, Path(calibration))
         return _calibrated(model, str(src_path), dst_path, config, outputs, None)
     if into == ".dcnn" and writer is not None and writer.write is not None:
         _check_paths(src_path, dst_path, force)
@@ -201,7 +201,14 @@ def _calibrated(
     # nothing of the held-out inputs that will, so tables are clustered unweighted.
     planned = [w.name for w in weights if plan_for(config, w) is not None and w.role != "embedding"]
     importance = gradients.importance(planned, seed=config.seed) if gradients is not None else None
-    result = calibrate(weights, config, outputs.error, target=config.max_output_error, importance=importance)
+    result = calibrate(
+        weights,
+        config,
+        outputs.error,
+        target=config.max_output_error,
+        importance=importance,
+        measurable=outputs.measurable,
+    )
     chosen = (result.tensors[w.name] for w in weights)
     report = _write(model, source, dst, config, ((t.encoded, t.error) for t in chosen), start)
     report.output_error = result.error

@@ -62,18 +62,29 @@ def calibrate(
     *,
     target: float | None = None,
     importance: Mapping[str, np.ndarray] | None = None,
+    measurable: Callable[[str], bool] | None = None,
 ) -> Calibrated:
     """Compress ``weights`` using calibration: importance-weighted k-means where
     ``importance`` has the tensor, and with a ``target`` the per-tensor bits of the smallest
     file whose measured output error is at most ``target``.
 
-    Without a target every tensor keeps the config's plan. Raises ConvertError when no
+    Without a target every tensor keeps the config's plan. Tensors that ``evaluate`` cannot
+    replace (``measurable(name)`` false: an ONNX Constant, a subgraph's weight) take the
+    data-free path, which bounds their error without data. Raises ConvertError when no
     setting within the search reaches the target (with the best error it found).
     """
     importance = importance or {}
     plans = {w.name: plan_for(config, w) for w in weights}
     fixed = {w.name: compress_planned(w, None, config) for w in weights if plans[w.name] is None}
-    tuned = [w for w in weights if plans[w.name] is not None]
+    if measurable is not None:
+        fixed.update(
+            {
+                w.name: compress_planned(w, plans[w.name], config)
+                for w in weights
+                if w.name not in fixed and not measurable(w.name)
+            }
+        )
+    tuned = [w for w in weights if w.name not in fixed]
     if target is None:
         chosen = {w.name: compress_planned(w, plans[w.name], config, importance.get(w.name)) for w in tuned}
         error = evaluate({w.name: chosen[w.name].values(w) for w in tuned})

@@ -49,6 +49,10 @@ class ModuleOutputs:
             )
         return out
 
+    def measurable(self, name: str) -> bool:
+        """Whether :meth:`error` can replace the tensor ``name``."""
+        return name in self.params or name in self.buffers
+
     def error(self, replaced: Mapping[str, np.ndarray]) -> float:
         """Mean relative output error with the named tensors replaced by these values."""
         import torch
@@ -141,35 +145,49 @@ def load_calibration(path: Path, graph_inputs: Mapping[str, tuple[str, int]]) ->
 
 
 class OnnxOutputs:
-    """An ONNX model run by onnxruntime on calibration items; tensors are replaced by
-    overriding the graph's initializers (top-level initializers only)."""
+    """An ONNX model run by onnxruntime on calibration items: the converter's skeleton of it
+    (see ``converters.formats.onnx_model``) rebuilt with some weights replaced, so that every
+    weight the converter takes (initializers, Constant values, subgraphs') can be measured."""
 
     def __init__(
-        self, model_bytes: bytes, items: list[dict[str, np.ndarray]], initializers: set[str]
+        self, skeleton: bytes, weights: Mapping[str, Any], items: list[dict[str, np.ndarray]]
     ) -> None:
-        self.model_bytes = model_bytes
+        self.skeleton = skeleton
+        self.weights = dict(weights)
+        self.shapes = {name: (w.dtype, tuple(w.array.shape)) for name, w in self.weights.items()}
         self.items = items
-        self.initializers = initializers
         self.reference = [self._outputs(self._session({}), item) for item in items]
 
     def _session(self, replaced: Mapping[str, np.ndarray]) -> Any:
         import onnxruntime as ort
 
+        from dcformat import dtypes
+
+        from ..formats.onnx_model import rebuild
+
+        def stored(name: str) -> np.ndarray:
+            weight = self.weights[name]
+            if name not in replaced:
+                return weight.array
+            return dtypes.convert_floats(np.asarray(replaced[name], dtype=np.float32), weight.dtype)
+
+        model = rebuild(self.skeleton, self.shapes, stored)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self._alive = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for v in replaced.values()]
-        for name, value in zip(replaced, self._alive, strict=True):
-            options.add_initializer(name, value)
-        return ort.InferenceSession(self.model_bytes, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     @staticmethod
     def _outputs(session: Any, item: Mapping[str, np.ndarray]) -> np.ndarray:
         outputs = session.run(None, dict(item))
         return np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1) for o in outputs])
 
+    def measurable(self, name: str) -> bool:
+        """Whether :meth:`error` can replace the tensor ``name``."""
+        return name in self.weights
+
     def error(self, replaced: Mapping[str, np.ndarray]) -> float:
-        usable = {name: values for name, values in replaced.items() if name in self.initializers}
-        session = self._session(usable)
+        """Mean relative output error with the named tensors replaced by these values."""
+        session = self._session(replaced)
         errors = [
             _relative_error(self._outputs(session, item), y0)
             for item, y0 in zip(self.items, self.reference, strict=True)
@@ -177,14 +195,13 @@ class OnnxOutputs:
         return float(np.mean(errors))
 
 
-def onnx_outputs(model_path: Path, calibration: Path) -> OnnxOutputs:
+def onnx_outputs(model: Any, calibration: Path) -> OnnxOutputs:
     """An ONNX model's outputs on the calibration items of a ``.npz`` (see
-    :func:`load_calibration`)."""
+    :func:`load_calibration`); ``model`` is the converter's ModelInput of it."""
     import onnx
     from onnx import helper
 
-    model = onnx.load(str(model_path), load_external_data=True)
-    graph = model.graph
+    graph = onnx.ModelProto.FromString(model.source.skeleton).graph
     initializers = {t.name for t in graph.initializer}
     inputs = {}
     for value in graph.input:
@@ -194,4 +211,4 @@ def onnx_outputs(model_path: Path, calibration: Path) -> OnnxOutputs:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
         inputs[value.name] = (dtype, len(tensor.shape.dim))
     items = load_calibration(calibration, inputs)
-    return OnnxOutputs(model.SerializeToString(), items, initializers)
+    return OnnxOutputs(model.source.skeleton, {w.name: w for w in model.weights()}, items)

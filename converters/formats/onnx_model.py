@@ -205,36 +205,49 @@ def write_onnx(src: Path, path: Path, options: Mapping[str, Any]) -> None:
 
 
 def _write(dcnn: Any, stored: Callable[[str], np.ndarray], path: Path, external_data: bool | None) -> None:
-    import onnx
-    from google.protobuf.message import DecodeError
-
     source = dcnn.source()
     if source.format != "onnx":
         what = f"from {source.format}" if source.format else "without a source model"
         raise ConvertError(f"only a .dcnn made from ONNX can be written as .onnx; this one was made {what}")
+    infos = {name: dcnn.info(name) for name in dcnn.keys()}
+    shapes = {name: (info.dtype, info.shape) for name, info in infos.items()}
+    model = rebuild(source.skeleton, shapes, stored, where=dcnn.path)
+    total = sum(len(t.raw_data) for name, t, _ in _tensors(model.graph))
+    external = total > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    _save(model, path, external)
+
+
+def rebuild(
+    skeleton: bytes,
+    shapes: Mapping[str, tuple[str, tuple[int, ...]]],
+    stored: Callable[[str], np.ndarray],
+    where: str | None = None,
+) -> Any:
+    """The ONNX model of a skeleton (see :func:`read_onnx`) with each weight's place filled
+    by ``stored(name)`` (stored form); ``shapes`` gives each name's dtype and shape, checked
+    against its place."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
     model = onnx.ModelProto()
     try:
-        model.ParseFromString(source.skeleton)
+        model.ParseFromString(skeleton)
     except DecodeError:
-        raise ConvertError("the stored ONNX graph does not parse", path=dcnn.path) from None
-    names = set(dcnn.keys())
+        raise ConvertError("the stored ONNX graph does not parse", path=where) from None
     supported = onnx_dtypes()
-    total = 0
     for _, tensor, _ in _tensors(model.graph):
         name = _marked_name(tensor)
         if name is None:
             continue
-        if name not in names:
-            raise ConvertError(f"the ONNX graph refers to a tensor {name!r} the file lacks", path=dcnn.path)
-        info = dcnn.info(name)
-        if supported.get(tensor.data_type) != info.dtype or tuple(tensor.dims) != info.shape:
-            raise ConvertError(f"tensor {name!r} does not match its place in the ONNX graph", path=dcnn.path)
+        if name not in shapes:
+            raise ConvertError(f"the ONNX graph refers to a tensor {name!r} the file lacks", path=where)
+        dtype, shape = shapes[name]
+        if supported.get(tensor.data_type) != dtype or tuple(tensor.dims) != tuple(shape):
+            raise ConvertError(f"tensor {name!r} does not match its place in the ONNX graph", path=where)
         del tensor.external_data[:]
         tensor.data_location = tensor.DEFAULT
         tensor.raw_data = np.ascontiguousarray(stored(name)).tobytes()
-        total += len(tensor.raw_data)
-    external = total > EXTERNAL_DATA_BYTES if external_data is None else external_data
-    _save(model, path, external)
+    return model
 
 
 def _save(model: Any, path: Path, external: bool) -> None:
