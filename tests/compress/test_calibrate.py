@@ -177,3 +177,38 @@ def test_calibration_data_that_does_not_fit_the_graph(tmp_path, arrays, message:
     with pytest.raises(ConvertError, match=message):
         convert(tmp_path / "m.onnx", tmp_path / "m.dcnn", SAFE, calibration=tmp_path / "cal.npz")
     assert not (tmp_path / "m.dcnn").exists()
+
+
+def test_onnx_reported_error_is_the_written_files_even_for_constant_held_weights(tmp_path) -> None:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(2)
+    w1 = (rng.standard_normal((32, 128)) / 6).astype(np.float32)
+    w2 = (rng.standard_normal((128, 8)) / 11).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1)),  # not an initializer
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["t"]),
+        helper.make_node("MatMul", ["t", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [numpy_helper.from_array(w2, "w2")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    x = rng.standard_normal((4, 4, 32)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    config = apply_options(SAFE, [("max-output-error", "0.05")])
+    report = convert(tmp_path / "m.onnx", tmp_path / "m.dcnn", config, calibration=tmp_path / "cal.npz")
+    assert {info.name for info in report.tensors} == {"w1", "w2"}
+    convert(tmp_path / "m.dcnn", tmp_path / "back.onnx")
+    original, rebuilt = (ort.InferenceSession(str(tmp_path / f)) for f in ("m.onnx", "back.onnx"))
+    errors = []
+    for sample in x:
+        (y0,), (y,) = original.run(None, {"x": sample}), rebuilt.run(None, {"x": sample})
+        errors.append(np.linalg.norm(y - y0) / np.linalg.norm(y0))
+    assert 0 < report.output_error <= 0.05
+    assert float(np.mean(errors)) == pytest.approx(report.output_error, rel=1e-3)
