@@ -14,7 +14,8 @@ from .summary import format_table, row, totals
 
 CONVERT_EPILOG = """\
 examples:
-  dcnn-convert model.safetensors -o model.dcnn             quality-safe default: 8 bits, no pruning
+  dcnn-convert model.safetensors -o model.dcnn             error-bounded default: a 36 dB floor per tensor
+  dcnn-convert model.safetensors -o model.dcnn --snr 30    smaller, looser (--snr off: 8-bit k-means)
   dcnn-convert model.dcnn -o restored.safetensors          decode (also .pt, and .onnx for ONNX models)
   dcnn-convert model.onnx -o model.dcnn --bits 6 --report report.json
   dcnn-convert model.pt -o model.dcnn --bits 'encoder.*=6' --prune 'fc*=0.9' --exclude 'embeddings.*'
@@ -25,9 +26,10 @@ examples:
   dcnn-convert llama.dcnn -o restored/                   the folder back: shards, index, configs
   dcnn-convert llama-folder/ -o llama.dcnn --ray         on the Ray cluster at RAY_ADDRESS
 
-By default floating-point tensors of rank >= 2 with at least 1024 elements are compressed;
-the rest (biases, norms, integer buffers) is stored exactly. Patterns are shell-style
-(fnmatch) and match a tensor name or its module name (fc1 matches fc1.weight); later
+By default floating-point tensors of rank >= 2 with at least 1024 elements are compressed,
+each to the fewest bytes within its fidelity floor (--snr); biases, norms, quantization
+scales and zero points (told by the graph or module) and integer tensors are stored exactly.
+Patterns are shell-style (fnmatch) and match a tensor name or its module name (fc1 matches fc1.weight); later
 settings win. A config file holds CompressionConfig fields, e.g.
 
   fc_bits = 6
@@ -94,6 +96,7 @@ def convert_main(argv: list[str] | None = None) -> int:
         ("--prune", "PRUNE", "prune a fraction of weights: F for every tensor, or PATTERN=F (0.9 or 90%%)"),
         ("--include", "INCLUDE", "compress tensors matching PATTERN that would be stored exactly"),
         ("--exclude", "EXCLUDE", "store tensors matching PATTERN exactly"),
+        ("--snr", "DB", "the default's fidelity floor per tensor in dB (36; 'off': fixed bits)"),
     ):
         rules.add_argument(flag, action=_Ordered, dest="options", default=[], metavar=metavar, help=text)
     rules.add_argument("--init", choices=("linear", "density", "random"), help="centroid initialization")

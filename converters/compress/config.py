@@ -318,8 +318,15 @@ def apply_options(
                 else:
                     config = replace(config, conv_bits=bits, fc_bits=bits, snr=None)
             elif option == "snr":
-                off = value.lower() in ("0", "off", "none")
-                config = replace(config, snr=None if off else _number(float, value, text))
+                if text.lower() in ("0", "off", "none"):
+                    config = replace(config, snr=None)
+                else:
+                    try:
+                        config = replace(config, snr=float(text))
+                    except ValueError:
+                        raise ConvertError(
+                            f"--snr {text}: expected a number of dB in (0, 200), or 'off'", rule="usage"
+                        ) from None
             elif option == "max-output-error":
                 config = replace(config, max_output_error=_number(float, value, text))
             elif option == "prune":

@@ -154,3 +154,24 @@ def test_conversion_meets_each_floor_and_keeps_exact_tensors(tmp_path) -> None:
     for name in ("fc.bias", "norm.weight", "step"):
         assert np.array_equal(decoded[name], tensors[name]) and decoded[name].dtype == tensors[name].dtype
     assert out.stat().st_size < source.stat().st_size / 3
+
+
+def test_the_snr_flag_moves_the_floor_and_turns_the_chooser_off(tmp_path, capsys) -> None:
+    from safetensors.numpy import save_file
+
+    from converters.cli import convert_main
+
+    save_file({"fc.weight": _heavy_tailed(60_000, seed=8)}, str(tmp_path / "m.safetensors"))
+    sizes = {}
+    for snr in ("off", "30", "42"):
+        out = tmp_path / f"{snr}.dcnn"
+        assert convert_main([str(tmp_path / "m.safetensors"), "-o", str(out), "-q", "--snr", snr]) == 0
+        sizes[snr] = out.stat().st_size
+        with dcformat.safe_open(out) as f:
+            bits = f.info("fc.weight").weight_bits
+        assert (bits == 8) if snr == "off" else (bits != 8 or sizes[snr] != sizes["off"])
+    assert sizes["30"] < sizes["42"]
+    assert (
+        convert_main([str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "x.dcnn"), "--snr", "loud"]) == 2
+    )
+    assert "--snr loud" in capsys.readouterr().err
