@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dcformat
-from converters.compress import CompressionConfig, LoopRetrain, LossFn, compress_model, train_loop
+from converters.compress import CompressionConfig, LossFn, TrainLoop, compress_model, train_loop
 from examples.lenet import LeNet5, LeNet300100
 from examples.mnist import load_mnist
 
@@ -115,7 +115,7 @@ def run(name: str, spec: dict, data: tuple[np.ndarray, ...], out: Path, seed: in
         lr=dense["lr"],
         weight_decay=dense["weight_decay"],
     )
-    retrain = LoopRetrain(loader, weight_decay=dense["weight_decay"], **spec["retrain"])
+    retrain = TrainLoop(loader, weight_decay=dense["weight_decay"], **spec["retrain"])
     if distill:
         retrain.loss_fn = distillation_loss(copy.deepcopy(model))
     result = compress_model(

@@ -24,140 +24,21 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterable, Sized
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from converters.compress.config import PAPER, CompressionConfig
 from converters.compress.finetune import TrainedQuantizer
 from converters.compress.model import CompressionResult, Evaluate, encode_model, model_plans, shared_weights
 from converters.compress.prune import Pruner
-from converters.compress.retrain import LossFn, RetrainStage, classification_loss
+from converters.compress.retrain import QUANTIZERS, Quantizer, RetrainStage, Stage, TrainLoop
 from converters.compress.ternary import DEFAULT_THRESHOLD, LowBitQuantizer
-
-Quantizer = Literal["kmeans", "ternary", "binary"]
-QUANTIZERS: tuple[Quantizer, ...] = ("kmeans", "ternary", "binary")
-
-
-@dataclass(frozen=True)
-class Stage(RetrainStage):
-    """A retraining stage of :func:`deep_compress`.
-
-    ``kind`` is "prune" or "quantize"; ``quantizer`` says what the quantize stage trains
-    ("kmeans": centroids; "ternary"/"binary": latent weights and scales). ``teacher`` is the
-    frozen dense model when distilling, else None.
-    """
-
-    index: int = 0
-    quantizer: Quantizer = "kmeans"
-    teacher: nn.Module | None = None
-    progress: bool = False
-
-
-def distillation_loss(
-    teacher: nn.Module, base: LossFn = classification_loss, temperature: float = 4.0
-) -> LossFn:
-    """``base`` plus temperature² x KL divergence to the teacher's softened outputs (logits).
-
-    Batches are ``(inputs, ...)``; the model and the teacher are called on ``inputs``.
-    """
-    teacher.eval()
-
-    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
-        x = batch[0]
-        out = model(x)
-        with torch.no_grad():
-            target = F.log_softmax(teacher(x) / temperature, 1)
-        kl = F.kl_div(F.log_softmax(out / temperature, 1), target, log_target=True, reduction="batchmean")
-        return base(model, batch) + temperature**2 * kl
-
-    return loss
-
-
-@dataclass
-class TrainLoop:
-    """The plain epoch loop: SGD (momentum) with a cosine-decayed rate per stage.
-
-    ``lr`` and ``prune_epochs`` serve the pruning stages, ``quantize_lr`` and ``quantize_epochs``
-    the centroid fine-tuning (a centroid's gradient sums its cluster's, hence the small rate;
-    ``quantize_optimizer="adam"`` makes the step independent of the cluster sizes).
-    Ternary and binary stages use Adam at ``lowbit_lr`` for ``quantize_epochs``. ``distill`` is
-    how the loss uses ``stage.teacher`` when there is one (default :func:`distillation_loss`).
-    """
-
-    data: Iterable[Any]
-    loss_fn: LossFn = classification_loss
-    prune_epochs: int = 4
-    quantize_epochs: int = 4
-    lr: float = 0.01
-    quantize_lr: float = 1e-4
-    lowbit_lr: float = 1e-3
-    quantize_optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    distill: Callable[[nn.Module, LossFn], LossFn] = field(default=distillation_loss)
-
-    def __post_init__(self) -> None:
-        if self.prune_epochs < 0 or self.quantize_epochs < 0:
-            raise ValueError("epochs must be >= 0")
-        if self.quantize_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"quantize_optimizer must be 'sgd' or 'adam', got {self.quantize_optimizer!r}")
-
-    def fit(self, model: nn.Module, epochs: int) -> None:
-        """Train all of ``model``'s parameters for ``epochs`` at ``lr`` (e.g. the dense model)."""
-        loop = replace(self, prune_epochs=epochs)
-        loop(model, Stage("dense", "prune", [p for p in model.parameters() if p.requires_grad]))
-
-    def __call__(self, model: nn.Module, stage: RetrainStage) -> None:
-        """Run the loop for one stage."""
-        lowbit = isinstance(stage, Stage) and stage.quantizer != "kmeans" and stage.kind == "quantize"
-        epochs = self.prune_epochs if stage.kind == "prune" else self.quantize_epochs
-        params = list(stage.parameters)
-        if epochs == 0 or not params:
-            return
-        if lowbit or (stage.kind == "quantize" and self.quantize_optimizer == "adam"):
-            lr = self.lowbit_lr if lowbit else self.quantize_lr
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr)
-        else:
-            lr = self.lr if stage.kind == "prune" else self.quantize_lr
-            opt = torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        teacher = stage.teacher if isinstance(stage, Stage) else None
-        loss_fn = self.distill(teacher, self.loss_fn) if teacher is not None else self.loss_fn
-        show = isinstance(stage, Stage) and stage.progress
-        bar = _bar(epochs * len(self.data) if isinstance(self.data, Sized) else None, stage.name, show)
-        was_training = model.training
-        model.train()
-        try:
-            for epoch in range(epochs):
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-                for batch in self.data:
-                    opt.zero_grad()
-                    loss = loss_fn(model, batch)
-                    loss.backward()
-                    opt.step()
-                    if bar is not None:
-                        bar.update()
-                        bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.4f}")
-        finally:
-            if bar is not None:
-                bar.close()
-            model.train(was_training)
-
-
-def _bar(total: int | None, desc: str, show: bool) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
-
 
 Train = Callable[[nn.Module, RetrainStage], None]
 

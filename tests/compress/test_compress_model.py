@@ -14,7 +14,7 @@ import dcformat
 from converters.compress import (
     CompressionConfig,
     LayerRule,
-    LoopRetrain,
+    TrainLoop,
     compress_model,
     compress_state_dict,
     train_loop,
@@ -68,7 +68,7 @@ def test_compress_model_with_retraining_writes_a_file_that_scores(digits, tmp_pa
     result = compress_model(
         model,
         config,
-        retrain=LoopRetrain(loader, prune_epochs=3, quantize_epochs=2, quantize_lr=1e-4),
+        retrain=TrainLoop(loader, prune_epochs=3, quantize_epochs=2, quantize_lr=1e-4),
         evaluate=lambda m: accuracy(m, x_test, y_test),
     )
     path = tmp_path / "digits.dcnn"
