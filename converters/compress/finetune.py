@@ -8,8 +8,9 @@ layer is not trained, so pruned weights stay exactly 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -60,6 +61,40 @@ class SharedLayer:
         return SharedTensor(codebook, codes, self.zero_symbol)
 
 
+class _Layer(Protocol):
+    param: nn.Parameter
+
+
+L = TypeVar("L", bound=_Layer)
+
+
+@contextmanager
+def gradients_moved(
+    layers: Iterable[L], move: Callable[[L, torch.Tensor], None], after_step: Callable[[], None]
+) -> Iterator[None]:
+    """The hooks that train a layer through other parameters: after backward each layer's
+    weight gradient goes to ``move(layer, grad)`` and the weight's own ``.grad`` is cleared
+    (so an optimizer over all parameters skips it); ``after_step()`` runs after every
+    optimizer step and once more at the end of the block."""
+
+    def moved(param: torch.Tensor, layer: L) -> None:
+        if param.grad is not None:
+            move(layer, param.grad)
+            param.grad = None
+
+    handles = [
+        layer.param.register_post_accumulate_grad_hook(lambda param, layer=layer: moved(param, layer))
+        for layer in layers
+    ]
+    handles.append(register_optimizer_step_post_hook(lambda *_: after_step()))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        after_step()
+
+
 class TrainedQuantizer:
     """Weight sharing over several parameters of a model, trainable through the centroids."""
 
@@ -93,24 +128,12 @@ class TrainedQuantizer:
         optimizer step the weights are re-materialized from the centroids.
         """
 
-        def move_grad(param: torch.Tensor, layer: SharedLayer) -> None:
-            if param.grad is None:
-                return
-            grad = layer.centroid_grad(param.grad)
+        def into_centroids(layer: SharedLayer, grad: torch.Tensor) -> None:
+            grad = layer.centroid_grad(grad)
             if layer.centroids.grad is None:
                 layer.centroids.grad = grad
             else:
                 layer.centroids.grad += grad
-            param.grad = None
 
-        handles = [
-            layer.param.register_post_accumulate_grad_hook(lambda param, layer=layer: move_grad(param, layer))
-            for layer in self.layers.values()
-        ]
-        handles.append(register_optimizer_step_post_hook(lambda *_: self.materialize()))
-        try:
+        with gradients_moved(self.layers.values(), into_centroids, self.materialize):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.materialize()

@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from converters.compress.finetune import gradients_moved
 from converters.compress.share import SharedTensor
 
 LowBit = Literal["ternary", "binary"]
@@ -204,24 +204,9 @@ class LowBitQuantizer:
         optimizer step the layers are re-quantized.
         """
 
-        def move_grad(param: torch.Tensor, layer: LowBitLayer) -> None:
-            if param.grad is not None:
-                layer.backward(param.grad)
-                param.grad = None
-
-        handles = [
-            layer.param.register_post_accumulate_grad_hook(lambda param, layer=layer: move_grad(param, layer))
-            for layer in self.layers.values()
-        ]
-
-        def after_step(*_: object) -> None:
+        def after_step() -> None:
             for layer in self.layers.values():
                 layer.after_step()
 
-        handles.append(register_optimizer_step_post_hook(after_step))
-        try:
+        with gradients_moved(self.layers.values(), LowBitLayer.backward, after_step):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.materialize()
