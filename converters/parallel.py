@@ -188,10 +188,13 @@ def compressed(
     """
     if workers < 0 or (workers == 0 and not ray):
         raise ConvertError(f"workers must be at least 1, got {workers}", rule="usage")
-    tasks = list(tasks)
-    # the chooser's floors depend on every tensor's size: allocated here, from outlines
-    chooser = floors((task.outline() for task in tasks), config)
-    jobs = [(task, chooser.get(task.name)) for task in tasks]
+    jobs: Iterable[Job]
+    if config.snr is None:  # nothing to allocate: tasks stream through
+        jobs = ((task, None) for task in tasks)
+    else:  # the chooser's floors depend on every tensor's size: allocated from outlines first
+        tasks = list(tasks)
+        chooser = floors((task.outline() for task in tasks), config)
+        jobs = [(task, chooser.get(task.name)) for task in tasks]
     if ray:
         yield from _ray(jobs, config, workers)
     elif workers == 1:
@@ -201,7 +204,7 @@ def compressed(
         finally:
             _mapped.clear()  # no checkpoint stays mapped in this process
     else:
-        yield from _pool(jobs, config, workers)
+        yield from _pool(list(jobs), config, workers)
 
 
 def _pool(tasks: list[Job], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
@@ -237,7 +240,7 @@ def _ordered(
         yield get(pending.popleft())
 
 
-def _ray(tasks: list[Job], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
+def _ray(tasks: Iterable[Job], config: CompressionConfig, workers: int) -> Iterator[Compressed]:
     try:
         import ray
     except ImportError:
