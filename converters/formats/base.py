@@ -26,8 +26,8 @@ class ModelInput:
     lossless: bool = False  # already compressed: weights carry their exact encodings
 
 
-Reader = Callable[..., ModelInput]  # read(path, **options): options such as prototxt=
-Writer = Callable[[Path, Path, Mapping[str, Any]], None]  # write(dcnn_path, destination, options)
+ReadModel = Callable[..., ModelInput]  # read(path, **options): options such as prototxt=
+WriteModel = Callable[[Path, Path, Mapping[str, Any]], None]  # write(dcnn_path, destination, options)
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class Format:
 
     name: str
     suffixes: tuple[str, ...]
-    read: Reader | None = None
-    write: Writer | None = None
+    read: ReadModel | None = None
+    write: WriteModel | None = None
 
 
 @contextlib.contextmanager
