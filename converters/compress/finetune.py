@@ -1,9 +1,14 @@
 """Trained quantization: fine-tune the shared centroids of weight-shared layers.
 
-Each weight is ``codebook[code]`` with fixed codes. The gradient of a centroid is the sum of
-the gradients of the weights in its cluster (Han et al., eq. 3); an optimizer updates the
-centroids and the layer weights are re-materialized from them. The zero symbol of a pruned
-layer is not trained, so pruned weights stay exactly 0.
+Each weight is ``codebook[code]``. The gradient of a centroid is the sum of the gradients of
+the weights in its cluster (Han et al., eq. 3); an optimizer updates the centroids and the
+layer weights are re-materialized from them. The zero symbol of a pruned layer is not
+trained, so pruned weights stay exactly 0.
+
+With ``reassign`` the codes are not fixed: each shared weight also keeps a full-precision
+shadow that takes the weight's gradient as it is (the straight-through estimate), and after
+every step each weight takes the centroid nearest its shadow. Layers that need more than
+the centroids' few degrees of freedom (transformers at 3-4 bits) recover far more this way.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from converters.compress.share import SharedTensor
 class SharedLayer:
     """One weight-shared parameter: trainable centroids plus fixed codes."""
 
-    def __init__(self, param: nn.Parameter, shared: SharedTensor) -> None:
+    def __init__(self, param: nn.Parameter, shared: SharedTensor, reassign: bool = False) -> None:
         if param.numel() != shared.codes.size:
             raise ValueError(
                 f"{shared.codes.size} codes do not fit a parameter of shape {tuple(param.shape)}"
@@ -35,9 +40,18 @@ class SharedLayer:
         # float32 centroids even for half-precision layers: updates are too fine for 16 bits.
         self.centroids = nn.Parameter(values.to(param.device))
         self.codes = torch.from_numpy(shared.codes.astype(np.int64)).to(param.device)
-        # Indices (into the flattened weight) of the trained weights and their centroid.
-        self._trained = torch.nonzero(self.codes >= first).squeeze(1)
-        self._cluster = self.codes[self._trained] - first
+        # Indices (into the flattened weight) of the trained weights (None: all of them) and
+        # their centroid.
+        self._trained = torch.nonzero(self.codes >= first).squeeze(1) if self.zero_symbol else None
+        self._cluster = self._pick(self.codes) - first
+        # The shadow weights that codes follow (reassign), float32 like the centroids.
+        self.shadow = None
+        if reassign:
+            self.shadow = nn.Parameter(self._pick(param.detach().reshape(-1)).float().clone())
+
+    def _pick(self, flat: torch.Tensor) -> torch.Tensor:
+        """The trained entries of a flat per-weight tensor."""
+        return flat if self._trained is None else flat[self._trained]
 
     def codebook(self) -> torch.Tensor:
         """The full codebook, with the fixed 0.0 first when the layer has a zero symbol."""
@@ -46,8 +60,26 @@ class SharedLayer:
 
     def centroid_grad(self, weight_grad: torch.Tensor) -> torch.Tensor:
         """Sum the weight gradients of each cluster: the centroid gradient."""
-        g = weight_grad.reshape(-1)[self._trained].to(self.centroids.dtype)
+        g = self._pick(weight_grad.reshape(-1)).to(self.centroids.dtype)
         return torch.zeros_like(self.centroids).index_add_(0, self._cluster, g)
+
+    def shadow_grad(self, weight_grad: torch.Tensor) -> torch.Tensor:
+        """The weight gradients of the trained (not pruned) weights: the shadows' gradient."""
+        return self._pick(weight_grad.reshape(-1)).to(torch.float32)
+
+    def reassign(self) -> None:
+        """Give each trained weight the centroid nearest its shadow (ties: the lower value)."""
+        if self.shadow is None:
+            return
+        with torch.no_grad():
+            order = torch.argsort(self.centroids)
+            ordered = self.centroids[order]
+            nearest = torch.bucketize(self.shadow, (ordered[1:] + ordered[:-1]) / 2)
+            self._cluster = order[nearest]
+            if self._trained is None:
+                self.codes = self._cluster
+            else:
+                self.codes[self._trained] = self._cluster + 1
 
     def materialize(self) -> None:
         """Write ``codebook[codes]`` into the layer weight."""
@@ -98,21 +130,26 @@ def gradients_moved(
 class TrainedQuantizer:
     """Weight sharing over several parameters of a model, trainable through the centroids."""
 
-    def __init__(self, model: nn.Module, shared: Mapping[str, SharedTensor]) -> None:
+    def __init__(
+        self, model: nn.Module, shared: Mapping[str, SharedTensor], *, reassign: bool = False
+    ) -> None:
         params = dict(model.named_parameters())
         missing = sorted(set(shared) - set(params))
         if missing:
             raise ValueError(f"cannot quantize {', '.join(missing)}: not parameters of the model")
-        self.layers = {name: SharedLayer(params[name], s) for name, s in shared.items()}
+        self.layers = {name: SharedLayer(params[name], s, reassign) for name, s in shared.items()}
         self.materialize()
 
     def parameters(self) -> list[nn.Parameter]:
-        """The centroid parameters, to hand to an optimizer."""
-        return [layer.centroids for layer in self.layers.values()]
+        """The parameters to hand to an optimizer: the centroids (and the shadows, with
+        ``reassign``)."""
+        centroids = [layer.centroids for layer in self.layers.values()]
+        return centroids + [layer.shadow for layer in self.layers.values() if layer.shadow is not None]
 
     def materialize(self) -> None:
-        """Write every shared layer's weights from its centroids."""
+        """Re-assign codes (with ``reassign``), then write every shared layer's weights."""
         for layer in self.layers.values():
+            layer.reassign()
             layer.materialize()
 
     def shared(self) -> dict[str, SharedTensor]:
@@ -129,11 +166,16 @@ class TrainedQuantizer:
         """
 
         def into_centroids(layer: SharedLayer, grad: torch.Tensor) -> None:
-            grad = layer.centroid_grad(grad)
-            if layer.centroids.grad is None:
-                layer.centroids.grad = grad
-            else:
-                layer.centroids.grad += grad
+            _accumulate(layer.centroids, layer.centroid_grad(grad))
+            if layer.shadow is not None:
+                _accumulate(layer.shadow, layer.shadow_grad(grad))
 
         with gradients_moved(self.layers.values(), into_centroids, self.materialize):
             yield
+
+
+def _accumulate(param: nn.Parameter, grad: torch.Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad += grad

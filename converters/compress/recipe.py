@@ -102,6 +102,7 @@ def deep_compress(
     quantizer: Quantizer = "kmeans",
     threshold: float = DEFAULT_THRESHOLD,
     distill: bool = False,
+    reassign: bool = False,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> CompressionResult:
@@ -119,7 +120,10 @@ def deep_compress(
     ``train``: a :class:`TrainLoop`, an iterable of ``(inputs, targets)`` batches (a TrainLoop
     with cross-entropy), or ``train(model, stage)`` for your own loop (see the module doc).
     ``distill``: ``stage.teacher`` is a frozen copy of the dense model (a TrainLoop adds
-    distillation to its loss). ``checkpoint_dir``: save after each stage and resume from the
+    distillation to its loss). ``reassign`` (k-means): the quantize stage also trains a
+    full-precision shadow of each shared weight, and codes follow the shadows to their
+    nearest centroid (see :mod:`converters.compress.finetune`); for models whose accuracy the
+    centroids alone cannot recover. ``checkpoint_dir``: save after each stage and resume from the
     last saved one (same arguments and model shapes required). ``progress``: the TrainLoop's
     tqdm bar (stage, epoch, loss); custom loops see it as ``stage.progress``.
     """
@@ -136,7 +140,7 @@ def deep_compress(
     to_prune = [plan for plan in trained.values() if plan.prunes]
     pruner = Pruner(model, to_prune, steps=config.prune_steps) if to_prune else None
     n_prune = pruner.steps if pruner is not None else 0
-    fingerprint = _fingerprint(config.to_dict(), quantizer, threshold, distill, model=model)
+    fingerprint = _fingerprint(config.to_dict(), quantizer, threshold, distill, reassign, model=model)
     checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
     teacher = None
     if distill:
@@ -199,7 +203,7 @@ def deep_compress(
     others = [p for name, p in params.items() if name not in trained and p.requires_grad]
     q: TrainedQuantizer | LowBitQuantizer
     if quantizer == "kmeans":
-        q = TrainedQuantizer(model, shared_state or shared_weights(model, trained, config))
+        q = TrainedQuantizer(model, shared_state or shared_weights(model, trained, config), reassign=reassign)
     else:
         q = LowBitQuantizer(model, list(trained), quantizer, threshold)
         if shared_state is not None:

@@ -123,6 +123,21 @@ def test_train_loop_with_distillation_prunes_and_shares(tmp_path) -> None:
     assert len(np.unique(w)) <= 2**3
 
 
+def test_reassign_moves_codes_and_the_file_holds_the_trained_weights(tmp_path) -> None:
+    train, _ = shuffled_loop()
+    fixed = deep_compress(tiny_model(), train, config=CONFIG, progress=False)
+    model = tiny_model()
+    moved = deep_compress(model, train, config=CONFIG, reassign=True, progress=False)
+    codes = {t.report.name: t.codes for t in fixed.tensors if t.codes is not None}
+    coded = [t for t in moved.tensors if t.codes is not None]
+    assert any(not np.array_equal(t.codes, codes[t.report.name]) for t in coded)
+    decoded = dcformat.load_file(_save(moved, tmp_path))
+    for name, value in model.state_dict().items():
+        assert np.array_equal(decoded[name], value.numpy())
+    assert np.mean(decoded["0.weight"] == 0) == pytest.approx(0.8, abs=0.01)
+    assert len(np.unique(decoded["0.weight"])) <= 2**3
+
+
 def _save(result, tmp_path: Path) -> Path:
     path = tmp_path / "m.dcnn"
     result.save(path)

@@ -108,3 +108,37 @@ def test_codes_must_fit_the_parameter() -> None:
         TrainedQuantizer(model, {"0.weight": bad})
     with pytest.raises(ValueError, match="not parameters"):
         TrainedQuantizer(model, {"9.weight": bad})
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_reassign_trains_shadows_and_codes_follow_them(pruned: bool) -> None:
+    model = tiny_model(4)
+    w = model[0].weight.detach().numpy().copy()
+    if pruned:
+        w[np.abs(w) < 0.15] = 0.0
+    shared = share_weights(w, 2)
+    quantizer = TrainedQuantizer(model, {"0.weight": shared}, reassign=True)
+    layer = quantizer.layers["0.weight"]
+    assert layer.shadow is not None and any(p is layer.shadow for p in quantizer.parameters())
+    start = layer.codes.clone()
+    opt = torch.optim.Adam(quantizer.parameters(), lr=0.05)
+    with quantizer.enforce():
+        for step in range(30):
+            x, y = batch(10 + step)
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            assert layer.shadow.grad is not None and layer.shadow.grad.abs().sum() > 0
+            opt.step()
+    weight = model[0].weight.detach().reshape(-1)
+    codebook = layer.codebook()
+    # The weights are always codebook[codes]; codes moved with the shadows, to the nearest centroid.
+    assert torch.equal(weight, codebook[layer.codes])
+    assert not torch.equal(layer.codes, start)
+    trained = layer.codes != 0 if pruned else torch.ones_like(layer.codes, dtype=torch.bool)
+    distance = (layer.shadow.detach()[:, None] - layer.centroids.detach()[None, :]).abs()
+    nearest = distance.min(1).values
+    chosen = (layer.shadow.detach() - weight[trained]).abs()
+    assert torch.allclose(chosen, nearest)
+    if pruned:  # pruned weights stay exactly 0
+        assert torch.equal(weight == 0, torch.from_numpy(w.reshape(-1) == 0))
+    assert len(torch.unique(weight)) <= len(shared.codebook)
