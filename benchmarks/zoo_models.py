@@ -80,16 +80,23 @@ def doc_sentences(modules: tuple[str, ...], limit: int) -> list[str]:
             ) == module_name:
                 docs.append(inspect.getdoc(obj) or "")
         for doc in docs:
-            text = re.sub(r"\s+", " ", doc)
-            for sentence in re.split(r"(?<=[.!?])\s+", text):
-                words = sentence.split()
-                letters = sum(c.isalpha() or c.isspace() for c in sentence)
-                if 6 <= len(words) <= 30 and letters >= 0.9 * len(sentence) and sentence[0].isupper():
-                    if sentence not in seen:
-                        seen.add(sentence)
-                        found.append(sentence)
+            for sentence in english_sentences(doc):
+                if sentence not in seen:
+                    seen.add(sentence)
+                    found.append(sentence)
     step = max(1, len(found) // limit)
     return found[::step][:limit]
+
+
+def english_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` that read as English prose: 6-30 words, mostly letters,
+    starting with a capital."""
+    found = []
+    for sentence in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text)):
+        letters = sum(c.isalpha() or c.isspace() for c in sentence)
+        if 6 <= len(sentence.split()) <= 30 and letters >= 0.9 * len(sentence) and sentence[0].isupper():
+            found.append(sentence)
+    return found
 
 
 def minilm() -> ZooModel:

@@ -1,0 +1,258 @@
+"""all-MiniLM-L6-v2 compressed with retraining: the paper's recipe on a transformer (issue 13).
+
+    python benchmarks/minilm_retrain.py --out DIR
+
+``converters.deep_compress`` prunes the encoder's linear layers (magnitude, in rounds, each
+followed by retraining with the masks held), shares weights by k-means (the word embedding
+table, the encoder and the rest at their own bits) and fine-tunes the centroids, LayerNorms
+and biases, then Huffman-codes the result into ``DIR/minilm.dcnn`` (tensor names as in
+``model.safetensors``). Trained quantization re-assigns codes as it trains (``reassign``:
+each weight follows a full-precision shadow to its nearest centroid); ``--fixed-codes``
+trains the centroids alone, as the paper does. Every stage distills from the dense model,
+with dropout off: the loss sums, over the embedding output and every layer, the student's
+token states' mean squared error to the teacher's (scaled by their variance), plus ten times
+one minus the cosine of the mean-pooled sentence embeddings.
+
+Training text is English from the docstrings of installed packages (numpy, torch and the
+standard library); the sentences scored are held out: docstrings of other standard-library
+modules (``zoo_models.EVAL_MODULES``, never trained on) and ``examples.minilm.SENTENCES``
+(everyday English, a different domain). The scores are those of the written file, decoded
+and loaded into sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: F401  (puts the checkout on sys.path)
+from zoo_models import CALIBRATION_MODULES, EVAL_MODULES, doc_sentences, english_sentences
+
+# Training text: docstrings of these modules (none of EVAL_MODULES or CALIBRATION_MODULES).
+TRAIN_MODULES = (
+    "os", "re", "typing", "inspect", "functools", "itertools", "dataclasses", "enum", "string",
+    "textwrap", "csv", "sqlite3", "socket", "threading", "multiprocessing.pool",
+    "concurrent.futures", "decimal", "fractions", "statistics", "random", "datetime", "calendar",
+    "heapq", "bisect", "copy", "pickle", "io", "glob", "fnmatch", "tempfile", "urllib.request",
+    "urllib.parse", "xml.etree.ElementTree", "html.parser", "configparser", "optparse", "pdb",
+    "doctest", "ast", "dis", "tokenize", "codecs", "locale", "gettext", "hashlib", "hmac",
+    "secrets", "uuid", "queue", "sched", "selectors", "signal", "ctypes", "contextlib", "abc",
+    "numbers", "operator", "weakref", "types", "pprint", "reprlib", "difflib", "gzip", "bz2",
+    "lzma", "base64", "struct", "ipaddress", "smtplib", "imaplib", "ftplib", "poplib", "mailbox",
+    "wave", "colorsys", "sysconfig", "platform", "traceback", "warnings", "timeit", "cProfile",
+    "trace", "importlib", "pkgutil", "runpy", "numpy", "numpy.linalg", "numpy.fft",
+    "numpy.random", "numpy.ma", "numpy.polynomial.polynomial", "torch", "torch.nn.modules.linear",
+    "torch.nn.modules.conv", "torch.nn.modules.activation", "torch.nn.modules.loss",
+    "torch.nn.functional", "torch.optim", "torch.utils.data", "torch.autograd",
+    "torch.nn.modules.rnn", "torch.nn.modules.transformer", "torch.nn.modules.normalization",
+    "torch.nn.modules.pooling", "torch.distributions.normal", "torch.fft", "torch.linalg",
+)  # fmt: skip
+
+
+def training_sentences(exclude: set[str]) -> list[str]:
+    """English sentences from the docstrings of TRAIN_MODULES and from Python's reference
+    documentation (``pydoc_data``), none of them in ``exclude``."""
+    from pydoc_data.topics import topics
+
+    assert not set(TRAIN_MODULES) & set(EVAL_MODULES + CALIBRATION_MODULES)
+    found = [sentence for text in topics.values() for sentence in english_sentences(text)]
+    for name in TRAIN_MODULES:
+        try:
+            found += doc_sentences((name,), 1_000_000)
+        except ImportError:  # a module this Python lacks (e.g. built without sqlite3)
+            continue
+    return sorted(set(found) - exclude)
+
+
+def held_out_sentences() -> list[str]:
+    from examples.minilm import SENTENCES
+
+    return doc_sentences(EVAL_MODULES, 64) + list(SENTENCES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for minilm.dcnn")
+    parser.add_argument("--model-dir", type=Path, help="the MiniLM folder (default: the bundled one)")
+    parser.add_argument("--sparsity", type=float, default=0.1, help="encoder linear layers (0.1)")
+    parser.add_argument("--prune-rounds", type=int, default=1)
+    parser.add_argument("--bits", type=int, default=4, help="encoder and other layers (4)")
+    parser.add_argument("--embedding-bits", type=int, default=3, help="word embedding table (3)")
+    parser.add_argument("--ffn-out-bits", type=int, help="feed-forward output layers (default: --bits)")
+    parser.add_argument("--prune-steps", type=int, default=100, help="optimizer steps per pruning round")
+    parser.add_argument("--quantize-steps", type=int, default=200, help="trained quantization steps")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam rate of the pruning rounds")
+    parser.add_argument("--quantize-lr", type=float, default=1e-4, help="Adam rate of fine-tuning")
+    parser.add_argument(
+        "--fixed-codes", action="store_true", help="train the centroids only (the paper), not reassign"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+    from sentence_transformers import SentenceTransformer
+    from tqdm.auto import tqdm
+
+    import dcformat
+    from converters import CompressionConfig, deep_compress
+    from converters.compress.config import LayerRule
+    from converters.compress.retrain import RetrainStage, Stage
+    from converters.compress.tensor import compress_weight
+    from converters.weight import as_weight
+    from examples.minilm import model_dir
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    folder = args.model_dir or model_dir()
+    source = folder / "model.safetensors"
+    st = SentenceTransformer(str(folder), device="cpu")
+    st.eval()
+    bert = st[0].auto_model
+    original = {k: v.clone() for k, v in bert.state_dict().items()}
+    held_out = held_out_sentences()
+    reference = st.encode(held_out, normalize_embeddings=True, batch_size=64)
+    train_text = training_sentences(set(held_out))
+    print(f"{len(train_text)} training sentences, {len(held_out)} held-out sentences")
+
+    device = torch.device(args.device)
+    student = copy.deepcopy(bert).to(device)
+
+    def tokens(texts: list[str]) -> dict[str, torch.Tensor]:
+        features = st.tokenize(texts)
+        return {k: v.to(device) for k, v in features.items() if isinstance(v, torch.Tensor)}
+
+    held_features = tokens(held_out)
+
+    def pooled(model: torch.nn.Module, features: dict) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Every layer's token states, and the normalized mean-pooled sentence embedding."""
+        states = model(**features, output_hidden_states=True).hidden_states
+        mask = features["attention_mask"].unsqueeze(-1).to(states[-1].dtype)
+        return states, F.normalize((states[-1] * mask).sum(1) / mask.sum(1), dim=-1)
+
+    @torch.no_grad()
+    def held_out_cosine(model: torch.nn.Module) -> float:
+        was = model.training
+        model.eval()
+        _, emb = pooled(model, held_features)
+        model.train(was)
+        return float((emb.cpu() * torch.from_numpy(reference)).sum(1).mean())
+
+    rng = random.Random(args.seed)
+
+    def batches() -> Iterator[dict]:
+        while True:
+            order = list(train_text)
+            rng.shuffle(order)
+            for i in range(0, len(order) - args.batch + 1, args.batch):
+                yield tokens(order[i : i + args.batch])
+
+    stream = batches()
+
+    def train(model: torch.nn.Module, stage: RetrainStage) -> None:
+        """Distillation from the dense model (``stage.teacher``) with Adam, cosine-decayed."""
+        assert isinstance(stage, Stage) and stage.teacher is not None
+        steps = args.prune_steps if stage.kind == "prune" else args.quantize_steps
+        lr = args.lr if stage.kind == "prune" else args.quantize_lr
+        opt = torch.optim.Adam(stage.parameters, lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * i / steps)))
+        model.eval()  # no dropout: the student is to reproduce the teacher's outputs exactly
+        bar = tqdm(range(steps), desc=stage.name, leave=False, mininterval=5)
+        for _ in bar:
+            features = next(stream)
+            with torch.no_grad():
+                t_states, t_emb = pooled(stage.teacher, features)
+            s_states, s_emb = pooled(model, features)
+            mask = features["attention_mask"].unsqueeze(-1).to(s_emb.dtype)
+            mse = sum(
+                (((s - t) ** 2) * mask).sum() / (mask.sum() * s.shape[-1] * t.var())
+                for s, t in zip(s_states, t_states, strict=True)
+            )
+            loss = mse + (1 - (s_emb * t_emb).sum(1)).mean() * 10
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+
+    ffn_out = "encoder.layer.[0-9].output.dense"  # not attention.output.dense
+    config = CompressionConfig(
+        fc_bits=args.bits,
+        prune_steps=args.prune_rounds,
+        rules=(
+            LayerRule("embeddings.word_embeddings", bits=args.embedding_bits),
+            LayerRule("encoder.layer.*", sparsity=args.sparsity or None),
+            *([LayerRule(ffn_out, bits=args.ffn_out_bits)] if args.ffn_out_bits else []),
+        ),
+    )
+    result = deep_compress(
+        student, train, held_out_cosine, config, distill=True, reassign=not args.fixed_codes
+    )
+    # Tensors of the file that the module does not hold (position_ids) are stored exactly.
+    from safetensors.numpy import load_file
+
+    names = {t.report.name for t in result.tensors}
+    for name, value in load_file(source).items():
+        if name not in names:
+            result.tensors.append(compress_weight(as_weight(name, value), config))
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "minilm.dcnn"
+    size = result.save(target)
+    minutes = (time.perf_counter() - started) / 60
+
+    decoded = dcformat.load_file(target)
+    bert.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in decoded.items()}, strict=False)
+    cos = (st.encode(held_out, normalize_embeddings=True, batch_size=64) * reference).sum(1)
+    bert.load_state_dict(original)
+
+    groups: dict[str, list] = {}
+    for row in result.report.tensors:
+        if row.weight_bits is None:
+            continue
+        kind = (
+            "word embeddings" if "word_embeddings" in row.name
+            else "attention q/k/v" if ".attention.self." in row.name
+            else "attention output" if ".attention.output." in row.name
+            else "feed-forward in" if ".intermediate." in row.name
+            else "feed-forward out" if ".output.dense" in row.name
+            else "other"
+        )  # fmt: skip
+        groups.setdefault(kind, []).append(row)
+    header = f"{'layer type':18} {'tensors':>7} {'weights':>10} {'sparsity':>9} {'bits':>5}"
+    print(f"\n{header} {'bits/weight':>12}")
+    for kind, rows in groups.items():
+        weights = sum(r.numel for r in rows)
+        nonzero = sum(r.nonzeros for r in rows)
+        stored = sum(r.stored_bytes for r in rows)
+        bits = sorted({r.weight_bits for r in rows})
+        print(
+            f"{kind:18} {len(rows):>7} {weights:>10,} {1 - nonzero / weights:>9.1%} "
+            f"{'/'.join(map(str, bits)):>5} {8 * stored / weights:>12.2f}"
+        )
+    for stage, value in result.report.metrics.items():
+        print(f"held-out cosine after {stage:11}: {value:.4f}")
+    ratio = source.stat().st_size / size
+    print(
+        f"\n{source.stat().st_size:,} bytes of model.safetensors -> {size:,} bytes ({ratio:.2f}x) "
+        f"in {minutes:.1f} min; held-out sentence cosine of the written file: mean "
+        f"{cos.mean():.4f}, min {cos.min():.4f} ({len(held_out)} sentences)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
