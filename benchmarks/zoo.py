@@ -7,7 +7,7 @@ benchmarks/zoo_models.py for the models, their inputs and their measures). Print
 markdown table; a measure that misses the issue's target is marked with "!".
 
     python benchmarks/zoo.py [--config safe,fixed8,paper] [--snr DB] [--spread DB] [--models a,b] [--out DIR]
-    python benchmarks/zoo.py --calibrated 0.05,0.15 [--models minilm,mobilenet]
+    python benchmarks/zoo.py --calibrated 0.05,0.15 [--output-error per-output] [--models minilm,mobilenet]
     python benchmarks/zoo.py --simulate [--snr DB] [--simulate-bits N] [--models a,b]
 
 ``--simulate`` does not write files: it measures, in numpy, what format features the
@@ -88,10 +88,12 @@ def table(config_name: str, config, names: list[str], out: Path) -> None:
         )
 
 
-def calibrated_table(targets: list[float], names: list[str], out: Path) -> None:
+def calibrated_table(targets: list[float], names: list[str], out: Path, output_error: str = "concat") -> None:
     """Calibrated conversions (the models with calibration data) at each output-error target:
-    ratio, the error reached on the calibration items, and quality on the held-out inputs."""
-    print("\n### calibrated (`--max-output-error`), scored on held-out inputs\n")
+    ratio, the error reached on the calibration items, and quality on the held-out inputs.
+    ``output_error``: how a graph's several outputs are measured (``--output-error``)."""
+    what = f"`--max-output-error`, `--output-error {output_error}`"
+    print(f"\n### calibrated ({what}), scored on held-out inputs\n")
     print("| model | target | ratio | convert s | calibration error | quality |")
     print("|---|---:|---:|---:|---:|---|")
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,7 @@ def calibrated_table(targets: list[float], names: list[str], out: Path) -> None:
         if model.calibrate is None:
             continue
         for target in targets:
-            config = apply_options(SAFE, [("max-output-error", str(target))])
+            config = apply_options(SAFE, [("max-output-error", str(target)), ("output-error", output_error)])
             folder = out / f"{model.name}-calibrated-{target:g}"
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
@@ -234,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calibrated", default=None, help="output-error targets (comma list): calibrated conversions instead"
     )
+    parser.add_argument(
+        "--output-error", default="concat", choices=("concat", "per-output"), help="with --calibrated"
+    )
     parser.add_argument("--snr", type=float, default=None, help="the chooser's floor in dB (default its own)")
     parser.add_argument("--spread", type=float, default=None, help="the chooser's snr_spread in dB")
     parser.add_argument("--models", default=",".join(LOADERS), help=f"comma list of {', '.join(LOADERS)}")
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.calibrated:
         with tempfile.TemporaryDirectory() as work:
-            calibrated_table([float(t) for t in args.calibrated.split(",")], names, args.out or Path(work))
+            targets = [float(t) for t in args.calibrated.split(",")]
+            calibrated_table(targets, names, args.out or Path(work), args.output_error)
         return 0
     for config_name in args.config.split(","):
         if config_name not in CONFIGS:

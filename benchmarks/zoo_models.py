@@ -440,6 +440,8 @@ def deepfilternet() -> ZooModel:
         agree = (decisions(out["lsnr"]) == ref_decisions).all(1)
         result["decisions"] = float(agree.mean())
         result["lsnr max dB"] = float(np.abs(out["lsnr"] - reference["lsnr"]).max())
+        # the mean change of the ERB gains (in [0, 1]) the model applies to the audio
+        result["m change"] = float(np.abs(out["m"] - reference["m"]).mean())
         return result
 
     def calibrate(config: Any, dst: Path) -> float:
@@ -469,8 +471,20 @@ def deepfilternet() -> ZooModel:
         "audio",
         sources,
         evaluate,
-        {"decisions": (">=", 0.99), "SNR m": (">=", 30.0), "SNR coefs": (">=", 30.0)},
-        {"SNR m": ".1f", "SNR coefs": ".1f", "SNR lsnr": ".1f", "decisions": ".4f", "lsnr max dB": ".2f"},
+        {
+            "decisions": (">=", 0.99),
+            "SNR m": (">=", 30.0),
+            "SNR coefs": (">=", 30.0),
+            "m change": ("<=", 0.01),
+        },
+        {
+            "SNR m": ".1f",
+            "SNR coefs": ".1f",
+            "SNR lsnr": ".1f",
+            "decisions": ".4f",
+            "lsnr max dB": ".2f",
+            "m change": ".4f",
+        },
         calibrate,
     )
 

@@ -115,7 +115,16 @@ def convert_main(argv: list[str] | None = None) -> int:
         action=_Ordered,
         dest="options",
         metavar="E",
-        help="smallest file whose mean ||y - y0|| / ||y0|| on the samples is at most E",
+        help="smallest file whose mean ||y - y0|| / ||y0|| on the samples is at most E "
+        "(y: all outputs flattened and concatenated)",
+    )
+    calibrated.add_argument(
+        "--output-error",
+        action=_Ordered,
+        dest="options",
+        choices=("concat", "per-output"),
+        help="with several graph outputs, what E bounds: 'concat' (default) the concatenated outputs' "
+        "error; 'per-output' each output's mean error (the largest of them)",
     )
     parser.add_argument(
         "--workers",

@@ -128,7 +128,7 @@ def convert(
         from .compress.outputs import onnx_outputs
 
         check_input(Path(calibration))
-        outputs = onnx_outputs(model, Path(calibration))
+        outputs = onnx_outputs(model, Path(calibration), config.output_error == "per-output")
         return _calibrated(model, str(src_path), dst_path, config, outputs, None)
     if into == ".dcnn" and writer is not None and writer.write is not None:
         _check_paths(src_path, dst_path, force)

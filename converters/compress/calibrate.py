@@ -14,6 +14,11 @@ The output error of a compressed model on calibration items is the mean over ite
   for graphs without gradients from one measured probe per tensor), the cheapest settings
   whose predicted sum fits the target are chosen (a Lagrangian sweep), and the whole
   model is measured; the budget shrinks until the measured error is within the target.
+  The data-free chooser's coding of each tensor is one of its settings, and the search
+  starts by measuring the data-free file: where that is within the target, no file the
+  search keeps is larger. Last, single-tensor moves to smaller settings are measured one at
+  a time (the most bytes saved per predicted error first) and kept while the measured error
+  stays within the target, which corrects the predictions where they were wrong.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import numpy as np
 from ..errors import ConvertError
 from ..weight import Weight
 from .config import CompressionConfig, TensorPlan
-from .tensor import CompressedTensor, compress_planned, plan_for
+from .tensor import CompressedTensor, compress_planned, compress_weight, floors, plan_for
 
 LADDER = (8, 7, 6, 5, 4, 3)  # bits tried per tensor, besides exact storage
 INITS = ("density", "linear")  # centroid initializations tried at each bits
 LADDER_ITERS = 30  # k-means iterations per setting tried (1-D Lloyd has mostly settled by then)
 MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
+REFINE_EVALS = 48  # measured single-tensor moves tried after the rounds
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
 # evaluate({name: float values, the tensor's shape}) -> mean relative output error
@@ -53,6 +59,7 @@ class _Option:
     tensor: CompressedTensor
     bits: int | None  # None: stored exactly
     cost: float  # predicted squared relative output error
+    data_free: bool = False  # the coding a conversion without calibration data gives
 
 
 def calibrate(
@@ -91,7 +98,8 @@ def calibrate(
         return Calibrated({**fixed, **chosen}, error, None, 1)
     if not target > 0:
         raise ConvertError(f"the output-error target must be positive, got {target}", rule="usage")
-    ladders, probes = _ladders(tuned, plans, config, evaluate, importance)
+    defaults = _data_free(weights, tuned, config)
+    ladders, probes = _ladders(tuned, plans, config, evaluate, importance, defaults)
     chosen, error, evaluations = _search(tuned, ladders, evaluate, target)
     if error > target:
         raise ConvertError(
@@ -101,15 +109,26 @@ def calibrate(
     return Calibrated({**fixed, **chosen}, error, target, evaluations + probes)
 
 
+def _data_free(
+    weights: Sequence[Weight], tuned: Sequence[Weight], config: CompressionConfig
+) -> dict[str, CompressedTensor]:
+    """The data-free coding of each tuned tensor, as a conversion without calibration writes
+    it (the chooser's floors allocated over all ``weights``)."""
+    allocated = floors(weights, config)
+    return {w.name: compress_weight(w, config, floor=allocated.get(w.name)) for w in tuned}
+
+
 def _ladders(
     weights: Sequence[Weight],
     plans: Mapping[str, TensorPlan | None],
     config: CompressionConfig,
     evaluate: Evaluate,
     importance: Mapping[str, np.ndarray],
+    defaults: Mapping[str, CompressedTensor],
 ) -> tuple[dict[str, list[_Option]], int]:
     """Each tensor's settings, cheapest first, with their predicted error; and the number of
-    evaluations spent on probes."""
+    evaluations spent on probes. The first setting of each ladder that is not stored exactly
+    is the tensor's data-free coding (``defaults``), when it has one: see :func:`_start`."""
     ladders: dict[str, list[_Option]] = {}
     probes = 0
     for w in weights:
@@ -126,6 +145,9 @@ def _ladders(
                     setting = replace(plan, bits=bits, init=init, snr=None)
                     tensor = compress_planned(w, setting, quick, weight_importance, scaled)
                     options.append((bits, tensor, tensor.values(w).reshape(-1)))
+        default = defaults[w.name]
+        if default.codes is not None:
+            options.insert(0, (default.report.weight_bits, default, default.values(w).reshape(-1)))
         if weight_importance is None:  # predict from one measured probe and the weight error
             probe = min(options, key=lambda o: abs(o[0] - PROBE_BITS))
             measured = evaluate({w.name: probe[2].reshape(w.array.shape)}) ** 2
@@ -135,8 +157,8 @@ def _ladders(
         else:
             imp = np.asarray(weight_importance, dtype=np.float64).reshape(-1)
             costs = [float(np.sum(imp * (values.astype(np.float64) - d) ** 2)) for _, _, d in options]
-        ladder = [_Option(t, bits, c) for (bits, t, _), c in zip(options, costs, strict=True)]
-        ladder.append(_Option(compress_planned(w, None, config), None, 0.0))
+        ladder = [_Option(t, bits, c, t is default) for (bits, t, _), c in zip(options, costs, strict=True)]
+        ladder.append(_Option(compress_planned(w, None, config), None, 0.0, default.codes is None))
         ladders[w.name] = sorted(ladder, key=lambda o: o.tensor.encoded.stored_bytes)
     return ladders, probes
 
@@ -175,35 +197,82 @@ def _pick(ladders: Mapping[str, list[_Option]], budget: float) -> dict[str, _Opt
 def _search(
     weights: Sequence[Weight], ladders: Mapping[str, list[_Option]], evaluate: Evaluate, target: float
 ) -> tuple[dict[str, CompressedTensor], float, int]:
-    """Shrink the predicted-error budget until the measured error is within the target; keep
-    the smallest choice that met it (or the most accurate one if none did)."""
+    """The data-free choice measured first; then the predicted-error budget shrunk until the
+    measured error is within the target; then measured single-tensor moves (:func:`_refine`).
+    The smallest choice that met the target is kept (or the most accurate one if none did)."""
     by_name = {w.name: w for w in weights}
-    budget = target**2
-    best: tuple[int, dict[str, CompressedTensor], float] | None = None
-    closest: tuple[float, dict[str, CompressedTensor]] | None = None
     evaluations = 0
-    for _ in range(MAX_ROUNDS):
-        choice = _pick(ladders, budget)
-        tensors = {name: option.tensor for name, option in choice.items()}
+
+    def measure(choice: Mapping[str, _Option]) -> tuple[float, int]:
+        nonlocal evaluations
+        evaluations += 1
         replaced = {
             name: option.tensor.values(by_name[name])
             for name, option in choice.items()
             if option.bits is not None
         }
-        error = evaluate(replaced)
-        evaluations += 1
-        size = sum(t.encoded.stored_bytes for t in tensors.values())
+        return evaluate(replaced), sum(o.tensor.encoded.stored_bytes for o in choice.values())
+
+    start = {name: next(o for o in ladder if o.data_free) for name, ladder in ladders.items()}
+    error, size = measure(start)
+    best: tuple[int, dict[str, _Option], float] | None = (size, start, error) if error <= target else None
+    closest: tuple[float, dict[str, _Option]] = (error, start)
+    budget = target**2
+    for _ in range(MAX_ROUNDS):
+        choice = _pick(ladders, budget)
+        error, size = measure(choice)
         if error <= target:
             if best is None or size < best[0]:
-                best = (size, tensors, error)
-            if error > 0.8 * target or not replaced:
+                best = (size, choice, error)
+            if error > 0.8 * target or all(o.bits is None for o in choice.values()):
                 break
             budget *= min((target / max(error, 1e-12)) ** 2, 4.0) * 0.9  # room left: spend it
         else:
-            if closest is None or error < closest[0]:
-                closest = (error, tensors)
+            if error < closest[0]:
+                closest = (error, choice)
             budget *= 0.8 * (target / error) ** 2
-    if best is not None:
-        return best[1], best[2], evaluations
-    assert closest is not None
-    return closest[1], closest[0], evaluations
+    if best is None:
+        return {n: o.tensor for n, o in closest[1].items()}, closest[0], evaluations
+    size, choice, error = best
+    choice, error = _refine(choice, error, ladders, measure, target)
+    return {n: o.tensor for n, o in choice.items()}, error, evaluations
+
+
+def _refine(
+    choice: Mapping[str, _Option],
+    error: float,
+    ladders: Mapping[str, list[_Option]],
+    measure: Callable[[Mapping[str, _Option]], tuple[float, int]],
+    target: float,
+) -> tuple[dict[str, _Option], float]:
+    """Single-tensor moves to smaller settings, measured one at a time: each tensor's move is
+    the smaller setting of least predicted error added per byte saved, moves are tried in
+    that order, and one is kept when the measured error stays within ``target``; a setting
+    that failed rules out, for its tensor, every setting predicted no better. At most
+    REFINE_EVALS measurements."""
+    current = dict(choice)
+    ruled_out: dict[str, float] = {}  # tensor -> the least predicted cost of a failed move
+    for _ in range(REFINE_EVALS):
+        moves = []
+        for name, option in current.items():
+            size = option.tensor.encoded.stored_bytes
+            limit = ruled_out.get(name, float("inf"))
+            smaller = [o for o in ladders[name] if o.tensor.encoded.stored_bytes < size and o.cost < limit]
+            if not smaller:
+                continue
+            rates = [
+                (max(o.cost - option.cost, 0.0) / (size - o.tensor.encoded.stored_bytes), o.cost, i)
+                for i, o in enumerate(smaller)
+            ]
+            rate, _, i = min(rates)
+            moves.append((rate, smaller[i].tensor.encoded.stored_bytes - size, name, smaller[i]))
+        if not moves:
+            break
+        _, _, name, move = min(moves, key=lambda m: m[:3])
+        trial = {**current, name: move}
+        measured, _ = measure(trial)
+        if measured <= target:
+            current, error = trial, measured
+        else:
+            ruled_out[name] = min(ruled_out.get(name, float("inf")), move.cost)
+    return current, error

@@ -27,6 +27,8 @@ else:  # pragma: no cover - Python 3.10
 
 Init = Literal["linear", "density", "random"]
 INITS: tuple[Init, ...] = ("linear", "density", "random")
+# how a graph of several outputs is measured against --max-output-error (see CompressionConfig)
+OUTPUT_ERRORS = ("concat", "per-output")
 
 
 def _check_bits(bits: int, where: str) -> None:
@@ -118,7 +120,9 @@ class CompressionConfig:
     ``fc_bits``. Without a rule nothing is pruned. ``prune_steps`` is the number of
     prune-then-retrain rounds when retraining is available (the target is reached at the last).
     ``max_output_error``, with calibration data, is the mean ||y - y0|| / ||y0|| over the
-    calibration items that the per-tensor bits are searched to stay within.
+    calibration items that the per-tensor bits are searched to stay within; ``output_error``
+    says what y is for a graph of several outputs: "concat" (all outputs flattened and
+    concatenated) or "per-output" (each output's mean relative error, the largest of them).
 
     ``snr`` (dB) turns on the error-bounded chooser (``converters.compress.fidelity``): each
     compressed tensor gets the fewest bytes (bits, centroids) that keep its fidelity at or
@@ -135,6 +139,7 @@ class CompressionConfig:
     kmeans_iters: int = 300
     seed: int = 0
     max_output_error: float | None = None
+    output_error: str = "concat"
     snr: float | None = None
     snr_spread: float = 10.0
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
@@ -153,6 +158,10 @@ class CompressionConfig:
             isinstance(target, bool) or not isinstance(target, int | float) or not target > 0
         ):
             raise ValueError(f"max_output_error must be a positive number, got {target!r}")
+        if self.output_error not in OUTPUT_ERRORS:
+            raise ValueError(
+                f"output_error must be one of {', '.join(OUTPUT_ERRORS)}, got {self.output_error!r}"
+            )
         if self.snr is not None and (
             isinstance(self.snr, bool) or not isinstance(self.snr, int | float) or not 0 < self.snr < 200
         ):
@@ -297,6 +306,7 @@ def apply_options(
     ``prune`` "F" or "PATTERN=F", F the fraction of weights removed (0.9 or 90%);
     ``include``/``exclude`` a PATTERN to compress or store exactly;
     ``max-output-error`` "E", the output-error target of a calibrated conversion;
+    ``output-error`` "concat" or "per-output", how a graph's several outputs are measured;
     ``snr`` "DB", the error-bounded chooser's floor (0 or "off": no chooser). ``bits`` N for
     every tensor, or ``init``, turn the chooser off: the bits given are used.
     """
@@ -329,6 +339,8 @@ def apply_options(
                         ) from None
             elif option == "max-output-error":
                 config = replace(config, max_output_error=_number(float, value, text))
+            elif option == "output-error":
+                config = replace(config, output_error=text)
             elif option == "prune":
                 percent = value.endswith("%")
                 sparsity = _number(float, value[:-1] if percent else value, text) / (100 if percent else 1)

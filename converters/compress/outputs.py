@@ -150,13 +150,19 @@ class OnnxOutputs:
     weight the converter takes (initializers, Constant values, subgraphs') can be measured."""
 
     def __init__(
-        self, skeleton: bytes, weights: Mapping[str, Any], items: list[dict[str, np.ndarray]]
+        self,
+        skeleton: bytes,
+        weights: Mapping[str, Any],
+        items: list[dict[str, np.ndarray]],
+        per_output: bool = False,
     ) -> None:
         self.skeleton = skeleton
         self.weights = dict(weights)
         self.shapes = {name: (w.dtype, tuple(w.array.shape)) for name, w in self.weights.items()}
         self.items = items
-        self.reference = [self._outputs(self._session({}), item) for item in items]
+        self.per_output = per_output
+        session = self._session({})
+        self.reference = [self._outputs(session, item) for item in items]
 
     def _session(self, replaced: Mapping[str, np.ndarray]) -> Any:
         import onnxruntime as ort
@@ -177,27 +183,39 @@ class OnnxOutputs:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     @staticmethod
-    def _outputs(session: Any, item: Mapping[str, np.ndarray]) -> np.ndarray:
-        outputs = session.run(None, dict(item))
-        return np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1) for o in outputs])
+    def _outputs(session: Any, item: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o, dtype=np.float64).reshape(-1) for o in session.run(None, dict(item))]
 
     def measurable(self, name: str) -> bool:
         """Whether :meth:`error` can replace the tensor ``name``."""
         return name in self.weights
 
     def error(self, replaced: Mapping[str, np.ndarray]) -> float:
-        """Mean relative output error with the named tensors replaced by these values."""
+        """Mean relative output error with the named tensors replaced by these values: of all
+        outputs flattened and concatenated, or (``per_output``) the largest over the graph's
+        outputs of each output's mean relative error."""
         session = self._session(replaced)
-        errors = [
-            _relative_error(self._outputs(session, item), y0)
-            for item, y0 in zip(self.items, self.reference, strict=True)
-        ]
-        return float(np.mean(errors))
+        outputs = [self._outputs(session, item) for item in self.items]
+        if self.per_output:
+            errors = [
+                [_relative_error(y, y0) for y, y0 in zip(ys, y0s, strict=True)]
+                for ys, y0s in zip(outputs, self.reference, strict=True)
+            ]
+            return float(np.max(np.mean(errors, axis=0)))
+        return float(
+            np.mean(
+                [
+                    _relative_error(np.concatenate(ys), np.concatenate(y0s))
+                    for ys, y0s in zip(outputs, self.reference, strict=True)
+                ]
+            )
+        )
 
 
-def onnx_outputs(model: Any, calibration: Path) -> OnnxOutputs:
+def onnx_outputs(model: Any, calibration: Path, per_output: bool = False) -> OnnxOutputs:
     """An ONNX model's outputs on the calibration items of a ``.npz`` (see
-    :func:`load_calibration`); ``model`` is the converter's ModelInput of it."""
+    :func:`load_calibration`); ``model`` is the converter's ModelInput of it; ``per_output``:
+    the error is the largest of the outputs' own (see :meth:`OnnxOutputs.error`)."""
     import onnx
     from onnx import helper
 
@@ -211,4 +229,4 @@ def onnx_outputs(model: Any, calibration: Path) -> OnnxOutputs:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
         inputs[value.name] = (dtype, len(tensor.shape.dim))
     items = load_calibration(calibration, inputs)
-    return OnnxOutputs(model.source.skeleton, {w.name: w for w in model.weights()}, items)
+    return OnnxOutputs(model.source.skeleton, {w.name: w for w in model.weights()}, items, per_output)

@@ -212,3 +212,68 @@ def test_onnx_reported_error_is_the_written_files_even_for_constant_held_weights
         errors.append(np.linalg.norm(y - y0) / np.linalg.norm(y0))
     assert 0 < report.output_error <= 0.05
     assert float(np.mean(errors)) == pytest.approx(report.output_error, rel=1e-3)
+
+
+def test_calibration_is_never_larger_than_the_data_free_file_that_meets_the_target(tmp_path) -> None:
+    net = mlp()
+    free = save_module(net, tmp_path / "free.dcnn", SAFE)
+    reached = output_error(net, tmp_path / "free.dcnn", items(1))
+    config = apply_options(SAFE, [("max-output-error", str(reached * 1.01))])
+    report = save_module(net, tmp_path / "cal.dcnn", config, calibration=items(1))
+    assert report.output_error <= reached * 1.01
+    # the tensors' bytes: the file's metadata also records the target and the error reached
+    assert sum(t.stored_bytes for t in report.tensors) <= sum(t.stored_bytes for t in free.tensors)
+
+
+def two_outputs(path) -> None:
+    """One input, two outputs of very different sizes: a wide one and a narrow one whose
+    weight calibration must not let drift because the wide output hides it."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 512)).astype(np.float32) / 6, "wide"),
+        numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32) / 6, "narrow"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wide"], ["a"]),
+        helper.make_node("MatMul", ["x", "narrow"], ["h"]),
+        helper.make_node("ReduceSum", ["h"], ["b"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [4, 512]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, []),
+        ],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("mode", ["concat", "per-output"])
+def test_output_error_modes_bound_what_they_say(tmp_path, mode: str) -> None:
+    import onnxruntime as ort
+
+    two_outputs(tmp_path / "m.onnx")
+    x = np.random.default_rng(4).standard_normal((3, 4, 32)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    config = apply_options(SAFE, [("max-output-error", "0.02"), ("output-error", mode)])
+    report = convert(tmp_path / "m.onnx", tmp_path / "m.dcnn", config, calibration=tmp_path / "cal.npz")
+    convert(tmp_path / "m.dcnn", tmp_path / "back.onnx")
+    original, rebuilt = (ort.InferenceSession(str(tmp_path / f)) for f in ("m.onnx", "back.onnx"))
+    per_output, concat = [], []
+    for sample in x:
+        y0s, ys = original.run(None, {"x": sample}), rebuilt.run(None, {"x": sample})
+        pairs = zip(ys, y0s, strict=True)
+        per_output.append([np.linalg.norm(y - y0) / np.linalg.norm(y0) for y, y0 in pairs])
+        y0, y = (np.concatenate([np.ravel(o) for o in outs]) for outs in (y0s, ys))
+        concat.append(np.linalg.norm(y - y0) / np.linalg.norm(y0))
+    expected = max(np.mean(per_output, axis=0)) if mode == "per-output" else np.mean(concat)
+    assert 0 < report.output_error <= 0.02
+    assert float(expected) == pytest.approx(report.output_error, rel=1e-3)
+
+
+def test_an_unknown_output_error_mode_is_a_usage_error() -> None:
+    with pytest.raises(ConvertError, match="output_error must be one of concat, per-output"):
+        apply_options(SAFE, [("output-error", "sum")])
