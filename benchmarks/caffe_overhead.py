@@ -1,7 +1,9 @@
 """Where the bytes of a converted release (.net) file go: a SqueezeNet-v1.0-shaped release
 file (26 conv layers, 52 tensors, 8-bit codes, synthetic trained-like codes at ``--density``)
 converted with the safe data-free settings, its size split into tensor payload, codebooks and
-the rest (header records, source skeleton, section padding).
+the rest (header records, source skeleton, section padding), written compact (format 1.2:
+packed tables and codebooks, no padding before sections that need no alignment) and as a 1.1
+writer wrote it (``compact=False``), side by side.
 
     python benchmarks/caffe_overhead.py [--density D] [--seed S]
 """
@@ -9,6 +11,7 @@ the rest (header records, source skeleton, section padding).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +27,9 @@ from converters.formats.caffe_release.prototxt import parse
 from converters.formats.caffe_release.read import read_net
 from converters.formats.caffe_release.release import SparseWeight, encode_release
 from converters.formats.caffe_release.shapes import release_layers
+from dcformat import dcnn_pb2 as pb
 from dcformat.encodings.base import sections_of
-from dcformat.layout import align_up
+from dcformat.layout import PREAMBLE
 
 FIRES = [
     (2, 16, 64),
@@ -115,39 +119,58 @@ def main() -> None:
         (tmp / "net.prototxt").write_text(prototxt)
         (tmp / "model.net").write_bytes(encode_release(layers, weights))
         model = read_net(tmp / "model.net", tmp / "net.prototxt")
-        with dcformat.Writer(tmp / "model.dcnn", source=model.source) as writer:
-            for w in model.weights():
-                writer.add_encoded(compress_weight(w, SAFE).encoded)
-        size = (tmp / "model.dcnn").stat().st_size
-        with dcformat.safe_open(tmp / "model.dcnn") as f:
-            header = f.preamble.header_length
-            sections = [s for t in f.header.tensors for s in sections_of(t)]
-            payload = sum(s.length for s in sections)
-            padding = (
-                sum(align_up(s.length) - s.length for s in sections[:-1])
-                + f.preamble.data_start
-                - 24
-                - header
+        encoded = [compress_weight(w, SAFE).encoded for w in model.weights()]
+        rows = {}
+        for compact in (False, True):
+            path = tmp / f"model-{compact}.dcnn"
+            with dcformat.Writer(path, source=model.source, compact=compact) as writer:
+                for e in encoded:
+                    writer.add_encoded(pickle.loads(pickle.dumps(e)))  # each writer packs its own copy
+            rows[compact] = breakdown(path)
+            assert all(
+                np.array_equal(a, b)
+                for a, b in zip(*map(_loaded, (path, tmp / "model-False.dcnn")), strict=False)
             )
-            books = sum(len(t.codebook.values) for t in f.header.tensors)
-            tables = sum(len(t.codes.code_lengths) + len(t.gaps.code_lengths) for t in f.header.tensors)
-            src = f.header.source
-            skeleton = len(src.skeleton) + len(src.skeleton_zstd)
-            print(f"layers {len(layers)}, tensors {len(f.keys())}, format {f.version}")
-            print(f"release .net file        {(tmp / 'model.net').stat().st_size:>10,} bytes")
-            print(f".dcnn file               {size:>10,} bytes")
-            print(f"  tensor payload         {payload:>10,}  (sections)")
-            print(f"  codebooks              {books:>10,}  (in the header)")
-            print(f"  code-length tables     {tables:>10,}  (in the header)")
-            how = "zstd" if src.skeleton_zstd else "plain"
-            print(f"  source skeleton        {skeleton:>10,}  ({len(prototxt):,} as text, stored {how})")
-            print(f"  other header bytes     {header - books - tables - skeleton:>10,}")
-            print(f"  padding + preamble     {padding + 24:>10,}")
-            print(f"overhead over payload + codebooks: {size / (payload + books) - 1:.2%}")
-            plain = size - skeleton + len(prototxt)  # within the header's alignment
+        float32_books = rows[False]["codebooks"]
+        print(f"layers {len(layers)}, tensors {len(encoded)}, density {args.density}, seed {args.seed}")
+        print(f"release .net file        {(tmp / 'model.net').stat().st_size:>10,} bytes")
+        print(f"{'':24} {'1.1 writer':>10} {'compact':>10}")
+        for key in rows[False]:
+            print(f"  {key:22} {rows[False][key]:>10,} {rows[True][key]:>10,}")
+        for compact, label in ((False, "1.1 writer"), (True, "compact")):
+            r = rows[compact]
             print(
-                f"with the skeleton stored plain (1.0): ~{plain:,} bytes, {plain / (payload + books) - 1:.2%}"
+                f"{label}: file / (payload + float32 codebooks) - 1 = "
+                f"{r['file'] / (r['tensor payload'] + float32_books) - 1:+.2%}"
             )
+
+
+def breakdown(path: Path) -> dict[str, int]:
+    """Where the file's bytes go, from its header as stored (packed fields not expanded)."""
+    data = path.read_bytes()
+    length = PREAMBLE.unpack(data[:24])[3]
+    header = pb.Header.FromString(data[24 : 24 + length])
+    sections = [s for t in header.tensors for s in sections_of(t)]
+    payload = sum(s.length for s in sections)
+    books = sum(len(t.codebook.values) + len(t.codebook.values_packed) for t in header.tensors)
+    tables = sum(
+        len(s.code_lengths) + len(s.code_lengths_packed) for t in header.tensors for s in (t.codes, t.gaps)
+    )
+    skeleton = len(header.source.skeleton) + len(header.source.skeleton_zstd)
+    return {
+        "file": len(data),
+        "minor version": PREAMBLE.unpack(data[:24])[2],
+        "tensor payload": payload,
+        "codebooks": books,
+        "code-length tables": tables,
+        "source skeleton": skeleton,
+        "other header bytes": length - books - tables - skeleton,
+        "padding + preamble": len(data) - length - payload,
+    }
+
+
+def _loaded(path: Path) -> list[np.ndarray]:
+    return list(dcformat.load_file(path).values())
 
 
 if __name__ == "__main__":

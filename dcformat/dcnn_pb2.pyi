@@ -71,28 +71,32 @@ class Section(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class HuffmanStream(_message.Message):
-    __slots__ = ("count", "code_lengths", "chunk_size", "chunk_offsets", "bit_length", "data")
+    __slots__ = ("count", "code_lengths", "code_lengths_packed", "chunk_size", "chunk_offsets", "bit_length", "data")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CODE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    CODE_LENGTHS_PACKED_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     BIT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     count: int
     code_lengths: bytes
+    code_lengths_packed: bytes
     chunk_size: int
     chunk_offsets: _containers.RepeatedScalarFieldContainer[int]
     bit_length: int
     data: Section
-    def __init__(self, count: _Optional[int] = ..., code_lengths: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., chunk_offsets: _Optional[_Iterable[int]] = ..., bit_length: _Optional[int] = ..., data: _Optional[_Union[Section, _Mapping]] = ...) -> None: ...
+    def __init__(self, count: _Optional[int] = ..., code_lengths: _Optional[bytes] = ..., code_lengths_packed: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., chunk_offsets: _Optional[_Iterable[int]] = ..., bit_length: _Optional[int] = ..., data: _Optional[_Union[Section, _Mapping]] = ...) -> None: ...
 
 class Codebook(_message.Message):
-    __slots__ = ("dtype", "values")
+    __slots__ = ("dtype", "values", "values_packed")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_PACKED_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     values: bytes
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., values: _Optional[bytes] = ...) -> None: ...
+    values_packed: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., values: _Optional[bytes] = ..., values_packed: _Optional[bytes] = ...) -> None: ...
 
 class Scales(_message.Message):
     __slots__ = ("dtype", "rows_per_scale", "values")

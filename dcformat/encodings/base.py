@@ -126,6 +126,14 @@ def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
                 yield getattr(tensor.outliers, name)
 
 
+def placed_sections(tensor: pb.Tensor) -> Iterator[tuple[pb.Section, bool]]:
+    """The tensor's sections in file order, each with whether it starts 64-aligned in a 1.2
+    file: only uncompressed RAW data is (for mmap)."""
+    aligned = tensor.encoding == pb.RAW and tensor.compression == pb.COMPRESSION_NONE
+    for section in sections_of(tensor):
+        yield section, aligned
+
+
 def new_record(name: str, shape: tuple[int, ...], dtype: str, encoding: int) -> pb.Tensor:
     return pb.Tensor(name=name, shape=shape, dtype=dtypes.to_enum(dtype), encoding=encoding)
 

@@ -15,7 +15,8 @@ from google.protobuf.message import DecodeError
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes, encodings
-from ..encodings.base import numel_of, sections_of
+from ..encodings import compact
+from ..encodings.base import numel_of, placed_sections, sections_of
 from ..errors import ChecksumError, FormatError, LimitError, VersionError
 from ..layout import (
     EXPANSION_SLACK,
@@ -149,12 +150,17 @@ def check_version(tensor: pb.Tensor, minor: int) -> None:
         )
 
 
-def check_tensor(tensor: pb.Tensor, minor: int = MINOR) -> None:
+def check_tensor(tensor: pb.Tensor, minor: int = MINOR, expanded: list[int] | None = None) -> None:
     """Every rule on one tensor record that needs no section data, in the order of spec 11
-    (``minor``: the file's declared minor version)."""
+    (``minor``: the file's declared minor version). Packed tables and codebooks (1.2) are
+    expanded into the record; ``expanded`` counts the table lengths of a whole file."""
     if not tensor.name or len(tensor.name.encode()) > MAX_NAME_BYTES:
         raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
     check_version(tensor, minor)
+    grown = compact.expand(tensor, minor)
+    if expanded is not None:
+        expanded[0] += grown
+        compact.check_expanded(expanded[0])
     if len(tensor.shape) > MAX_RANK:
         raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
     # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).
@@ -183,12 +189,15 @@ def check_tensor(tensor: pb.Tensor, minor: int = MINOR) -> None:
     encodings.of(tensor).check(tensor, dtype, numel, decoded_bytes)
 
 
-def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
-    """Sections follow each other in header order, each at the next aligned offset."""
+def check_layout(header: pb.Header, data_start: int, file_size: int, minor: int = MINOR) -> dict[int, int]:
+    """Sections follow each other in header order, each at the next aligned offset (from 1.2:
+    only uncompressed RAW sections are aligned, the others follow the previous section).
+    Returns, by section offset, where the zero padding after the section ends (data area)."""
     end = 0
+    starts = []
     for tensor in header.tensors:
-        for section in sections_of(tensor):
-            expected = align_up(end)
+        for section, aligned in placed_sections(tensor):
+            expected = align_up(end) if aligned or minor < compact.SINCE_MINOR else end
             if section.offset != expected:
                 raise FormatError(
                     f"section at data offset {section.offset}, expected {expected}",
@@ -197,6 +206,7 @@ def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
                     offset=data_start + min(section.offset, expected),
                 )
             end = expected + section.length
+            starts.append((expected, end))
     if data_start + end != file_size:
         rule = "truncated" if data_start + end > file_size else "file-size"
         raise FormatError(
@@ -204,3 +214,5 @@ def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
             rule=rule,
             offset=min(file_size, data_start + end),
         )
+    pad_ends = [start for start, _ in starts[1:]] + [end][: len(starts)]
+    return {start: pad for (start, _), pad in zip(starts, pad_ends, strict=True)}

@@ -132,7 +132,29 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
     )
     out.update(format_1_1_vectors(rng))
     out.update(coverage_vectors())
+    out.update(format_1_2_vectors(rng))
     return out
+
+
+def format_1_2_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]:
+    """Packed tables and codebooks and the 1.2 layout (spec 4, 5.8, 7.6), written compact: a
+    sparse tensor with a sorted 256-value codebook, dense codes with a float16-exact codebook
+    stored float32 by the caller, an unaligned zstd RAW tensor, then an aligned plain RAW one."""
+    book = np.concatenate([[0.0], np.sort(rng.normal(0, 0.05, 255))]).astype(np.float32)
+    positions, codes = _sparse_codes((40, 50), 0.3, 256, 5)
+    return {
+        "compact": (
+            {
+                "sparse": dcformat.Quantized(book, codes, (40, 50), positions=positions),
+                "dense_f16_exact": dcformat.Quantized(
+                    np.linspace(-1, 1, 17).astype(np.float32), rng.integers(0, 17, (9, 11)), (9, 11)
+                ),
+                "raw_zstd": dcformat.Raw(np.zeros(300, np.float32), zstd_level=3),
+                "raw": np.arange(5, dtype=np.int16),
+            },
+            {"compact": True},
+        )
+    }
 
 
 def coverage_vectors() -> dict[str, tuple[dict, dict]]:
@@ -259,6 +281,11 @@ class Parsed:
         self.sections = {
             key: data[start + s.offset : start + s.offset + s.length] for key, s in self.all_sections()
         }
+        self.aligned = {
+            (i, "raw")
+            for i, t in enumerate(self.header.tensors)
+            if t.encoding == pb.RAW and t.compression == pb.COMPRESSION_NONE
+        }
 
     def all_sections(self) -> list[tuple[tuple[int, str], pb.Section]]:
         """((tensor index, field), section) in file order."""
@@ -294,7 +321,7 @@ class Parsed:
         for key, s in self.all_sections():
             payload = self.sections.get(key, b"")
             if relayout:
-                s.offset = align_up(len(data))
+                s.offset = align_up(len(data)) if self.minor < 2 or key in self.aligned else len(data)
             data += bytes(max(0, s.offset - len(data)))
             data[s.offset : s.offset + len(payload)] = payload
         header = self.header.SerializeToString(deterministic=True)
@@ -430,7 +457,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add(
         "index_bits_0",
         "index-bits",
-        _header("sparse_codes", lambda p: setattr(_first(p, "fc"), "index_bits", 0)),
+        _header("sparse_codes", lambda p: _first(p, "fc").ClearField("index_bits")),
     )
     add(
         "index_bits_17",
@@ -491,6 +518,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("zstd_two_frames", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, None)))
     add("chunk_offset_bound", "huffman-chunks", _header("chunked", _offset_past_bound))
     _add_1_1(add)
+    _add_1_2(add)
     add("source_zstd_in_minor_0", "version", _header("source_zstd", lambda p: setattr(p, "minor", 0)))
     add(
         "source_both_skeletons",
@@ -671,8 +699,71 @@ def _add_1_1(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
     add("outliers_zstd_size", "outliers", _header("outliers_zstd", _outlier_zstd_size))
 
 
-def _newer_minor(p: Parsed) -> None:
+def _add_1_2(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
+    """Invalid vectors of the 1.2 rules (spec 4, 5.8, 7.6, 10)."""
+    add("packed_in_minor_1", "version", _header("compact", lambda p: setattr(p, "minor", 1)))
+    add("unpadded_in_minor_1", "section-layout", ("sparse_codes", _unpadded_in_minor_1))
+    add("padded_in_minor_2", "section-layout", ("sparse_codes", _padded_in_minor_2))
+    add(
+        "packed_table_and_plain",
+        "huffman-table",
+        _header("compact", lambda p: setattr(_first(p, "sparse").codes, "code_lengths", bytes(256))),
+    )
+    add(
+        "packed_table_trailing_byte",
+        "huffman-table",
+        _header("compact", lambda p: _edit_packed_table(p, lambda b: b + bytes(1))),
+    )
+    add(
+        "packed_table_incomplete",
+        "huffman-table",
+        # one symbol, lengths (2, 2): an incomplete code
+        _header("compact", lambda p: _edit_packed_table(p, lambda b: bytes([1, 1, 2, 0x12, 0]))),
+    )
+    add(
+        "packed_codebook_trailing_byte",
+        "codebook",
+        _header("compact", lambda p: _edit_packed_book(p, lambda b: b + bytes(1))),
+    )
+    add(
+        "packed_codebook_range",
+        "codebook",
+        # one value of bucket 33 (the only symbol, length 1), extra bits all ones: key -2^31
+        _header(
+            "compact",
+            lambda p: _edit_packed_book(
+                p, lambda b: bytes([1, 1, 34]) + bytes(12) + b"\x08\x00" + b"\xff" * 4
+            ),
+        ),
+    )
+
+
+def _padded_in_minor_2(data: bytes) -> bytes:
+    p = Parsed(data)
     p.minor = 2
+    return p.build(relayout=False)
+
+
+def _unpadded_in_minor_1(data: bytes) -> bytes:
+    p = Parsed(data)
+    p.minor, p.aligned = 2, set()
+    relaid = Parsed(p.build())
+    relaid.minor = 1
+    return relaid.build(relayout=False)
+
+
+def _edit_packed_table(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
+    stream = _first(p, "sparse").codes
+    stream.code_lengths_packed = edit(stream.code_lengths_packed)
+
+
+def _edit_packed_book(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
+    book = _first(p, "sparse").codebook
+    book.values_packed = edit(book.values_packed)
+
+
+def _newer_minor(p: Parsed) -> None:
+    p.minor = 3
     _first(p, "rows_f16").encoding = 6
 
 
@@ -733,7 +824,7 @@ def write_valid(out: Path) -> dict[str, bytes]:
     files = {}
     for name, (tensors, options) in valid_vectors().items():
         path = out / f"{name}.dcnn"
-        with dcformat.Writer(path, producer=PRODUCER, **options) as w:
+        with dcformat.Writer(path, producer=PRODUCER, **{"compact": False, **options}) as w:
             for tname, t in tensors.items():
                 w.add(tname, t)
         expected = dcformat.load_file(path)
