@@ -1,0 +1,84 @@
+"""Packed tables and codebooks and the compact writer (format 1.2, spec 4, 5.8, 7.6)."""
+
+import numpy as np
+import pytest
+
+import dcformat
+from dcformat.codec import packed
+from dcformat.errors import FormatError
+
+
+def test_worked_examples_byte_for_byte():
+    table = packed.pack_table(np.array([3, 1, 3, 3, 3], np.uint8))
+    assert table.hex(" ") == "05 0a 10 10 24 00 00 00 40 2d 00"
+    book = packed.pack_codebook(np.array([0.0, 0.5, -1.0], np.float32))
+    assert book.hex(" ") == "03 05 21 02" + " 00" * 10 + " 40 01 0d 00 00 00 7e 00 00 40 1f"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_round_trips(seed):
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 5000))
+    lengths = np.where(rng.random(size) < rng.random(), 0, rng.integers(1, 17, size)).astype(np.uint8)
+    assert np.array_equal(packed.unpack_table(packed.pack_table(lengths), "huffman-table"), lengths)
+    bits = rng.integers(0, 2**32, int(rng.integers(1, 400)), dtype=np.uint64).astype(np.uint32)
+    assert (
+        packed.unpack_codebook(packed.pack_codebook(bits.view(np.float32)), 4, "codebook") == bits.tobytes()
+    )
+    half = rng.integers(0, 2**16, int(rng.integers(1, 400))).astype(np.uint16)
+    assert (
+        packed.unpack_codebook(packed.pack_codebook(half.view(np.float16)), 2, "codebook") == half.tobytes()
+    )
+
+
+def test_large_sparse_table_packs_small():
+    lengths = np.zeros(1 << 16, np.uint8)
+    lengths[[5, 60000]] = 1
+    data = packed.pack_table(lengths)
+    assert len(data) < 40
+    assert np.array_equal(packed.unpack_table(data, "huffman-table"), lengths)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes([0, 0, 1, 0]),  # zero symbols
+        bytes([0x80, 0x00, 1, 1]),  # varint not minimal
+        bytes([1, 1, 2, 0x12, 0]),  # lengths (2, 2): incomplete
+        bytes([1, 1, 1, 1, 0, 0]),  # a byte after the table
+        bytes([1, 1, 1, 1, 2]),  # a padding bit set
+        bytes([2, 2, 18, 0, 0, 0, 0, 0, 0, 0x40, 0]),  # 2 x symbol 17 (2^1 ... ) fine size-wise
+        bytes([1, 2, 33] + [0] * 12 + [0x01, 0]),  # bit_length 2 for one 1-bit symbol
+    ],
+)
+def test_broken_tables_raise_the_rule(data):
+    try:
+        out = packed.unpack_table(data, "huffman-table")
+    except FormatError as exc:
+        assert exc.rule == "huffman-table"
+    else:  # the one well-formed case: two runs of 2 unused symbols
+        assert out.tolist() == [0, 0, 0, 0] and data[2] == 18
+
+
+def test_compact_writer_reads_back_the_same(tmp_path):
+    rng = np.random.default_rng(0)
+    book = np.concatenate([[0.0], np.sort(rng.normal(0, 0.05, 255))]).astype(np.float32)
+    positions = np.sort(rng.choice(4000, 1200, replace=False))
+    tensors = {
+        "sparse": dcformat.Quantized(book, rng.integers(1, 256, 1200), (40, 100), positions=positions),
+        "dense": dcformat.Quantized(
+            np.linspace(-1, 1, 9).astype(np.float32), rng.integers(0, 9, (7, 3)), (7, 3)
+        ),
+        "bias": rng.normal(size=13).astype(np.float32),
+    }
+    for compact in (False, True):
+        dcformat.save_file(tensors, tmp_path / f"{compact}.dcnn", compact=compact)
+    plain, small = tmp_path / "False.dcnn", tmp_path / "True.dcnn"
+    assert small.stat().st_size < plain.stat().st_size
+    a, b = dcformat.load_file(plain), dcformat.load_file(small)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    with dcformat.safe_open(small) as f:
+        assert f.version == (1, 2)
+        assert f.get_codes("dense").codebook.dtype == np.float16  # exact, so stored half width
+    assert dcformat.validate(small).ok
