@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -29,6 +30,7 @@ from converters.formats.caffe_release.release import SparseWeight, encode_releas
 from converters.formats.caffe_release.shapes import release_layers
 from dcformat import dcnn_pb2 as pb
 from dcformat.encodings.base import sections_of
+from dcformat.file.header import inflate_header
 from dcformat.layout import PREAMBLE
 
 FIRES = [
@@ -131,7 +133,7 @@ def main() -> None:
                 np.array_equal(a, b)
                 for a, b in zip(*map(_loaded, (path, tmp / "model-False.dcnn")), strict=False)
             )
-        float32_books = rows[False]["codebooks"]
+        float32_books = sum(len(t.codebook.values) for t in _header(tmp / "model-False.dcnn")[2].tensors)
         print(f"layers {len(layers)}, tensors {len(encoded)}, density {args.density}, seed {args.seed}")
         print(f"release .net file        {(tmp / 'model.net').stat().st_size:>10,} bytes")
         print(f"{'':24} {'1.1 writer':>10} {'compact':>10}")
@@ -146,27 +148,53 @@ def main() -> None:
 
 
 def breakdown(path: Path) -> dict[str, int]:
-    """Where the file's bytes go, from its header as stored (packed fields not expanded)."""
-    data = path.read_bytes()
+    """Where the file's bytes go. The header's parts are counted as serialized before the
+    header's own compression (packed fields not expanded); "header zstd" is what that saved."""
+    data, minor, header = _header(path)
     length = PREAMBLE.unpack(data[:24])[3]
-    header = pb.Header.FromString(data[24 : 24 + length])
-    sections = [s for t in header.tensors for s in sections_of(t)]
+    tensors = list(header.tensors)
+    streams = [getattr(t, s) for t in tensors for s in ("codes", "gaps") if t.HasField(s)]
+    sections = [s for t in tensors for s in sections_of(t)]
     payload = sum(s.length for s in sections)
-    books = sum(len(t.codebook.values) + len(t.codebook.values_packed) for t in header.tensors)
-    tables = sum(
-        len(s.code_lengths) + len(s.code_lengths_packed) for t in header.tensors for s in (t.codes, t.gaps)
-    )
-    skeleton = len(header.source.skeleton) + len(header.source.skeleton_zstd)
+    parts = {
+        "codebooks": sum(_field(t.codebook, "values") + _field(t.codebook, "values_packed") for t in tensors),
+        "code-length tables": sum(
+            _field(s, "code_lengths") + _field(s, "code_lengths_packed") for s in streams
+        ),
+        "source skeleton": _field(header.source, "skeleton") + _field(header.source, "skeleton_zstd"),
+        "tensor names": sum(_field(t, "name") for t in tensors),
+        "section records": sum(len(s.SerializeToString()) + 2 for s in sections),
+        "chunk offsets": sum(_field(s, "chunk_offsets") for s in streams),
+    }
+    plain = len(header.SerializeToString(deterministic=True))
     return {
         "file": len(data),
-        "minor version": PREAMBLE.unpack(data[:24])[2],
+        "minor version": minor,
         "tensor payload": payload,
-        "codebooks": books,
-        "code-length tables": tables,
-        "source skeleton": skeleton,
-        "other header bytes": length - books - tables - skeleton,
+        **parts,
+        "other header bytes": plain - sum(parts.values()),
+        "header zstd": length - plain,
         "padding + preamble": len(data) - length - payload,
     }
+
+
+def _header(path: Path) -> tuple[bytes, int, pb.Header]:
+    """The file's bytes, minor version and header (decompressed when it is stored compressed)."""
+    data = path.read_bytes()
+    minor, length = PREAMBLE.unpack(data[:24])[2:4]
+    stored = pb.Header.FromString(data[24 : 24 + length])
+    return data, minor, inflate_header(stored, minor)
+
+
+def _field(message: Message, name: str) -> int:
+    """The serialized size of one field of a message."""
+    alone = type(message)()
+    value = getattr(message, name)
+    if isinstance(value, bytes | str | int):
+        setattr(alone, name, value)
+    else:
+        getattr(alone, name).extend(value)
+    return len(alone.SerializeToString())
 
 
 def _loaded(path: Path) -> list[np.ndarray]:

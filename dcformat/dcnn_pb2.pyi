@@ -170,7 +170,7 @@ class Source(_message.Message):
     def __init__(self, format: _Optional[str] = ..., skeleton: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., skeleton_zstd: _Optional[bytes] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("producer", "metadata", "source", "tensors")
+    __slots__ = ("producer", "metadata", "source", "tensors", "header_zstd")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,8 +182,10 @@ class Header(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    HEADER_ZSTD_FIELD_NUMBER: _ClassVar[int]
     producer: str
     metadata: _containers.ScalarMap[str, str]
     source: Source
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, producer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    header_zstd: bytes
+    def __init__(self, producer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., header_zstd: _Optional[bytes] = ...) -> None: ...

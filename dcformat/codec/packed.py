@@ -4,8 +4,8 @@ small canonical Huffman stream, vectorized both ways.
 Both start with a *mini stream*: varint ``count``, varint ``bit_length``, one byte ``n``, the
 first ``n`` code lengths of its alphabet at 3 bits each (LSB first), then ``bit_length`` bits of
 symbols coded as spec section 7 (one chunk). A table's symbols are delta-coded lengths and runs
-of unused symbols; a codebook's are the bit lengths of zigzag deltas of order-preserving keys,
-whose remaining bits follow in an extra-bits area. Decoding runs the stream decoders (native or
+of unused symbols; a codebook's are the bit lengths of key deltas (an escape before each negative
+one), whose remaining bits follow in an extra-bits area. Decoding runs the stream decoders (native or
 numpy) on the symbols; every error is a FormatError under the caller's rule.
 """
 
@@ -21,7 +21,8 @@ from .huffman import Stream
 
 MAX_LENGTH = 7  # code lengths of a mini stream fit 3 bits
 TABLE_ALPHABET = 33  # 0: one unused symbol; 1..16: a used length (delta); 16+j: 2^j unused
-BOOK_ALPHABET = 34  # the bit length (0..33) of a zigzag key delta
+BOOK_ALPHABET = 34  # the bit length (0..32) of a key delta's magnitude; 33: the next delta is negative
+NEGATE = 33
 _VARINT_BYTES = 3  # counts and bit lengths here stay below 2^21
 
 
@@ -67,10 +68,12 @@ def pack_codebook(values: np.ndarray) -> bytes:
     width = values.dtype.itemsize * 8
     keys = _keys(values.view(np.uint32 if width == 32 else np.uint16).astype(np.int64), width)
     deltas = np.diff(keys, prepend=1 << (width - 1))  # the key of +0.0 before the first
-    zigzag = np.where(deltas < 0, -2 * deltas - 1, 2 * deltas).astype(np.uint64)
-    buckets = _bit_length(zigzag)
-    widths = np.maximum(buckets - 1, 0).astype(np.uint64)
-    extra = zigzag & ((np.uint64(1) << widths) - np.uint64(1))
+    magnitudes = np.abs(deltas).astype(np.uint64)
+    lengths = _bit_length(magnitudes)
+    negative = np.flatnonzero(deltas < 0)
+    buckets = np.insert(lengths, negative, NEGATE)  # the escape goes just before its delta
+    widths = np.maximum(lengths - 1, 0).astype(np.uint64)
+    extra = magnitudes & ((np.uint64(1) << widths) - np.uint64(1))
     total = int(widths.sum())
     words = np.zeros(total // 64 + 2, dtype="<u8")
     if total:
@@ -81,8 +84,16 @@ def pack_codebook(values: np.ndarray) -> bytes:
 def unpack_codebook(data: bytes, itemsize: int, rule: str) -> bytes:
     """The little-endian codebook values (``itemsize`` 4 or 2 bytes each) a packed codebook
     holds, after every rule of spec 5.8."""
-    buckets, end = _unpack_stream(data, BOOK_ALPHABET, rule)
-    widths = np.maximum(buckets.astype(np.int64) - 1, 0)
+    symbols, end = _unpack_stream(data, BOOK_ALPHABET, rule, 2 * MAX_ALPHABET)
+    escape = symbols == NEGATE
+    negated = np.zeros(symbols.size, dtype=bool)
+    negated[1:] = escape[:-1]
+    if escape[-1] or np.any(negated & ((symbols == 0) | escape)):
+        raise FormatError("a packed codebook's negation is not followed by a nonzero delta", rule=rule)
+    lengths = symbols[~escape].astype(np.int64)
+    if lengths.size > MAX_ALPHABET:
+        raise FormatError(f"a packed codebook of {lengths.size} values, over {MAX_ALPHABET}", rule=rule)
+    widths = np.maximum(lengths - 1, 0)
     total = int(widths.sum())
     if len(data) - end != -(-total // 8):
         raise FormatError(f"{len(data) - end} extra-bit bytes for {total} bits", rule=rule)
@@ -96,9 +107,9 @@ def unpack_codebook(data: bytes, itemsize: int, rule: str) -> bytes:
     extra = (window >> (starts & 7).astype(np.uint64)) & (
         (np.uint64(1) << widths.astype(np.uint64)) - np.uint64(1)
     )
-    lead = np.where(buckets > 0, np.uint64(1) << widths.astype(np.uint64), np.uint64(0))
-    zigzag = (lead | extra).astype(np.int64)
-    deltas = (zigzag >> 1) ^ -(zigzag & 1)
+    lead = np.where(lengths > 0, np.uint64(1) << widths.astype(np.uint64), np.uint64(0))
+    magnitudes = (lead | extra).astype(np.int64)
+    deltas = np.where(negated[~escape], -magnitudes, magnitudes)
     width = itemsize * 8
     keys = (1 << (width - 1)) + np.cumsum(deltas)
     if np.any((keys < 0) | (keys >= 1 << width)):
@@ -128,12 +139,14 @@ def _pack_stream(symbols: np.ndarray, alphabet: int) -> bytes:
     return head + table + stream.data.tobytes()
 
 
-def _unpack_stream(data: bytes, alphabet: int, rule: str) -> tuple[np.ndarray, int]:
+def _unpack_stream(
+    data: bytes, alphabet: int, rule: str, max_count: int = MAX_ALPHABET
+) -> tuple[np.ndarray, int]:
     """The symbols of the mini stream at the start of ``data``, and where it ends."""
     count, pos = _read_varint(data, 0, rule)
     bit_length, pos = _read_varint(data, pos, rule)
-    if not 1 <= count <= MAX_ALPHABET:
-        raise FormatError(f"a packed table of {count} symbols, not 1..{MAX_ALPHABET}", rule=rule)
+    if not 1 <= count <= max_count:
+        raise FormatError(f"a packed table of {count} symbols, not 1..{max_count}", rule=rule)
     if pos >= len(data) or not 1 <= data[pos] <= alphabet:
         raise FormatError(f"a packed table lists 1..{alphabet} code lengths", rule=rule)
     listed = data[pos]

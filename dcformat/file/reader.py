@@ -24,6 +24,7 @@ from .header import (
     check_layout,
     check_source,
     check_tensor,
+    inflate_header,
     parse_header,
     read_preamble,
     sections_of,
@@ -81,7 +82,10 @@ class DcnnFile:
             self.size = size
             head = self._map[:PREAMBLE_SIZE] if self._map is not None else b""
             self.preamble: Preamble = read_preamble(head, size)
-            self.header = parse_header(self._map[: self.preamble.data_start], self.preamble)
+            self.header = inflate_header(
+                parse_header(self._map[: self.preamble.data_start], self.preamble),
+                self.preamble.minor,
+            )
             self._skeleton = check_source(self.header.source, self.preamble.minor)
             self._tensors: dict[str, pb.Tensor] = {}
             expanded = [0]

@@ -4,9 +4,9 @@ Sections go to a spool file as tensors are added; closing writes the preamble, t
 and the spool into the target through ``atomic.replacing``: a crash at any moment leaves
 the target as it was (old file or none). The preamble declares the lowest minor version
 whose features the file uses (1.0 unless a tensor needs 1.1 or 1.2), so older readers read the
-rest. ``compact=True`` packs header tables and codebooks and drops the padding before
-sections that need no alignment (format 1.2) where that is smaller; ``compact=False`` writes what
-a 1.1 writer wrote, byte for byte (the default for now).
+rest. ``compact=True`` (the default) packs header tables and codebooks, drops the padding
+before sections that need no alignment and zstd-compresses the header (format 1.2), each where
+that is smaller; ``compact=False`` writes what a 1.1 writer wrote, byte for byte.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .. import dcnn_pb2 as pb
 from ..encodings import DEFAULT_CHUNK_SIZE, SINCE_MINOR, EncodedTensor, compact, encode
 from ..encodings.base import placed_sections
 from ..errors import DcnnIOError, EncodeError
-from ..layout import MAGIC, MAJOR, MAX_HEADER_BYTES, PREAMBLE, align_up
+from ..layout import EXPANSION_SLACK, MAGIC, MAJOR, MAX_EXPANSION, MAX_HEADER_BYTES, PREAMBLE, align_up
 from ..tensors import Quantized, Raw, Source
 from .atomic import replacing
 
@@ -50,7 +50,7 @@ class Writer:
         source: Source | None = None,
         producer: str = PRODUCER,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        compact: bool = False,
+        compact: bool = True,
     ) -> None:
         self.path = Path(path)
         self.chunk_size = chunk_size
@@ -138,6 +138,11 @@ class Writer:
         if len(header) > MAX_HEADER_BYTES:
             self.abort()
             raise EncodeError(f"the header would take {len(header)} bytes; at most {MAX_HEADER_BYTES}")
+        if self.compact and self._data_end:  # a compressed header needs sections (spec 3)
+            packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(header)
+            wrapped = pb.Header(header_zstd=packed).SerializeToString(deterministic=True)
+            if len(wrapped) < len(header) and len(header) <= MAX_EXPANSION * len(packed) + EXPANSION_SLACK:
+                header, self._minor = wrapped, compact.SINCE_MINOR
         # the lowest minor version with every feature the file uses (spec 10)
         head = PREAMBLE.pack(MAGIC, MAJOR, self._minor, len(header), zlib.crc32(header), 0)
         head = head[:-4] + (zlib.crc32(head[:-4])).to_bytes(4, "little")
@@ -187,7 +192,7 @@ def save_file(
     metadata: Mapping[str, str] | None = None,
     source: Source | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    compact: bool = False,
+    compact: bool = True,
 ) -> None:
     """Write tensors to a .dcnn file atomically (numpy arrays are stored exactly); ``compact`` as
     :class:`Writer`."""

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import zstandard
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
+from dcformat.file.header import inflate_header
 from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
 
 PRODUCER = "dcnn conformance vectors"
@@ -153,7 +155,15 @@ def format_1_2_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]
                 "raw": np.arange(5, dtype=np.int16),
             },
             {"compact": True},
-        )
+        ),
+        # names and records that repeat: the header is stored as header_zstd (spec 3)
+        "compact_header": (
+            {
+                f"features.block{i // 2}.conv.{('weight', 'bias')[i % 2]}": np.full(3 + i, i, np.float32)
+                for i in range(12)
+            },
+            {"compact": True},
+        ),
     }
 
 
@@ -276,8 +286,9 @@ class Parsed:
 
     def __init__(self, data: bytes) -> None:
         _, self.major, self.minor, length, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
-        self.header = pb.Header.FromString(data[PREAMBLE_SIZE : PREAMBLE_SIZE + length])
         start = align_up(PREAMBLE_SIZE + length)
+        outer = pb.Header.FromString(data[PREAMBLE_SIZE : PREAMBLE_SIZE + length])
+        self.header = inflate_header(outer, self.minor)  # rebuilt plain
         self.sections = {
             key: data[start + s.offset : start + s.offset + s.length] for key, s in self.all_sections()
         }
@@ -728,14 +739,67 @@ def _add_1_2(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
     add(
         "packed_codebook_range",
         "codebook",
-        # one value of bucket 33 (the only symbol, length 1), extra bits all ones: key -2^31
+        # one value of bucket 32 (the only symbol, length 1), extra bits all ones: key 2^31 + 2^32 - 1
         _header(
             "compact",
             lambda p: _edit_packed_book(
-                p, lambda b: bytes([1, 1, 34]) + bytes(12) + b"\x08\x00" + b"\xff" * 4
+                p, lambda b: bytes([1, 1, 33]) + bytes(12) + b"\x01\x00\xff\xff\xff\x7f"
             ),
         ),
     )
+    add(
+        "packed_codebook_negate_last",
+        "codebook",
+        # the codebook's stream ends with the negation escape (33) instead of a delta after it
+        _header("compact", lambda p: _edit_packed_book(p, lambda b: _book_ending_in_escape())),
+    )
+    add("header_zstd_in_minor_1", "version", ("compact", _compressed(_zstd, minor=1)))
+    add("header_zstd_and_fields", "header-parse", ("compact", _compressed(_zstd, producer="x")))
+    add("header_zstd_nested", "header-parse", ("compact", _compressed(lambda h: _zstd(_wrap(_zstd(h))))))
+    add("header_zstd_trailing_byte", "header-parse", ("compact", _compressed(lambda h: _zstd(h) + b"\0")))
+    add("header_zstd_no_content_size", "header-size", ("compact", _compressed(lambda h: _zstd(h, False))))
+    add("header_zstd_no_sections", "header-parse", ("compact", _compressed(_no_tensors, data=b"")))
+
+
+def _zstd(header: bytes, content_size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(level=19, write_content_size=content_size).compress(header)
+
+
+def _no_tensors(header: bytes) -> bytes:
+    """The frame of the header with its tensors removed (a file with no section)."""
+    plain = pb.Header.FromString(header)
+    plain.ClearField("tensors")
+    return _zstd(plain.SerializeToString(deterministic=True))
+
+
+def _wrap(frame: bytes) -> bytes:
+    return pb.Header(header_zstd=frame).SerializeToString()
+
+
+def _compressed(
+    frame_of: Callable[[bytes], bytes], minor: int = 2, producer: str = "", data: bytes | None = None
+) -> Mutation:
+    """The file with its header (rebuilt plain) stored as ``header_zstd = frame_of(header)``
+    (spec 3), other outer fields and the version as given; ``data`` replaces the data area."""
+
+    def mutate(file: bytes) -> bytes:
+        plain = Parsed(file).build()
+        length = PREAMBLE.unpack(plain[:PREAMBLE_SIZE])[3]
+        outer = pb.Header(
+            header_zstd=frame_of(plain[PREAMBLE_SIZE : PREAMBLE_SIZE + length]), producer=producer
+        )
+        area = plain[align_up(PREAMBLE_SIZE + length) :] if data is None else data
+        return assemble(outer.SerializeToString(deterministic=True), area, 1, minor)
+
+    return mutate
+
+
+def _book_ending_in_escape() -> bytes:
+    """A packed codebook stream of two symbols, a 1-bit delta then the escape (33): lengths 1, 1."""
+    lengths = np.zeros(34 * 3, np.uint8)
+    lengths[3] = lengths[99] = 1  # symbol 1 and symbol 33: code length 1 each
+    table = np.packbits(lengths, bitorder="little").tobytes()
+    return bytes([2, 2, 34]) + table + b"\x02"  # symbol 1 = 0, symbol 33 = 1: bits 0 1
 
 
 def _padded_in_minor_2(data: bytes) -> bytes:

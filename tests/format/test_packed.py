@@ -12,7 +12,8 @@ def test_worked_examples_byte_for_byte():
     table = packed.pack_table(np.array([3, 1, 3, 3, 3], np.uint8))
     assert table.hex(" ") == "05 0a 10 10 24 00 00 00 40 2d 00"
     book = packed.pack_codebook(np.array([0.0, 0.5, -1.0], np.float32))
-    assert book.hex(" ") == "03 05 21 02" + " 00" * 10 + " 40 01 0d 00 00 00 7e 00 00 40 1f"
+    # spec 5.8: symbols 0, 30, 33 (negate), 31; extra bits 0x1F000000 (29) then 0x3E800001 (30)
+    assert book.hex(" ") == "04 08 22 02" + " 00" * 10 + " 48 10 78 00 00 00 3f 00 00 d0 07"
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -48,17 +49,55 @@ def test_large_sparse_table_packs_small():
         bytes([1, 1, 2, 0x12, 0]),  # lengths (2, 2): incomplete
         bytes([1, 1, 1, 1, 0, 0]),  # a byte after the table
         bytes([1, 1, 1, 1, 2]),  # a padding bit set
-        bytes([2, 2, 18, 0, 0, 0, 0, 0, 0, 0x40, 0]),  # 2 x symbol 17 (2^1 ... ) fine size-wise
         bytes([1, 2, 33] + [0] * 12 + [0x01, 0]),  # bit_length 2 for one 1-bit symbol
+        bytes([2, 2, 33] + [0] * 12 + [0x01, 0]),  # 2 x 2^16 unused: over the 65536 limit
+        bytes([2, 2, 18, 0, 0, 0, 0, 0, 0, 0x40, 0]),  # a length field past the 18 listed
     ],
 )
 def test_broken_tables_raise_the_rule(data):
-    try:
-        out = packed.unpack_table(data, "huffman-table")
-    except FormatError as exc:
-        assert exc.rule == "huffman-table"
-    else:  # the one well-formed case: two runs of 2 unused symbols
-        assert out.tolist() == [0, 0, 0, 0] and data[2] == 18
+    with pytest.raises(FormatError) as info:
+        packed.unpack_table(data, "huffman-table")
+    assert info.value.rule == "huffman-table"
+
+
+def test_a_run_of_65536_unused_symbols_is_one_symbol():
+    out = packed.unpack_table(bytes([1, 1, 33] + [0] * 12 + [0x01, 0]), "huffman-table")
+    assert out.size == 1 << 16 and not out.any()
+
+
+def _book_stream(symbols: list[int], extra: bytes) -> bytes:
+    """A packed codebook whose mini stream codes ``symbols`` (two distinct, 1 bit each)."""
+    a, b = sorted(set(symbols))
+    fields = np.zeros(34 * 3, np.uint8)
+    fields[3 * a] = fields[3 * b] = 1
+    bits = sum((s == b) << i for i, s in enumerate(symbols))
+    head = bytes([len(symbols), len(symbols), 34]) + np.packbits(fields, bitorder="little").tobytes()
+    return head + bytes([bits]) + extra
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _book_stream([1, 33], b""),  # ends with the negation escape
+        _book_stream([33, 0], b""),  # negates a zero delta
+        _book_stream([33, 33, 1], b""),  # negates the escape
+        _book_stream([1, 32], b"\xff\xff\xff\x7f"),  # key 2^31 + 1 + 2^32 - 1: past the range
+        _book_stream([1, 32], b"\xff\xff\xff\xff"),  # a padding bit set
+        _book_stream([1, 32], b"\xff\xff\xff"),  # extra bits cut short
+    ],
+)
+def test_broken_codebooks_raise_the_rule(data):
+    with pytest.raises(FormatError) as info:
+        packed.unpack_codebook(data, 4, "codebook")
+    assert info.value.rule == "codebook"
+
+
+def test_negative_deltas_use_the_escape():
+    book = np.array([0.0, -0.25, 0.5, -1.0], np.float32)
+    data = packed.pack_codebook(book)
+    assert np.frombuffer(packed.unpack_codebook(data, 4, "codebook"), np.float32).tolist() == book.tolist()
+    assert data[0] == 4 + 2  # count: two negative deltas, each after an escape
+    assert packed.pack_codebook(np.sort(book))[0] == 4 + 1  # sorted: only the first delta is negative
 
 
 def test_compact_writer_reads_back_the_same(tmp_path):
