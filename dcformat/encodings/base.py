@@ -54,8 +54,18 @@ class EncodedTensor:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes in the file: sections rounded up to the alignment, plus the header record."""
-        return sum(align_up(len(data)) for _, data in self.payloads) + self.record.ByteSize()
+        """Bytes in a file of the default (compact, 1.2) writer: the sections, uncompressed RAW
+        data rounded up to its alignment, plus the header record with its tables and codebook
+        packed where that is smaller (before the header's own compression, spec 3)."""
+        from . import compact  # compact uses this module's helpers
+
+        record = pb.Tensor()
+        record.CopyFrom(self.record)
+        compact.compact(record)
+        placed = zip(self.payloads, placed_sections(self.record), strict=True)
+        return sum(align_up(len(data)) if aligned else len(data) for (_, data), (_, aligned) in placed) + (
+            record.ByteSize()
+        )
 
 
 class SectionSource(Protocol):

@@ -31,7 +31,8 @@ def compact(record: pb.Tensor) -> bool:
         values = np.frombuffer(book.values, dtype=dtypes.storage(dtypes.from_enum(book.dtype)))
         forms = [(values, False)]
         if values.dtype == np.float32:
-            half = values.astype(np.float16)
+            with np.errstate(over="ignore"):  # values past float16's range do not convert exactly
+                half = values.astype(np.float16)
             if np.all(np.isfinite(values) | np.isinf(values)) and np.array_equal(
                 half.astype(np.float32).view(np.uint32), values.view(np.uint32)
             ):

@@ -5,7 +5,9 @@ import pytest
 
 import dcformat
 from dcformat.codec import packed
-from dcformat.errors import FormatError
+from dcformat.errors import FormatError, LimitError
+from dcformat.file import header
+from dcformat.layout import PREAMBLE, PREAMBLE_SIZE
 
 
 def test_worked_examples_byte_for_byte():
@@ -121,3 +123,28 @@ def test_compact_writer_reads_back_the_same(tmp_path):
         assert f.version == (1, 2)
         assert f.get_codes("dense").codebook.dtype == np.float16  # exact, so stored half width
     assert dcformat.validate(small).ok
+
+
+def test_packed_tables_of_a_file_expand_to_at_most_2_to_26(tmp_path):
+    """The file-wide limit (spec 9) counts every packed table expanded so far."""
+    rng = np.random.default_rng(1)
+    book = np.concatenate([[0.0], np.sort(rng.normal(0, 0.05, 255))]).astype(np.float32)
+    dcformat.save_file(
+        {"w": dcformat.Quantized(book, rng.integers(0, 256, 3000), (3000,))}, tmp_path / "w.dcnn"
+    )
+    data = (tmp_path / "w.dcnn").read_bytes()
+    length = PREAMBLE.unpack(data[:PREAMBLE_SIZE])[3]
+    stored = dcformat.dcnn_pb2.Header.FromString(data[PREAMBLE_SIZE : PREAMBLE_SIZE + length])
+    record = header.inflate_header(stored, 2).tensors[0]
+    assert record.codes.code_lengths_packed and not record.codes.code_lengths
+    for before, fits in ((0, True), ((1 << 26) - 256, True), ((1 << 26) - 255, False)):
+        copy = dcformat.dcnn_pb2.Tensor()
+        copy.CopyFrom(record)
+        expanded = [before]
+        if fits:
+            header.check_tensor(copy, 2, expanded)
+            assert expanded == [before + 256]
+        else:
+            with pytest.raises(LimitError) as info:
+                header.check_tensor(copy, 2, expanded)
+            assert info.value.rule == "huffman-table"
