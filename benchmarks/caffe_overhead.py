@@ -1,7 +1,9 @@
 """Where the bytes of a converted release (.net) file go: a SqueezeNet-v1.0-shaped release
 file (26 conv layers, 52 tensors, 8-bit codes, synthetic trained-like codes at ``--density``)
 converted with the safe data-free settings, its size split into tensor payload, codebooks and
-the rest (header records, source skeleton, section padding).
+the rest (header records, source skeleton, section padding), written compact (format 1.2:
+packed tables and codebooks, no padding before sections that need no alignment) and as a 1.1
+writer wrote it (``compact=False``), side by side.
 
     python benchmarks/caffe_overhead.py [--density D] [--seed S]
 """
@@ -9,11 +11,13 @@ the rest (header records, source skeleton, section padding).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -24,8 +28,10 @@ from converters.formats.caffe_release.prototxt import parse
 from converters.formats.caffe_release.read import read_net
 from converters.formats.caffe_release.release import SparseWeight, encode_release
 from converters.formats.caffe_release.shapes import release_layers
+from dcformat import dcnn_pb2 as pb
 from dcformat.encodings.base import sections_of
-from dcformat.layout import align_up
+from dcformat.file.header import inflate_header
+from dcformat.layout import PREAMBLE
 
 FIRES = [
     (2, 16, 64),
@@ -115,39 +121,84 @@ def main() -> None:
         (tmp / "net.prototxt").write_text(prototxt)
         (tmp / "model.net").write_bytes(encode_release(layers, weights))
         model = read_net(tmp / "model.net", tmp / "net.prototxt")
-        with dcformat.Writer(tmp / "model.dcnn", source=model.source) as writer:
-            for w in model.weights():
-                writer.add_encoded(compress_weight(w, SAFE).encoded)
-        size = (tmp / "model.dcnn").stat().st_size
-        with dcformat.safe_open(tmp / "model.dcnn") as f:
-            header = f.preamble.header_length
-            sections = [s for t in f.header.tensors for s in sections_of(t)]
-            payload = sum(s.length for s in sections)
-            padding = (
-                sum(align_up(s.length) - s.length for s in sections[:-1])
-                + f.preamble.data_start
-                - 24
-                - header
+        encoded = [compress_weight(w, SAFE).encoded for w in model.weights()]
+        rows = {}
+        for compact in (False, True):
+            path = tmp / f"model-{compact}.dcnn"
+            with dcformat.Writer(path, source=model.source, compact=compact) as writer:
+                for e in encoded:
+                    writer.add_encoded(pickle.loads(pickle.dumps(e)))  # each writer packs its own copy
+            rows[compact] = breakdown(path)
+            assert all(
+                np.array_equal(a, b)
+                for a, b in zip(*map(_loaded, (path, tmp / "model-False.dcnn")), strict=False)
             )
-            books = sum(len(t.codebook.values) for t in f.header.tensors)
-            tables = sum(len(t.codes.code_lengths) + len(t.gaps.code_lengths) for t in f.header.tensors)
-            src = f.header.source
-            skeleton = len(src.skeleton) + len(src.skeleton_zstd)
-            print(f"layers {len(layers)}, tensors {len(f.keys())}, format {f.version}")
-            print(f"release .net file        {(tmp / 'model.net').stat().st_size:>10,} bytes")
-            print(f".dcnn file               {size:>10,} bytes")
-            print(f"  tensor payload         {payload:>10,}  (sections)")
-            print(f"  codebooks              {books:>10,}  (in the header)")
-            print(f"  code-length tables     {tables:>10,}  (in the header)")
-            how = "zstd" if src.skeleton_zstd else "plain"
-            print(f"  source skeleton        {skeleton:>10,}  ({len(prototxt):,} as text, stored {how})")
-            print(f"  other header bytes     {header - books - tables - skeleton:>10,}")
-            print(f"  padding + preamble     {padding + 24:>10,}")
-            print(f"overhead over payload + codebooks: {size / (payload + books) - 1:.2%}")
-            plain = size - skeleton + len(prototxt)  # within the header's alignment
+        float32_books = sum(len(t.codebook.values) for t in _header(tmp / "model-False.dcnn")[2].tensors)
+        print(f"layers {len(layers)}, tensors {len(encoded)}, density {args.density}, seed {args.seed}")
+        print(f"release .net file        {(tmp / 'model.net').stat().st_size:>10,} bytes")
+        print(f"{'':24} {'1.1 writer':>10} {'compact':>10}")
+        for key in rows[False]:
+            print(f"  {key:22} {rows[False][key]:>10,} {rows[True][key]:>10,}")
+        for compact, label in ((False, "1.1 writer"), (True, "compact")):
+            r = rows[compact]
             print(
-                f"with the skeleton stored plain (1.0): ~{plain:,} bytes, {plain / (payload + books) - 1:.2%}"
+                f"{label}: file / (payload + float32 codebooks) - 1 = "
+                f"{r['file'] / (r['tensor payload'] + float32_books) - 1:+.2%}"
             )
+
+
+def breakdown(path: Path) -> dict[str, int]:
+    """Where the file's bytes go. The header's parts are counted as serialized before the
+    header's own compression (packed fields not expanded); "header zstd" is what that saved."""
+    data, minor, header = _header(path)
+    length = PREAMBLE.unpack(data[:24])[3]
+    tensors = list(header.tensors)
+    streams = [getattr(t, s) for t in tensors for s in ("codes", "gaps") if t.HasField(s)]
+    sections = [s for t in tensors for s in sections_of(t)]
+    payload = sum(s.length for s in sections)
+    parts = {
+        "codebooks": sum(_field(t.codebook, "values") + _field(t.codebook, "values_packed") for t in tensors),
+        "code-length tables": sum(
+            _field(s, "code_lengths") + _field(s, "code_lengths_packed") for s in streams
+        ),
+        "source skeleton": _field(header.source, "skeleton") + _field(header.source, "skeleton_zstd"),
+        "tensor names": sum(_field(t, "name") for t in tensors),
+        "section records": sum(len(s.SerializeToString()) + 2 for s in sections),
+        "chunk offsets": sum(_field(s, "chunk_offsets") for s in streams),
+    }
+    plain = len(header.SerializeToString(deterministic=True))
+    return {
+        "file": len(data),
+        "minor version": minor,
+        "tensor payload": payload,
+        **parts,
+        "other header bytes": plain - sum(parts.values()),
+        "header zstd": length - plain,
+        "padding + preamble": len(data) - length - payload,
+    }
+
+
+def _header(path: Path) -> tuple[bytes, int, pb.Header]:
+    """The file's bytes, minor version and header (decompressed when it is stored compressed)."""
+    data = path.read_bytes()
+    minor, length = PREAMBLE.unpack(data[:24])[2:4]
+    stored = pb.Header.FromString(data[24 : 24 + length])
+    return data, minor, inflate_header(stored, minor)
+
+
+def _field(message: Message, name: str) -> int:
+    """The serialized size of one field of a message."""
+    alone = type(message)()
+    value = getattr(message, name)
+    if isinstance(value, bytes | str | int):
+        setattr(alone, name, value)
+    else:
+        getattr(alone, name).extend(value)
+    return len(alone.SerializeToString())
+
+
+def _loaded(path: Path) -> list[np.ndarray]:
+    return list(dcformat.load_file(path).values())
 
 
 if __name__ == "__main__":

@@ -71,28 +71,32 @@ class Section(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class HuffmanStream(_message.Message):
-    __slots__ = ("count", "code_lengths", "chunk_size", "chunk_offsets", "bit_length", "data")
+    __slots__ = ("count", "code_lengths", "code_lengths_packed", "chunk_size", "chunk_offsets", "bit_length", "data")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CODE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    CODE_LENGTHS_PACKED_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     BIT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     count: int
     code_lengths: bytes
+    code_lengths_packed: bytes
     chunk_size: int
     chunk_offsets: _containers.RepeatedScalarFieldContainer[int]
     bit_length: int
     data: Section
-    def __init__(self, count: _Optional[int] = ..., code_lengths: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., chunk_offsets: _Optional[_Iterable[int]] = ..., bit_length: _Optional[int] = ..., data: _Optional[_Union[Section, _Mapping]] = ...) -> None: ...
+    def __init__(self, count: _Optional[int] = ..., code_lengths: _Optional[bytes] = ..., code_lengths_packed: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., chunk_offsets: _Optional[_Iterable[int]] = ..., bit_length: _Optional[int] = ..., data: _Optional[_Union[Section, _Mapping]] = ...) -> None: ...
 
 class Codebook(_message.Message):
-    __slots__ = ("dtype", "values")
+    __slots__ = ("dtype", "values", "values_packed")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_PACKED_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     values: bytes
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., values: _Optional[bytes] = ...) -> None: ...
+    values_packed: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., values: _Optional[bytes] = ..., values_packed: _Optional[bytes] = ...) -> None: ...
 
 class Scales(_message.Message):
     __slots__ = ("dtype", "rows_per_scale", "values")
@@ -166,7 +170,7 @@ class Source(_message.Message):
     def __init__(self, format: _Optional[str] = ..., skeleton: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., skeleton_zstd: _Optional[bytes] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("producer", "metadata", "source", "tensors")
+    __slots__ = ("producer", "metadata", "source", "tensors", "header_zstd")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,8 +182,10 @@ class Header(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    HEADER_ZSTD_FIELD_NUMBER: _ClassVar[int]
     producer: str
     metadata: _containers.ScalarMap[str, str]
     source: Source
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, producer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    header_zstd: bytes
+    def __init__(self, producer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., header_zstd: _Optional[bytes] = ...) -> None: ...

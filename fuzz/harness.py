@@ -22,8 +22,8 @@ from google.protobuf.message import DecodeError, Message
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
-from dcformat.file.header import sections_of
-from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
+from dcformat.file.header import inflate_header, sections_of
+from dcformat.layout import MAGIC, MINOR, PREAMBLE, PREAMBLE_SIZE, align_up
 
 FLOATS = ("float32", "float16", "bfloat16", "float64")
 
@@ -93,12 +93,16 @@ def split_file(data: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def parse_header(raw: bytes) -> pb.Header | None:
+    """The header, a compressed one (1.2) decompressed where it can be; None if it does not parse."""
     header = pb.Header()
     try:
         header.ParseFromString(raw)
     except (DecodeError, ValueError, RuntimeError):
         return None
-    return header
+    try:
+        return inflate_header(header, MINOR)
+    except dcformat.DcnnError:
+        return header
 
 
 def assemble(preamble: bytes, header: bytes | pb.Header, data_area: bytes) -> bytes:

@@ -17,7 +17,9 @@ import dcformat
 
 
 def sample_tensors() -> dict[str, tuple[dict, dict]]:
-    """name -> (tensors for save_file, save_file options); deterministic."""
+    """name -> (tensors for save_file, save_file options); deterministic. All but "compact" are
+    written as a 1.1 writer wrote them; "compact" has the 1.2 forms (packed tables and codebook,
+    unpadded sections, a zstd header)."""
     rng = np.random.default_rng(7)
     book = np.array([0.0, -0.5, 0.25, 1.0], np.float32)
     return {
@@ -79,6 +81,22 @@ def sample_tensors() -> dict[str, tuple[dict, dict]]:
             },
             {"chunk_size": 8},
         ),
+        "compact": (
+            {
+                "layer.0.weight": dcformat.Quantized(
+                    np.concatenate([[0.0], np.sort(rng.normal(0, 0.1, 23))]).astype(np.float32),
+                    rng.integers(1, 24, 40),
+                    (8, 12),
+                    positions=np.sort(rng.choice(96, 40, replace=False)),
+                ),
+                "layer.0.bias": np.linspace(-1, 1, 5).astype(np.float32),
+                "layer.1.weight": dcformat.Quantized(
+                    np.linspace(-1, 1, 9).astype(np.float32), rng.integers(0, 9, 30), (30,)
+                ),
+                "layer.1.bias": dcformat.Raw(np.zeros(40, np.float32), zstd_level=3),
+            },
+            {"compact": True, "chunk_size": 16},
+        ),
     }
 
 
@@ -88,7 +106,7 @@ def sample_files() -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (tensors, options) in sample_tensors().items():
             path = Path(tmp) / f"{name}.dcnn"
-            dcformat.save_file(tensors, path, **options)
+            dcformat.save_file(tensors, path, **{"compact": False, **options})
             out[name] = path.read_bytes()
     return out
 

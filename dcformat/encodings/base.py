@@ -54,8 +54,18 @@ class EncodedTensor:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes in the file: sections rounded up to the alignment, plus the header record."""
-        return sum(align_up(len(data)) for _, data in self.payloads) + self.record.ByteSize()
+        """Bytes in a file of the default (compact, 1.2) writer: the sections, uncompressed RAW
+        data rounded up to its alignment, plus the header record with its tables and codebook
+        packed where that is smaller (before the header's own compression, spec 3)."""
+        from . import compact  # compact uses this module's helpers
+
+        record = pb.Tensor()
+        record.CopyFrom(self.record)
+        compact.compact(record)
+        placed = zip(self.payloads, placed_sections(self.record), strict=True)
+        return sum(align_up(len(data)) if aligned else len(data) for (_, data), (_, aligned) in placed) + (
+            record.ByteSize()
+        )
 
 
 class SectionSource(Protocol):
@@ -124,6 +134,14 @@ def sections_of(tensor: pb.Tensor) -> Iterator[pb.Section]:
         for name in ("positions", "values"):
             if tensor.outliers.HasField(name):
                 yield getattr(tensor.outliers, name)
+
+
+def placed_sections(tensor: pb.Tensor) -> Iterator[tuple[pb.Section, bool]]:
+    """The tensor's sections in file order, each with whether it starts 64-aligned in a 1.2
+    file: only uncompressed RAW data is (for mmap)."""
+    aligned = tensor.encoding == pb.RAW and tensor.compression == pb.COMPRESSION_NONE
+    for section in sections_of(tensor):
+        yield section, aligned
 
 
 def new_record(name: str, shape: tuple[int, ...], dtype: str, encoding: int) -> pb.Tensor:

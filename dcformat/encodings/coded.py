@@ -47,7 +47,7 @@ def check_codebook(record: pb.Tensor, dtype: str) -> int:
     """The rules on the codebook and the codes stream; returns the codebook's size."""
     if dtype not in dtypes.FLOAT_NAMES:
         raise FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype")
-    if record.HasField("raw") or record.compression:
+    if record.HasField("raw") or record.HasField("compression"):
         raise FormatError("a coded tensor has RAW fields", rule="encoding")
     if record.encoding in (pb.DENSE_CODES, pb.SPARSE_CODES) and (
         record.HasField("scales") or record.HasField("outliers")

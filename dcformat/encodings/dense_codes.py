@@ -31,7 +31,7 @@ def encode(name: str, tensor: Quantized, chunk_size: int) -> EncodedTensor:
 
 def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
     coded.check_codebook(record, dtype)
-    if record.HasField("gaps") or record.index_bits:
+    if record.HasField("gaps") or record.HasField("index_bits"):
         raise FormatError("a DENSE_CODES tensor has sparse fields", rule="encoding")
     if record.codes.count != numel:
         raise FormatError(f"{record.codes.count} codes for {numel} elements", rule="counts")

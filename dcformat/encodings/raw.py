@@ -37,7 +37,7 @@ def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None
         record.HasField("codebook")
         or record.HasField("codes")
         or record.HasField("gaps")
-        or record.index_bits
+        or record.HasField("index_bits")
         or record.HasField("scales")
         or record.HasField("outliers")
     ):

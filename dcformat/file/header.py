@@ -15,7 +15,8 @@ from google.protobuf.message import DecodeError
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes, encodings
-from ..encodings.base import numel_of, sections_of
+from ..encodings import compact
+from ..encodings.base import numel_of, placed_sections, sections_of
 from ..errors import ChecksumError, FormatError, LimitError, VersionError
 from ..layout import (
     EXPANSION_SLACK,
@@ -98,6 +99,54 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
     return header
 
 
+def inflate_header(header: pb.Header, minor: int) -> pb.Header:
+    """The header a ``header_zstd`` holds (spec 3, format 1.2), checked; or ``header`` itself."""
+    if not header.header_zstd:
+        return header
+    if minor < compact.SINCE_MINOR:
+        raise VersionError(
+            f"header_zstd is a format {MAJOR}.{compact.SINCE_MINOR} field in a file that declares "
+            f"{MAJOR}.{minor}",
+            rule="version",
+        )
+    if len(header.ListFields()) > 1:
+        raise FormatError("a header with header_zstd has other fields", rule="header-parse")
+    raw = zstd_frame(header.header_zstd, MAX_HEADER_BYTES, "header_zstd", "header-parse", "header-size")
+    inner = pb.Header()
+    try:
+        inner.ParseFromString(raw)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise FormatError(f"header_zstd does not parse: {exc}", rule="header-parse") from None
+    if inner.header_zstd:
+        raise FormatError("header_zstd holds another header_zstd", rule="header-parse")
+    if not any(True for t in inner.tensors for _ in sections_of(t)):  # so older readers see a data area
+        raise FormatError("a compressed header describes no section", rule="header-parse")
+    return inner
+
+
+def zstd_frame(data: bytes, limit: int, what: str, rule: str, limit_rule: str) -> bytes:
+    """The content of ``data``, one zstd frame that declares its size, at most ``limit`` and
+    ``1024 * len(data) + 65536`` bytes, and yields exactly it (no dictionary, nothing after)."""
+    try:
+        size = zstandard.get_frame_parameters(data).content_size
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what} is not a zstd frame: {exc}", rule=rule) from None
+    if size == zstandard.CONTENTSIZE_UNKNOWN or size > min(
+        limit, MAX_EXPANSION * len(data) + EXPANSION_SLACK
+    ):
+        raise LimitError(
+            f"{what} declares {size} bytes: unknown or over the expansion limit", rule=limit_rule
+        )
+    try:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        out = frame.decompress(data)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what} does not decompress: {exc}", rule=rule) from None
+    if not frame.eof or frame.unused_data or len(out) != size:
+        raise FormatError(f"{what} is not exactly one zstd frame of its declared size", rule=rule)
+    return out
+
+
 def check_source(source: pb.Source, minor: int) -> bytes:
     """The skeleton, after the rules of a zstd skeleton (spec 3): a 1.1 field, alone, one frame
     that declares a size within the expansion limit and yields it."""
@@ -107,25 +156,13 @@ def check_source(source: pb.Source, minor: int) -> bytes:
         raise VersionError("skeleton_zstd is a format 1.1 field in a file that declares 1.0", rule="version")
     if source.skeleton:
         raise FormatError("the source has both skeleton and skeleton_zstd", rule="source")
-    try:
-        size = zstandard.get_frame_parameters(source.skeleton_zstd).content_size
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"skeleton_zstd is not a zstd frame: {exc}", rule="source") from None
-    if (
-        size == zstandard.CONTENTSIZE_UNKNOWN
-        or size > MAX_EXPANSION * len(source.skeleton_zstd) + EXPANSION_SLACK
-    ):
-        raise LimitError(
-            f"skeleton_zstd declares {size} bytes: unknown or over the expansion limit", rule="source"
-        )
-    try:
-        frame = zstandard.ZstdDecompressor().decompressobj()
-        out = frame.decompress(source.skeleton_zstd)
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"skeleton_zstd does not decompress: {exc}", rule="source") from None
-    if not frame.eof or frame.unused_data or len(out) != size:
-        raise FormatError("skeleton_zstd is not exactly one zstd frame of its declared size", rule="source")
-    return out
+    return zstd_frame(
+        source.skeleton_zstd,
+        MAX_EXPANSION * len(source.skeleton_zstd) + EXPANSION_SLACK,
+        "skeleton_zstd",
+        "source",
+        "source",
+    )
 
 
 def check_version(tensor: pb.Tensor, minor: int) -> None:
@@ -149,12 +186,17 @@ def check_version(tensor: pb.Tensor, minor: int) -> None:
         )
 
 
-def check_tensor(tensor: pb.Tensor, minor: int = MINOR) -> None:
+def check_tensor(tensor: pb.Tensor, minor: int = MINOR, expanded: list[int] | None = None) -> None:
     """Every rule on one tensor record that needs no section data, in the order of spec 11
-    (``minor``: the file's declared minor version)."""
+    (``minor``: the file's declared minor version). Packed tables and codebooks (1.2) are
+    expanded into the record; ``expanded`` counts the table lengths of a whole file."""
     if not tensor.name or len(tensor.name.encode()) > MAX_NAME_BYTES:
         raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
     check_version(tensor, minor)
+    grown = compact.expand(tensor, minor)
+    if expanded is not None:
+        expanded[0] += grown
+        compact.check_expanded(expanded[0])
     if len(tensor.shape) > MAX_RANK:
         raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
     # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).
@@ -183,12 +225,15 @@ def check_tensor(tensor: pb.Tensor, minor: int = MINOR) -> None:
     encodings.of(tensor).check(tensor, dtype, numel, decoded_bytes)
 
 
-def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
-    """Sections follow each other in header order, each at the next aligned offset."""
+def check_layout(header: pb.Header, data_start: int, file_size: int, minor: int = MINOR) -> dict[int, int]:
+    """Sections follow each other in header order, each at the next aligned offset (from 1.2:
+    only uncompressed RAW sections are aligned, the others follow the previous section).
+    Returns, by section offset, where the zero padding after the section ends (data area)."""
     end = 0
+    starts = []
     for tensor in header.tensors:
-        for section in sections_of(tensor):
-            expected = align_up(end)
+        for section, aligned in placed_sections(tensor):
+            expected = align_up(end) if aligned or minor < compact.SINCE_MINOR else end
             if section.offset != expected:
                 raise FormatError(
                     f"section at data offset {section.offset}, expected {expected}",
@@ -197,6 +242,7 @@ def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
                     offset=data_start + min(section.offset, expected),
                 )
             end = expected + section.length
+            starts.append((expected, end))
     if data_start + end != file_size:
         rule = "truncated" if data_start + end > file_size else "file-size"
         raise FormatError(
@@ -204,3 +250,5 @@ def check_layout(header: pb.Header, data_start: int, file_size: int) -> None:
             rule=rule,
             offset=min(file_size, data_start + end),
         )
+    pad_ends = [start for start, _ in starts[1:]] + [end][: len(starts)]
+    return {start: pad for (start, _), pad in zip(starts, pad_ends, strict=True)}

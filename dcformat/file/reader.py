@@ -17,13 +17,14 @@ from ..codec import decode as codec
 from ..codec.huffman import Stream
 from ..encodings.base import numel_of
 from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
-from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
+from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE
 from ..tensors import Codes, Source
 from .header import (
     Preamble,
     check_layout,
     check_source,
     check_tensor,
+    inflate_header,
     parse_header,
     read_preamble,
     sections_of,
@@ -81,18 +82,24 @@ class DcnnFile:
             self.size = size
             head = self._map[:PREAMBLE_SIZE] if self._map is not None else b""
             self.preamble: Preamble = read_preamble(head, size)
-            self.header = parse_header(self._map[: self.preamble.data_start], self.preamble)
+            self.header = inflate_header(
+                parse_header(self._map[: self.preamble.data_start], self.preamble),
+                self.preamble.minor,
+            )
             self._skeleton = check_source(self.header.source, self.preamble.minor)
             self._tensors: dict[str, pb.Tensor] = {}
+            expanded = [0]
             for record in self.header.tensors:
                 if record.name in self._tensors:
                     raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
                 try:
-                    check_tensor(record, self.preamble.minor)
+                    check_tensor(record, self.preamble.minor, expanded)
                 except DcnnError as exc:
                     raise exc.located(tensor=record.name) from None
                 self._tensors[record.name] = record
-            check_layout(self.header, self.preamble.data_start, size)
+            self._padding_ends = check_layout(
+                self.header, self.preamble.data_start, size, self.preamble.minor
+            )
             _check_zero(self._map, PREAMBLE_SIZE + self.preamble.header_length, self.preamble.data_start)
         except DcnnError as exc:
             self.close()
@@ -203,7 +210,11 @@ class DcnnFile:
         if self.verify:
             if zlib.crc32(data) != section.crc32:
                 raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
-            _check_zero(self._map, start + section.length, min(align_up(start + section.length), self.size))
+            _check_zero(
+                self._map,
+                start + section.length,
+                self.preamble.data_start + self._padding_ends[section.offset],
+            )
         return data
 
     def stream(self, stream: pb.HuffmanStream) -> Stream:

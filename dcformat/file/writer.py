@@ -3,7 +3,10 @@
 Sections go to a spool file as tensors are added; closing writes the preamble, the header
 and the spool into the target through ``atomic.replacing``: a crash at any moment leaves
 the target as it was (old file or none). The preamble declares the lowest minor version
-whose encodings the file uses (1.0 unless a tensor needs 1.1), so 1.0 readers read the rest.
+whose features the file uses (1.0 unless a tensor needs 1.1 or 1.2), so older readers read the
+rest. ``compact=True`` (the default) packs header tables and codebooks, drops the padding
+before sections that need no alignment and zstd-compresses the header (format 1.2), each where
+that is smaller; ``compact=False`` writes what a 1.1 writer wrote, byte for byte.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import numpy as np
 import zstandard
 
 from .. import dcnn_pb2 as pb
-from ..encodings import DEFAULT_CHUNK_SIZE, SINCE_MINOR, EncodedTensor, encode
+from ..encodings import DEFAULT_CHUNK_SIZE, SINCE_MINOR, EncodedTensor, compact, encode
+from ..encodings.base import placed_sections
 from ..errors import DcnnIOError, EncodeError
-from ..layout import MAGIC, MAJOR, MAX_HEADER_BYTES, PREAMBLE, align_up
+from ..layout import EXPANSION_SLACK, MAGIC, MAJOR, MAX_EXPANSION, MAX_HEADER_BYTES, PREAMBLE, align_up
 from ..tensors import Quantized, Raw, Source
 from .atomic import replacing
 
@@ -46,9 +50,12 @@ class Writer:
         source: Source | None = None,
         producer: str = PRODUCER,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compact: bool = True,
     ) -> None:
         self.path = Path(path)
         self.chunk_size = chunk_size
+        self.compact = compact
+        self._minor = 0
         self._header = pb.Header(producer=producer)
         for key, value in (metadata or {}).items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -60,6 +67,7 @@ class Writer:
             packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(skeleton)
             if skeleton and len(packed) < len(skeleton):  # format 1.1 (spec 3)
                 self._header.source.skeleton_zstd = packed
+                self._minor = 1
             else:
                 self._header.source.skeleton = skeleton
             for key, value in source.attributes.items():
@@ -90,8 +98,15 @@ class Writer:
             raise EncodeError(f"expected an EncodedTensor, got {type(encoded).__name__}")
         name = encoded.name
         self._check_open(name)
-        for section, data in encoded.payloads:
-            start = align_up(self._data_end)
+        record = encoded.record
+        self._minor = max(self._minor, SINCE_MINOR.get(record.encoding, 0))
+        if self.compact and compact.compact(record):
+            self._minor = compact.SINCE_MINOR
+        aligned = [a for _, a in placed_sections(record)]
+        for (section, data), align in zip(encoded.payloads, aligned, strict=True):
+            start = align_up(self._data_end) if align or not self.compact else self._data_end
+            if start != align_up(self._data_end):  # a section without the 1.1 padding before it
+                self._minor = compact.SINCE_MINOR
             self._spool.write(bytes(start - self._data_end))
             self._spool.write(data)
             section.offset = start
@@ -123,11 +138,13 @@ class Writer:
         if len(header) > MAX_HEADER_BYTES:
             self.abort()
             raise EncodeError(f"the header would take {len(header)} bytes; at most {MAX_HEADER_BYTES}")
-        minor = max(  # the lowest minor version with every feature the file uses (spec 10)
-            [1 if self._header.source.skeleton_zstd else 0]
-            + [SINCE_MINOR.get(t.encoding, 0) for t in self._header.tensors]
-        )
-        head = PREAMBLE.pack(MAGIC, MAJOR, minor, len(header), zlib.crc32(header), 0)
+        if self.compact and self._data_end:  # a compressed header needs sections (spec 3)
+            packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(header)
+            wrapped = pb.Header(header_zstd=packed).SerializeToString(deterministic=True)
+            if len(wrapped) < len(header) and len(header) <= MAX_EXPANSION * len(packed) + EXPANSION_SLACK:
+                header, self._minor = wrapped, compact.SINCE_MINOR
+        # the lowest minor version with every feature the file uses (spec 10)
+        head = PREAMBLE.pack(MAGIC, MAJOR, self._minor, len(header), zlib.crc32(header), 0)
         head = head[:-4] + (zlib.crc32(head[:-4])).to_bytes(4, "little")
         head += header
         head += bytes(align_up(len(head)) - len(head))
@@ -175,9 +192,11 @@ def save_file(
     metadata: Mapping[str, str] | None = None,
     source: Source | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compact: bool = True,
 ) -> None:
-    """Write tensors to a .dcnn file atomically (numpy arrays are stored exactly)."""
-    with Writer(path, metadata=metadata, source=source, chunk_size=chunk_size) as writer:
+    """Write tensors to a .dcnn file atomically (numpy arrays are stored exactly); ``compact`` as
+    :class:`Writer`."""
+    with Writer(path, metadata=metadata, source=source, chunk_size=chunk_size, compact=compact) as writer:
         for name, tensor in tensors.items():
             writer.add(name, tensor)
 

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import zstandard
 
 import dcformat
 from dcformat import dcnn_pb2 as pb
+from dcformat.file.header import inflate_header
 from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
 
 PRODUCER = "dcnn conformance vectors"
@@ -132,7 +134,37 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
     )
     out.update(format_1_1_vectors(rng))
     out.update(coverage_vectors())
+    out.update(format_1_2_vectors(rng))
     return out
+
+
+def format_1_2_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]:
+    """Packed tables and codebooks and the 1.2 layout (spec 4, 5.8, 7.6), written compact: a
+    sparse tensor with a sorted 256-value codebook, dense codes with a float16-exact codebook
+    stored float32 by the caller, an unaligned zstd RAW tensor, then an aligned plain RAW one."""
+    book = np.concatenate([[0.0], np.sort(rng.normal(0, 0.05, 255))]).astype(np.float32)
+    positions, codes = _sparse_codes((40, 50), 0.3, 256, 5)
+    return {
+        "compact": (
+            {
+                "sparse": dcformat.Quantized(book, codes, (40, 50), positions=positions),
+                "dense_f16_exact": dcformat.Quantized(
+                    np.linspace(-1, 1, 17).astype(np.float32), rng.integers(0, 17, (9, 11)), (9, 11)
+                ),
+                "raw_zstd": dcformat.Raw(np.zeros(300, np.float32), zstd_level=3),
+                "raw": np.arange(5, dtype=np.int16),
+            },
+            {"compact": True},
+        ),
+        # names and records that repeat: the header is stored as header_zstd (spec 3)
+        "compact_header": (
+            {
+                f"features.block{i // 2}.conv.{('weight', 'bias')[i % 2]}": np.full(3 + i, i, np.float32)
+                for i in range(12)
+            },
+            {"compact": True},
+        ),
+    }
 
 
 def coverage_vectors() -> dict[str, tuple[dict, dict]]:
@@ -254,10 +286,16 @@ class Parsed:
 
     def __init__(self, data: bytes) -> None:
         _, self.major, self.minor, length, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
-        self.header = pb.Header.FromString(data[PREAMBLE_SIZE : PREAMBLE_SIZE + length])
         start = align_up(PREAMBLE_SIZE + length)
+        outer = pb.Header.FromString(data[PREAMBLE_SIZE : PREAMBLE_SIZE + length])
+        self.header = inflate_header(outer, self.minor)  # rebuilt plain
         self.sections = {
             key: data[start + s.offset : start + s.offset + s.length] for key, s in self.all_sections()
+        }
+        self.aligned = {
+            (i, "raw")
+            for i, t in enumerate(self.header.tensors)
+            if t.encoding == pb.RAW and t.compression == pb.COMPRESSION_NONE
         }
 
     def all_sections(self) -> list[tuple[tuple[int, str], pb.Section]]:
@@ -294,7 +332,7 @@ class Parsed:
         for key, s in self.all_sections():
             payload = self.sections.get(key, b"")
             if relayout:
-                s.offset = align_up(len(data))
+                s.offset = align_up(len(data)) if self.minor < 2 or key in self.aligned else len(data)
             data += bytes(max(0, s.offset - len(data)))
             data[s.offset : s.offset + len(payload)] = payload
         header = self.header.SerializeToString(deterministic=True)
@@ -430,7 +468,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add(
         "index_bits_0",
         "index-bits",
-        _header("sparse_codes", lambda p: setattr(_first(p, "fc"), "index_bits", 0)),
+        _header("sparse_codes", lambda p: _first(p, "fc").ClearField("index_bits")),
     )
     add(
         "index_bits_17",
@@ -491,6 +529,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("zstd_two_frames", "zstd", _header("raw_zstd", lambda p: _extend_zstd(p, None)))
     add("chunk_offset_bound", "huffman-chunks", _header("chunked", _offset_past_bound))
     _add_1_1(add)
+    _add_1_2(add)
     add("source_zstd_in_minor_0", "version", _header("source_zstd", lambda p: setattr(p, "minor", 0)))
     add(
         "source_both_skeletons",
@@ -671,8 +710,124 @@ def _add_1_1(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
     add("outliers_zstd_size", "outliers", _header("outliers_zstd", _outlier_zstd_size))
 
 
-def _newer_minor(p: Parsed) -> None:
+def _add_1_2(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
+    """Invalid vectors of the 1.2 rules (spec 4, 5.8, 7.6, 10)."""
+    add("packed_in_minor_1", "version", _header("compact", lambda p: setattr(p, "minor", 1)))
+    add("unpadded_in_minor_1", "section-layout", ("sparse_codes", _unpadded_in_minor_1))
+    add("padded_in_minor_2", "section-layout", ("sparse_codes", _padded_in_minor_2))
+    add(
+        "packed_table_and_plain",
+        "huffman-table",
+        _header("compact", lambda p: setattr(_first(p, "sparse").codes, "code_lengths", bytes(256))),
+    )
+    add(
+        "packed_table_trailing_byte",
+        "huffman-table",
+        _header("compact", lambda p: _edit_packed_table(p, lambda b: b + bytes(1))),
+    )
+    add(
+        "packed_table_incomplete",
+        "huffman-table",
+        # one symbol, lengths (2, 2): an incomplete code
+        _header("compact", lambda p: _edit_packed_table(p, lambda b: bytes([1, 1, 2, 0x12, 0]))),
+    )
+    add(
+        "packed_codebook_trailing_byte",
+        "codebook",
+        _header("compact", lambda p: _edit_packed_book(p, lambda b: b + bytes(1))),
+    )
+    add(
+        "packed_codebook_range",
+        "codebook",
+        # one value of bucket 32 (the only symbol, length 1), extra bits all ones: key 2^31 + 2^32 - 1
+        _header(
+            "compact",
+            lambda p: _edit_packed_book(
+                p, lambda b: bytes([1, 1, 33]) + bytes(12) + b"\x01\x00\xff\xff\xff\x7f"
+            ),
+        ),
+    )
+    add(
+        "packed_codebook_negate_last",
+        "codebook",
+        # the codebook's stream ends with the negation escape (33) instead of a delta after it
+        _header("compact", lambda p: _edit_packed_book(p, lambda b: _book_ending_in_escape())),
+    )
+    add("header_zstd_in_minor_1", "version", ("compact", _compressed(_zstd, minor=1)))
+    add("header_zstd_and_fields", "header-parse", ("compact", _compressed(_zstd, producer="x")))
+    add("header_zstd_nested", "header-parse", ("compact", _compressed(lambda h: _zstd(_wrap(_zstd(h))))))
+    add("header_zstd_trailing_byte", "header-parse", ("compact", _compressed(lambda h: _zstd(h) + b"\0")))
+    add("header_zstd_no_content_size", "header-size", ("compact", _compressed(lambda h: _zstd(h, False))))
+    add("header_zstd_no_sections", "header-parse", ("compact", _compressed(_no_tensors, data=b"")))
+
+
+def _zstd(header: bytes, content_size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(level=19, write_content_size=content_size).compress(header)
+
+
+def _no_tensors(header: bytes) -> bytes:
+    """The frame of the header with its tensors removed (a file with no section)."""
+    plain = pb.Header.FromString(header)
+    plain.ClearField("tensors")
+    return _zstd(plain.SerializeToString(deterministic=True))
+
+
+def _wrap(frame: bytes) -> bytes:
+    return pb.Header(header_zstd=frame).SerializeToString()
+
+
+def _compressed(
+    frame_of: Callable[[bytes], bytes], minor: int = 2, producer: str = "", data: bytes | None = None
+) -> Mutation:
+    """The file with its header (rebuilt plain) stored as ``header_zstd = frame_of(header)``
+    (spec 3), other outer fields and the version as given; ``data`` replaces the data area."""
+
+    def mutate(file: bytes) -> bytes:
+        plain = Parsed(file).build()
+        length = PREAMBLE.unpack(plain[:PREAMBLE_SIZE])[3]
+        outer = pb.Header(
+            header_zstd=frame_of(plain[PREAMBLE_SIZE : PREAMBLE_SIZE + length]), producer=producer
+        )
+        area = plain[align_up(PREAMBLE_SIZE + length) :] if data is None else data
+        return assemble(outer.SerializeToString(deterministic=True), area, 1, minor)
+
+    return mutate
+
+
+def _book_ending_in_escape() -> bytes:
+    """A packed codebook stream of two symbols, a 1-bit delta then the escape (33): lengths 1, 1."""
+    lengths = np.zeros(34 * 3, np.uint8)
+    lengths[3] = lengths[99] = 1  # symbol 1 and symbol 33: code length 1 each
+    table = np.packbits(lengths, bitorder="little").tobytes()
+    return bytes([2, 2, 34]) + table + b"\x02"  # symbol 1 = 0, symbol 33 = 1: bits 0 1
+
+
+def _padded_in_minor_2(data: bytes) -> bytes:
+    p = Parsed(data)
     p.minor = 2
+    return p.build(relayout=False)
+
+
+def _unpadded_in_minor_1(data: bytes) -> bytes:
+    p = Parsed(data)
+    p.minor, p.aligned = 2, set()
+    relaid = Parsed(p.build())
+    relaid.minor = 1
+    return relaid.build(relayout=False)
+
+
+def _edit_packed_table(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
+    stream = _first(p, "sparse").codes
+    stream.code_lengths_packed = edit(stream.code_lengths_packed)
+
+
+def _edit_packed_book(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
+    book = _first(p, "sparse").codebook
+    book.values_packed = edit(book.values_packed)
+
+
+def _newer_minor(p: Parsed) -> None:
+    p.minor = 3
     _first(p, "rows_f16").encoding = 6
 
 
@@ -733,7 +888,7 @@ def write_valid(out: Path) -> dict[str, bytes]:
     files = {}
     for name, (tensors, options) in valid_vectors().items():
         path = out / f"{name}.dcnn"
-        with dcformat.Writer(path, producer=PRODUCER, **options) as w:
+        with dcformat.Writer(path, producer=PRODUCER, **{"compact": False, **options}) as w:
             for tname, t in tensors.items():
                 w.add(tname, t)
         expected = dcformat.load_file(path)

@@ -52,7 +52,8 @@ def test_sparse_codes_use_zero_as_the_exact_zero() -> None:
     [
         (pruned_weights((200, 300), 0.05), 4, "SPARSE_CODES"),
         (pruned_weights((200, 300), 1.0), 4, "DENSE_CODES"),
-        (pruned_weights((12, 10), 1.0), 8, "RAW"),  # codebook as big as the data
+        # 30 distinct values: a codebook as big as the data, and records and tables besides
+        (pruned_weights((6, 5), 1.0), 8, "RAW"),
     ],
     ids=["pruned", "unpruned", "tiny"],
 )

@@ -69,7 +69,8 @@ def test_pruned_tensor_is_stored_sparse_with_exact_zeros(rng, tmp_path) -> None:
 
 
 def test_exact_storage_when_codes_would_cost_more(rng, tmp_path) -> None:
-    array = rng.normal(size=(8, 8)).astype(np.float32)  # 64 values, a 256-entry codebook
+    # 64 values over 64 binades, a 256-entry codebook: packed, it costs what the data does
+    array = (rng.normal(size=(8, 8)) * 2.0 ** np.arange(-32, 32).reshape(8, 8)).astype(np.float32)
     tensor = run(array, "float32", [("include", "layer*")], min_size=1)
     info, _, decoded = written(tensor, tmp_path)
     assert info.encoding == "RAW" and tensor.error == 0.0 and tensor.report.weight_bits is None

@@ -342,17 +342,19 @@ def test_sparse_property(
 
 
 def rewrite(path, change) -> None:
-    """Apply change(header, data_area) to a file and rewrite it with every checksum fixed."""
+    """Apply change(header, data_area) to a file and rewrite it with every checksum fixed (same
+    version, the header uncompressed)."""
     raw = open(path, "rb").read()
-    header_length = PREAMBLE.unpack(raw[:PREAMBLE_SIZE])[3]
+    _, _, minor, header_length, _, _ = PREAMBLE.unpack(raw[:PREAMBLE_SIZE])
     header = pb.Header.FromString(raw[PREAMBLE_SIZE : PREAMBLE_SIZE + header_length])
     data = bytearray(raw[align_up(PREAMBLE_SIZE + header_length) :])
+    header = dcformat.file.header.inflate_header(header, minor)  # written plain below
     change(header, data)
     for tensor in header.tensors:
         for section in dcformat.file.header.sections_of(tensor):
             section.crc32 = zlib.crc32(data[section.offset : section.offset + section.length])
     blob = header.SerializeToString()
-    head = PREAMBLE.pack(b"\x89DCN\r\n\x1a\n", 1, 0, len(blob), zlib.crc32(blob), 0)
+    head = PREAMBLE.pack(b"\x89DCN\r\n\x1a\n", 1, minor, len(blob), zlib.crc32(blob), 0)
     head = head[:-4] + zlib.crc32(head[:-4]).to_bytes(4, "little") + blob
     with open(path, "wb") as f:
         f.write(head + bytes(align_up(len(head)) - len(head)) + bytes(data))

@@ -85,21 +85,25 @@ def extended_tensors(draw: st.DrawFn) -> dcformat.Quantized:
 
 @given(extended_tensors())
 def test_extended_round_trip_on_both_decoders(tmp_path_factory, tensor):
-    path = tmp_path_factory.mktemp("ext") / "t.dcnn"
-    dcformat.save_file({"t": tensor}, path, chunk_size=5)
+    """Both writers (1.1-exact and compact), both decoders; the file declares the lowest minor
+    version it needs: 1.1 for an _EXT tensor, 1.0 otherwise, 1.2 only when written compact."""
     expected = expected_of(tensor)
-    results = []
-    for native in [True, False] if codec.AVAILABLE else [False]:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("DCNN_NO_NATIVE", "0" if native else "1")
-            results.append(dcformat.load_file(path)["t"])
-    for got in results:
-        assert got.dtype == expected.dtype and got.shape == expected.shape
-        assert got.tobytes() == expected.tobytes()
-    assert dcformat.validate(path).ok
-    with dcformat.safe_open(path) as f:
-        assert f.version == ((1, 1) if tensor.extended else (1, 0))
-        assert f.info("t").encoding.endswith("_EXT") == tensor.extended
+    for compact in (False, True):
+        path = tmp_path_factory.mktemp("ext") / "t.dcnn"
+        dcformat.save_file({"t": tensor}, path, chunk_size=5, compact=compact)
+        results = []
+        for native in [True, False] if codec.AVAILABLE else [False]:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("DCNN_NO_NATIVE", "0" if native else "1")
+                results.append(dcformat.load_file(path)["t"])
+        for got in results:
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert got.tobytes() == expected.tobytes()
+        assert dcformat.validate(path).ok
+        with dcformat.safe_open(path) as f:
+            exact = (1, 1) if tensor.extended else (1, 0)
+            assert f.version == exact or (compact and f.version == (1, 2))
+            assert f.info("t").encoding.endswith("_EXT") == tensor.extended
 
 
 @pytest.mark.parametrize(("sparse", "dtype"), [(False, "float16"), (True, "float32"), (True, "bfloat16")])
@@ -174,7 +178,10 @@ def test_skeleton_is_stored_zstd_when_smaller(tmp_path: Path) -> None:
     for skeleton, version in ((prototxt, (1, 1)), (noise, (1, 0))):
         path = tmp_path / f"{version[1]}.dcnn"
         dcformat.save_file(
-            {"w": np.ones(2, np.float32)}, path, source=dcformat.Source("caffe-release", skeleton)
+            {"w": np.ones(2, np.float32)},
+            path,
+            source=dcformat.Source("caffe-release", skeleton),
+            compact=False,  # the 1.1 feature alone
         )
         with dcformat.safe_open(path) as f:
             assert f.version == version and f.source().skeleton == skeleton

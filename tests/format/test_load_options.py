@@ -151,9 +151,10 @@ def break_tensor(path, tensor_name: str, how: str) -> None:
     """Corrupt one tensor: flip a bit of its first section ("crc"), or make its header
     declare one nonzero more than it has ("nonzeros", every checksum kept valid)."""
     raw = bytearray(open(path, "rb").read())
-    header_length = PREAMBLE.unpack(raw[:PREAMBLE_SIZE])[3]
+    _, _, minor, header_length, _, _ = PREAMBLE.unpack(raw[:PREAMBLE_SIZE])
     header = dcformat.dcnn_pb2.Header.FromString(bytes(raw[PREAMBLE_SIZE : PREAMBLE_SIZE + header_length]))
     data = raw[align_up(PREAMBLE_SIZE + header_length) :]
+    header = dcformat.file.header.inflate_header(header, minor)  # written plain below
     tensor = next(t for t in header.tensors if t.name == tensor_name)
     if how == "crc":
         section = next(dcformat.file.header.sections_of(tensor))
@@ -161,7 +162,7 @@ def break_tensor(path, tensor_name: str, how: str) -> None:
     else:
         tensor.nonzeros += 1
     blob = header.SerializeToString()
-    head = PREAMBLE.pack(b"\x89DCN\r\n\x1a\n", 1, 0, len(blob), zlib.crc32(blob), 0)
+    head = PREAMBLE.pack(b"\x89DCN\r\n\x1a\n", 1, minor, len(blob), zlib.crc32(blob), 0)
     head = head[:-4] + zlib.crc32(head[:-4]).to_bytes(4, "little") + blob
     with open(path, "wb") as f:
         f.write(head + bytes(align_up(len(head)) - len(head)) + data)
