@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.compress.assign import assign
 from converters.compress.config import INITS, Init
 
 
@@ -141,5 +142,5 @@ def kmeans_1d(
             boundaries = (centroids[:-1] + centroids[1:]) / 2
     # side="right" on the boundaries puts values equal to a boundary in the upper cluster,
     # exactly like side="left" on the sorted values above.
-    labels = np.searchsorted(boundaries, values, side="right")
+    labels = assign(boundaries, values)  # np.searchsorted(boundaries, values, side="right")
     return KMeansResult(centroids, labels, np.asarray(distortions), converged)

@@ -30,11 +30,14 @@ def relative_index_cost(positions: np.ndarray, value_bits: int) -> tuple[int, in
     ``positions`` are strictly increasing flat indices; entry j stores the gap to the previous
     entry (the first to -1) in ``index_bits`` bits, and a gap d takes ``ceil(d / 2**b)`` entries.
     """
-    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1)
+    skipped = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1  # zeros before each entry
     best = (np.iinfo(np.int64).max, 0)
     for b in range(1, 17):
-        entries = int(((gaps - 1) >> b).sum()) + len(gaps)
-        best = min(best, (entries * (value_bits + b), b))
+        skipped >>= 1  # now the filler entries each gap needs at b bits: (gap - 1) >> b
+        fillers = int(skipped.sum())
+        best = min(best, ((fillers + len(skipped)) * (value_bits + b), b))
+        if not fillers:  # wider gaps only cost more from here on
+            break
     return best
 
 
@@ -44,7 +47,10 @@ def stage_bytes(positions: np.ndarray | None, numel: int, value_bits: int) -> in
     ``positions`` are those of the nonzero entries; None when the tensor has no zeros.
     """
     dense = numel * value_bits
-    sparse = dense if positions is None else relative_index_cost(positions, value_bits)[0]
+    # at least one (value_bits + 1)-bit entry per position: no need to search when that loses
+    if positions is None or len(positions) * (value_bits + 1) >= dense:
+        return -(-dense // 8)
+    sparse = relative_index_cost(positions, value_bits)[0]
     return -(-min(dense, sparse) // 8)
 
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converters.compress.assign import assign
+from converters.compress.assign import nearest_codes
 from converters.compress.config import Init
 from converters.compress.kmeans import kmeans_1d
 from dcformat.codec.huffman import frequencies
 
 KMEANS_SAMPLE = 1 << 22  # larger tensors are clustered from this many evenly ranked weights
-BLOCK = 1 << 20  # weights assigned to centroids at a time
+BLOCK = 1 << 20  # weights measured at a time (converters.compress.tensor)
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,5 @@ def _assign(values: np.ndarray, centroids: np.ndarray, zero_symbol: bool) -> Sha
     """Each value's nearest centroid (code 0 for exact zeros with a zero symbol), in blocks."""
     codebook = np.concatenate(([np.float32(0)], centroids)) if zero_symbol else centroids
     boundaries = (centroids[:-1].astype(np.float64) + centroids[1:]) / 2
-    codes = np.empty(values.size, dtype=_code_dtype(len(codebook)))
-    for first in range(0, values.size, BLOCK):
-        block = values[first : first + BLOCK]
-        out = codes[first : first + BLOCK]
-        out[:] = assign(boundaries, block)
-        if zero_symbol:
-            out += 1
-            out[block == 0] = 0
+    codes = nearest_codes(boundaries, values, _code_dtype(len(codebook)), zero_symbol)
     return SharedTensor(codebook, codes, zero_symbol)
