@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..weight import Role
+from .assign import assign
 from .config import DEFAULT_SNR_DB, Init
 from .share import SharedTensor, share_weights
 
@@ -340,7 +341,7 @@ def _assign(fitted: SharedTensor, values: np.ndarray) -> np.ndarray:
     centroids = fitted.codebook[1:] if fitted.zero_symbol else fitted.codebook
     centroids = centroids.astype(np.float64)
     boundaries = (centroids[:-1] + centroids[1:]) / 2
-    decoded = centroids[np.searchsorted(boundaries, values, side="right")]
+    decoded = centroids[assign(boundaries, values)]  # np.searchsorted(..., side="right"), faster
     if fitted.zero_symbol:
         decoded[values == 0] = 0.0
     return decoded

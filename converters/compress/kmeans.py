@@ -74,6 +74,7 @@ def kmeans_1d(
     max_iter: int = 300,
     seed: int = 0,
     importance: np.ndarray | None = None,
+    labels: bool = True,
 ) -> KMeansResult:
     """Cluster the values of ``x`` into ``k`` centroids minimizing the squared error, each
     value's error weighted by its ``importance`` (>= 0, x's shape) when given.
@@ -82,6 +83,7 @@ def kmeans_1d(
     An empty cluster keeps its previous centroid (which keeps the centroids sorted); with
     ``importance``, centroids whose cluster carries no importance are dropped at the end, so
     values that do not matter get no centroid of their own (fewer than k may remain).
+    ``labels`` False leaves the result's labels empty (callers that assign other values).
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -92,7 +94,8 @@ def kmeans_1d(
         raise ValueError("k-means input contains NaN or infinity")
     if importance is None:
         order = None
-        xs = np.sort(values).astype(np.float64)
+        ascending = values.size < 2 or bool(np.all(values[1:] >= values[:-1]))
+        xs = (values if ascending else np.sort(values)).astype(np.float64)  # samples come sorted
         ws = None
     else:
         ws = np.asarray(importance, dtype=np.float64).ravel()
@@ -142,5 +145,6 @@ def kmeans_1d(
             boundaries = (centroids[:-1] + centroids[1:]) / 2
     # side="right" on the boundaries puts values equal to a boundary in the upper cluster,
     # exactly like side="left" on the sorted values above.
-    labels = assign(boundaries, values)  # np.searchsorted(boundaries, values, side="right")
-    return KMeansResult(centroids, labels, np.asarray(distortions), converged)
+    # np.searchsorted(boundaries, values, side="right"), faster
+    codes = assign(boundaries, values) if labels else np.zeros(0, dtype=np.intp)
+    return KMeansResult(centroids, codes, np.asarray(distortions), converged)

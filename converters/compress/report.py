@@ -41,14 +41,20 @@ def relative_index_cost(positions: np.ndarray, value_bits: int) -> tuple[int, in
     return best
 
 
+def sparse_may_win(nonzeros: int, numel: int, value_bits: int) -> bool:
+    """Whether the relative-index layout of ``nonzeros`` entries can beat the dense one: it
+    takes at least one ``value_bits + 1``-bit entry per nonzero."""
+    return nonzeros * (value_bits + 1) < numel * value_bits
+
+
 def stage_bytes(positions: np.ndarray | None, numel: int, value_bits: int) -> int:
     """Bytes of the smaller of the dense and the relative-index layouts (without codebook).
 
-    ``positions`` are those of the nonzero entries; None when the tensor has no zeros.
+    ``positions`` are those of the nonzero entries; None when the tensor has no zeros (or
+    when :func:`sparse_may_win` says the dense layout wins anyway).
     """
     dense = numel * value_bits
-    # at least one (value_bits + 1)-bit entry per position: no need to search when that loses
-    if positions is None or len(positions) * (value_bits + 1) >= dense:
+    if positions is None or not sparse_may_win(len(positions), numel, value_bits):
         return -(-dense // 8)
     sparse = relative_index_cost(positions, value_bits)[0]
     return -(-min(dense, sparse) // 8)

@@ -84,10 +84,12 @@ def share_weights(
     kept_imp = None if imp is None else imp[nonzero] if zero_symbol else imp
     if w.size > KMEANS_SAMPLE:
         if kept_imp is None:
-            fitted = kmeans_1d(_ranked_sample(kept), k - zero_symbol, **kmeans)
+            fitted = kmeans_1d(_ranked_sample(kept), k - zero_symbol, labels=False, **kmeans)
         else:
             step = -(-kept.size // KMEANS_SAMPLE)
-            fitted = kmeans_1d(kept[::step], k - zero_symbol, importance=kept_imp[::step], **kmeans)
+            fitted = kmeans_1d(
+                kept[::step], k - zero_symbol, importance=kept_imp[::step], labels=False, **kmeans
+            )
         return _assign(w, fitted.centroids.astype(np.float32), zero_symbol)
     result = kmeans_1d(kept, k - zero_symbol, importance=kept_imp, **kmeans)
     centroids = result.centroids.astype(np.float32)

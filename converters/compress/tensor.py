@@ -21,7 +21,7 @@ from . import fidelity, share
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
-from .report import TensorReport, stage_bytes
+from .report import TensorReport, sparse_may_win, stage_bytes
 from .share import SharedTensor, share_weights
 
 
@@ -225,7 +225,10 @@ def encode_shared(
         codebook, row_scale = shared.codebook.astype(np.float32), scales.astype(np.float32)
     values = weight.values().reshape(-1) if values is None else values
     error = _relative_rms(values, codebook, shared.codes, row_scale)
-    survivors = np.flatnonzero(shared.codes) if shared.zero_symbol else None
+    survivors = None  # the positions of nonzeros, where a sparse layout may win a report stage
+    value_bits = max(bits, 8 * weight.array.itemsize)
+    if shared.zero_symbol and sparse_may_win(np.count_nonzero(shared.codes), values.size, value_bits):
+        survivors = np.flatnonzero(shared.codes)
     row = _row(
         weight,
         encoded,
@@ -276,7 +279,7 @@ def _relative_rms(
     block = share.BLOCK
     for first in range(0, values.size, block):
         v = values[first : first + block].astype(np.float64)
-        decoded = _decode(codebook, codes, scales, first, min(values.size, first + block))
-        error += float(np.sum((v - decoded) ** 2))
-        total += float(np.sum(v**2))
+        diff = v - _decode(codebook, codes, scales, first, min(values.size, first + block))
+        error += float(np.sum(np.square(diff, out=diff)))
+        total += float(np.sum(np.square(v, out=v)))
     return (error / total) ** 0.5 if total else 0.0
