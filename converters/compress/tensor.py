@@ -130,18 +130,23 @@ def compress_planned(
     config: CompressionConfig,
     importance: np.ndarray | None = None,
     scaled: bool = False,
+    *,
+    values: np.ndarray | None = None,
+    clustered: np.ndarray | None = None,
 ) -> CompressedTensor:
     """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`.
 
     ``scaled`` (float32 tensors): every row (axis 0) is divided by a float16 scale, its
     largest |w|, before weight sharing, and the file stores the scales (format 1.1): one
-    codebook then serves rows of very different ranges.
+    codebook then serves rows of very different ranges. ``values`` (the weight's flat float
+    values) and ``clustered`` (:func:`share.kmeans_input` of them) save computing them again
+    when the caller has them.
     """
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     if plan.snr is not None and not plan.prunes and importance is None:
         return _chosen(weight, plan, config)
-    original = values = weight.values().reshape(-1)
+    original = values = weight.values().reshape(-1) if values is None else values
     if not np.isfinite(values).all():
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
@@ -166,6 +171,7 @@ def compress_planned(
             max_iter=config.kmeans_iters,
             seed=config.seed,
             importance=importance,
+            clustered=clustered if scales is None and not plan.prunes else None,  # of these values
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
@@ -182,12 +188,16 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
     floor = plan.snr
-    choice = fidelity.choose(values.reshape(weight.array.shape), snr_db=floor, seed=config.seed)
+    ordered = np.sort(values)  # for the search's sample and the k-means sample alike
+    shape = weight.array.shape
+    choice = fidelity.choose(values.reshape(shape), snr_db=floor, seed=config.seed, ordered=ordered)
+    clustered = share.kmeans_input(ordered)  # what the k-means sorts (a sample of large tensors)
+    del ordered
     plain = replace(config, kmeans_iters=choice.iters or config.kmeans_iters)
     bits = choice.bits
     while bits is not None and bits <= fidelity.MAX_BITS:
         setting = replace(plan, bits=bits, init=choice.init or plan.init, snr=None)
-        tensor = compress_planned(weight, setting, plain)
+        tensor = compress_planned(weight, setting, plain, values=values, clustered=clustered)
         if tensor.codes is None:  # exact storage was smaller
             return tensor
 
