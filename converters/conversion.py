@@ -119,6 +119,8 @@ def convert(
         if calibration is None:
             _no_target(config)
             tasks = file_tasks(src_path)[0] if reader.name in ("safetensors", "pytorch") else None
+            if tasks is None and model.tasks is not None:
+                tasks = model.tasks()
             if tasks is not None and TIES in model.source.attributes:  # tied aliases are stored once
                 tied = json.loads(model.source.attributes[TIES])
                 tasks = [task for task in tasks if task.name not in tied]

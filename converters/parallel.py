@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,27 @@ class InMemory:
         return self.weight
 
 
-Task = SafetensorsRef | CheckpointRef | InMemory
+@dataclass(frozen=True)
+class Deferred:
+    """A tensor read when it is compressed: ``read()`` (picklable, e.g. a slice of an external
+    data file) gives the stored-form array of the outline ``weight``."""
+
+    weight: Weight
+    read: Callable[[], Any]
+    nbytes: int
+
+    @property
+    def name(self) -> str:
+        return self.weight.name
+
+    def outline(self) -> Weight:
+        return self.weight
+
+    def load(self) -> Weight:
+        return replace(self.weight, array=self.read())
+
+
+Task = SafetensorsRef | CheckpointRef | InMemory | Deferred
 Job = tuple[Task, float | None]  # a task and its chooser floor
 
 _mapped: dict[str, Any] = {}

@@ -28,6 +28,8 @@ class ModelInput:
     metadata: Mapping[str, str] = field(default_factory=dict)
     source: Source = field(default_factory=Source)
     lossless: bool = False  # already compressed: weights carry their exact encodings
+    # per-tensor tasks that read each tensor only when it is compressed (converters.parallel)
+    tasks: Callable[[], list[Any]] | None = None
 
 
 ReadModel = Callable[..., ModelInput]  # read(path, **options): options such as prototxt=
