@@ -204,6 +204,7 @@ class DcnnFile:
             if zlib.crc32(data) != section.crc32:
                 raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
             _check_zero(self._map, start + section.length, min(align_up(start + section.length), self.size))
+        _drop_pages(self._map, start, start + section.length)
         return data
 
     def stream(self, stream: pb.HuffmanStream) -> Stream:
@@ -295,6 +296,15 @@ def load_file(
             )
             for name in f.keys()
         }
+
+
+def _drop_pages(buffer: mmap.mmap, start: int, stop: int) -> None:
+    """Let the kernel drop the mapped file pages of bytes start:stop, now copied out, so a
+    decode's resident memory does not grow with the file (read-only file pages: they come
+    back from the page cache if read again). Where madvise is missing it does nothing."""
+    if stop - start >= mmap.PAGESIZE and hasattr(buffer, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        first = start - start % mmap.PAGESIZE
+        buffer.madvise(mmap.MADV_DONTNEED, first, min(stop, len(buffer)) - first)
 
 
 def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:
