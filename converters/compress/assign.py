@@ -52,7 +52,7 @@ def assign(boundaries: np.ndarray, values: np.ndarray) -> np.ndarray:
         out = np.empty(values.shape, dtype=np.intp)
         _native.codes(np.ascontiguousarray(boundaries), flat, flat.itemsize, out, 8, False)
         return out
-    return assign_numpy(boundaries, values)
+    return assign_numpy(boundaries, np.asarray(values).reshape(-1)).reshape(np.shape(values))
 
 
 def nearest_codes(

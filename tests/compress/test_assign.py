@@ -100,3 +100,15 @@ def test_native_kernel_rejects_codes_that_do_not_fit() -> None:
         assign_module._native.codes(np.arange(255.0), values, 4, np.zeros(4, np.uint8), 1, True)
     with pytest.raises(ValueError, match="one code per value"):
         assign_module._native.codes(np.arange(3.0), values, 4, np.zeros(3, np.uint8), 1, False)
+
+
+def test_any_shape_on_both_paths(monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    boundaries = np.sort(rng.standard_normal(200)) * 0.01  # bunched: some weights need the fallback
+    values = (rng.standard_normal((300, 400)) * 0.05).astype(np.float64)
+    want = np.searchsorted(boundaries, values, side="right")
+    for no_native in ("1", "0"):
+        monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
+        got = assign(boundaries, values)
+        assert got.shape == values.shape
+        np.testing.assert_array_equal(got, want)
