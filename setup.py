@@ -11,6 +11,17 @@ setup(
         Extension(
             "dcformat.codec._native", ["dcformat/codec/_native.c"], optional=True, extra_compile_args=["-O3"]
         ),
+        # Symbol counts and Huffman packing (dcformat/codec/huffman.py falls back to numpy without it).
+        Extension(
+            "dcformat.codec._encode", ["dcformat/codec/_encode.c"], optional=True, extra_compile_args=["-O3"]
+        ),
+        # Nearest-centroid codes (converters/compress/assign.py falls back to numpy without it).
+        Extension(
+            "converters.compress._assign",
+            ["converters/compress/_assign.c"],
+            optional=True,
+            extra_compile_args=["-O3"],
+        ),
         # Products on the compressed form (dcformat/codec/matvec.py falls back to numpy without it).
         Extension(
             "dcformat.codec._matvec", ["dcformat/codec/_matvec.c"], optional=True, extra_compile_args=["-O3"]

@@ -16,7 +16,7 @@ from .compress.config import SAFE, CompressionConfig
 from .compress.tensor import plan_for
 from .errors import ConvertError
 from .formats import by_suffix, check_input, formats
-from .formats.base import ModelInput
+from .formats.base import TIES, ModelInput
 from .formats.hf_folder import SOURCE_FORMAT, file_tasks, is_folder_target, read_folder, write_folder
 from .parallel import InMemory, Task, WorkerStats, compressed
 from .summary import format_table, row, totals
@@ -119,6 +119,11 @@ def convert(
         if calibration is None:
             _no_target(config)
             tasks = file_tasks(src_path)[0] if reader.name in ("safetensors", "pytorch") else None
+            if tasks is None and model.tasks is not None:
+                tasks = model.tasks()
+            if tasks is not None and TIES in model.source.attributes:  # tied aliases are stored once
+                tied = json.loads(model.source.attributes[TIES])
+                tasks = [task for task in tasks if task.name not in tied]
             return _to_dcnn(model, str(src_path), dst_path, config, progress, tasks, **parallel)
         if reader.name != "onnx":
             raise ConvertError(

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,27 @@ class InMemory:
         return self.weight
 
 
-Task = SafetensorsRef | CheckpointRef | InMemory
+@dataclass(frozen=True)
+class Deferred:
+    """A tensor read when it is compressed: ``read()`` (picklable, e.g. a slice of an external
+    data file) gives the stored-form array of the outline ``weight``."""
+
+    weight: Weight
+    read: Callable[[], Any]
+    nbytes: int
+
+    @property
+    def name(self) -> str:
+        return self.weight.name
+
+    def outline(self) -> Weight:
+        return self.weight
+
+    def load(self) -> Weight:
+        return replace(self.weight, array=self.read())
+
+
+Task = SafetensorsRef | CheckpointRef | InMemory | Deferred
 Job = tuple[Task, float | None]  # a task and its chooser floor
 
 _mapped: dict[str, Any] = {}
@@ -140,6 +160,7 @@ class Compressed:
     host: str
     pid: int
     peak_rss: int  # the worker process's peak resident memory so far, bytes
+    cpu_seconds: float = 0.0  # CPU time the task took in its process
 
     def encoded(self) -> EncodedTensor:
         """The tensor for ``Writer.add_encoded``."""
@@ -149,7 +170,7 @@ class Compressed:
 def run_task(task: Task, config: CompressionConfig, floor: float | None = None) -> Compressed:
     """Read, compress and encode one tensor (in whichever process runs it); ``floor``: its
     chooser floor (see :func:`converters.compress.tensor.floors`)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     weight = task.load()
     result = compress_weight(weight, config, floor=floor)
     encoded = result.encoded
@@ -167,6 +188,7 @@ def run_task(task: Task, config: CompressionConfig, floor: float | None = None) 
         socket.gethostname(),
         os.getpid(),
         peak,
+        time.process_time() - cpu,
     )
 
 
@@ -277,7 +299,8 @@ def _ray_get(ray: Any, ref: Any) -> Compressed:
 
 
 class WorkerStats:
-    """What each worker process did: tensors, seconds of work and peak RSS; and each task's time."""
+    """What each worker process did: tensors, seconds of work (wall and CPU) and peak RSS; and
+    each task's time."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -286,10 +309,19 @@ class WorkerStats:
     def add(self, result: Compressed) -> None:
         key = (result.host, result.pid)
         row = self._rows.setdefault(
-            key, {"host": result.host, "pid": result.pid, "tensors": 0, "seconds": 0.0, "peak_rss_bytes": 0}
+            key,
+            {
+                "host": result.host,
+                "pid": result.pid,
+                "tensors": 0,
+                "seconds": 0.0,
+                "cpu_seconds": 0.0,
+                "peak_rss_bytes": 0,
+            },
         )
         row["tensors"] += 1
         row["seconds"] += result.seconds
+        row["cpu_seconds"] += result.cpu_seconds
         row["peak_rss_bytes"] = max(row["peak_rss_bytes"], result.peak_rss)
         self.tasks.append({"name": result.name, "seconds": result.seconds, "pid": result.pid})
 

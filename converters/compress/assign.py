@@ -7,20 +7,77 @@ one down fix a guess a boundary inside its bin made wrong; weights still wrong a
 (several boundaries in one bin) take the binary search. The result equals
 ``np.searchsorted(boundaries, values, side="right")`` for every input, comparisons
 being made as that makes them (float64 boundaries, values widened).
+
+The C kernel ``converters.compress._assign`` (``_assign.c``) does the same in one pass when it
+is built (``DCNN_NO_NATIVE=1`` forces the numpy code, which it must match exactly).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+try:
+    from . import _assign as _native
+except ImportError:  # built without a compiler: numpy does the work
+    _native = None
+
+BLOCK = 1 << 20  # values coded at a time by the numpy path of nearest_codes
 TABLE_BINS = 1 << 12
 MIN_VALUES = 1 << 14  # below this the binary search is as fast
 FLOAT32_SAFE = 1e37  # the estimate's operands stay far from float32 overflow (inf - inf)
 
 
+def native() -> bool:
+    """Whether assignment goes through the C kernel (built, and not DCNN_NO_NATIVE=1)."""
+    return _native is not None and os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
+
+
+def _native_values(boundaries: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """``values`` as the C kernel takes them (contiguous float32/float64; float16 widens
+    exactly), or None where the numpy path must run."""
+    if not native() or boundaries.dtype != np.float64 or values.dtype.kind != "f":
+        return None
+    if values.dtype == np.float16:
+        values = values.astype(np.float32)
+    return np.ascontiguousarray(values) if values.dtype in (np.float32, np.float64) else None
+
+
 def assign(boundaries: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``np.searchsorted(boundaries, values, side="right")`` for sorted float64 ``boundaries``
     and finite float ``values`` (any float dtype; float16 and bfloat16-as-float32 included)."""
+    flat = _native_values(boundaries, values)
+    if flat is not None and np.dtype(np.intp).itemsize == 8:
+        out = np.empty(values.shape, dtype=np.intp)
+        _native.codes(np.ascontiguousarray(boundaries), flat, flat.itemsize, out, 8, False)
+        return out
+    return assign_numpy(boundaries, np.asarray(values).reshape(-1)).reshape(np.shape(values))
+
+
+def nearest_codes(
+    boundaries: np.ndarray, values: np.ndarray, dtype: type[np.unsignedinteger], zero_symbol: bool
+) -> np.ndarray:
+    """Flat codes (``dtype``, uint8 or uint16) of flat ``values``: :func:`assign`'s, plus 1 with
+    ``zero_symbol``, where exact zeros get 0. Bounded temporaries (blocks of BLOCK values)."""
+    codes = np.empty(values.size, dtype=dtype)
+    flat = _native_values(boundaries, values)
+    if flat is not None:
+        bounds = np.ascontiguousarray(boundaries)
+        _native.codes(bounds, flat, flat.itemsize, codes, codes.itemsize, zero_symbol)
+        return codes
+    for first in range(0, values.size, BLOCK):
+        block = values[first : first + BLOCK]
+        out = codes[first : first + BLOCK]
+        out[:] = assign_numpy(boundaries, block)
+        if zero_symbol:
+            out += 1
+            out[block == 0] = 0
+    return codes
+
+
+def assign_numpy(boundaries: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """:func:`assign` in numpy (the fallback of the C kernel)."""
     k = boundaries.size
     if values.size < MIN_VALUES or k < 2 or not boundaries[-1] > boundaries[0]:
         return np.searchsorted(boundaries, values, side="right")

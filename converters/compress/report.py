@@ -30,21 +30,33 @@ def relative_index_cost(positions: np.ndarray, value_bits: int) -> tuple[int, in
     ``positions`` are strictly increasing flat indices; entry j stores the gap to the previous
     entry (the first to -1) in ``index_bits`` bits, and a gap d takes ``ceil(d / 2**b)`` entries.
     """
-    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1)
+    skipped = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1  # zeros before each entry
     best = (np.iinfo(np.int64).max, 0)
     for b in range(1, 17):
-        entries = int(((gaps - 1) >> b).sum()) + len(gaps)
-        best = min(best, (entries * (value_bits + b), b))
+        skipped >>= 1  # now the filler entries each gap needs at b bits: (gap - 1) >> b
+        fillers = int(skipped.sum())
+        best = min(best, ((fillers + len(skipped)) * (value_bits + b), b))
+        if not fillers:  # wider gaps only cost more from here on
+            break
     return best
+
+
+def sparse_may_win(nonzeros: int, numel: int, value_bits: int) -> bool:
+    """Whether the relative-index layout of ``nonzeros`` entries can beat the dense one: it
+    takes at least one ``value_bits + 1``-bit entry per nonzero."""
+    return nonzeros * (value_bits + 1) < numel * value_bits
 
 
 def stage_bytes(positions: np.ndarray | None, numel: int, value_bits: int) -> int:
     """Bytes of the smaller of the dense and the relative-index layouts (without codebook).
 
-    ``positions`` are those of the nonzero entries; None when the tensor has no zeros.
+    ``positions`` are those of the nonzero entries; None when the tensor has no zeros (or
+    when :func:`sparse_may_win` says the dense layout wins anyway).
     """
     dense = numel * value_bits
-    sparse = dense if positions is None else relative_index_cost(positions, value_bits)[0]
+    if positions is None or not sparse_may_win(len(positions), numel, value_bits):
+        return -(-dense // 8)
+    sparse = relative_index_cost(positions, value_bits)[0]
     return -(-min(dense, sparse) // 8)
 
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converters.compress.assign import assign
+from converters.compress.assign import nearest_codes
 from converters.compress.config import Init
 from converters.compress.kmeans import kmeans_1d
 from dcformat.codec.huffman import frequencies
 
 KMEANS_SAMPLE = 1 << 22  # larger tensors are clustered from this many evenly ranked weights
-BLOCK = 1 << 20  # weights assigned to centroids at a time
+BLOCK = 1 << 20  # weights measured at a time (converters.compress.tensor)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ def share_weights(
     max_iter: int = 300,
     seed: int = 0,
     importance: np.ndarray | None = None,
+    clustered: np.ndarray | None = None,
 ) -> SharedTensor:
     """Quantize ``weights`` (flattened) to at most 2**bits shared values with 1-D k-means.
 
@@ -66,7 +67,9 @@ def share_weights(
     weighs each weight's squared error, as calibration measures it. Tensors over
     KMEANS_SAMPLE weights are clustered from about KMEANS_SAMPLE of them (evenly ranked
     values and the extremes; with importance, an even stride through the tensor), then every
-    weight takes its nearest centroid, as k-means assigns them.
+    weight takes its nearest centroid, as k-means assigns them. ``clustered``, what
+    :func:`kmeans_input` gives for the weights, saves sorting them when the caller has it
+    (it is not used with importance).
     """
     w = np.asarray(weights).reshape(-1)
     if w.size == 0:
@@ -82,14 +85,19 @@ def share_weights(
         return SharedTensor(np.zeros(1, dtype=np.float32), np.zeros(w.size, np.uint8), zero_symbol=True)
     kept = w[nonzero] if zero_symbol else w
     kept_imp = None if imp is None else imp[nonzero] if zero_symbol else imp
+    if kept_imp is not None:
+        clustered = None
     if w.size > KMEANS_SAMPLE:
         if kept_imp is None:
-            fitted = kmeans_1d(_ranked_sample(kept), k - zero_symbol, **kmeans)
+            sample = _ranked_sample(np.sort(kept)) if clustered is None else clustered
+            fitted = kmeans_1d(sample, k - zero_symbol, labels=False, **kmeans)
         else:
             step = -(-kept.size // KMEANS_SAMPLE)
-            fitted = kmeans_1d(kept[::step], k - zero_symbol, importance=kept_imp[::step], **kmeans)
+            fitted = kmeans_1d(
+                kept[::step], k - zero_symbol, importance=kept_imp[::step], labels=False, **kmeans
+            )
         return _assign(w, fitted.centroids.astype(np.float32), zero_symbol)
-    result = kmeans_1d(kept, k - zero_symbol, importance=kept_imp, **kmeans)
+    result = kmeans_1d(kept, k - zero_symbol, importance=kept_imp, ordered=clustered, **kmeans)
     centroids = result.centroids.astype(np.float32)
     if not zero_symbol:
         return SharedTensor(centroids, result.labels.astype(_code_dtype(len(centroids))), zero_symbol=False)
@@ -99,9 +107,18 @@ def share_weights(
     return SharedTensor(codebook, codes, zero_symbol=True)
 
 
-def _ranked_sample(values: np.ndarray) -> np.ndarray:
-    """About KMEANS_SAMPLE evenly ranked values and the largest."""
-    ordered = np.sort(values)
+def kmeans_input(ordered: np.ndarray) -> np.ndarray:
+    """What :func:`share_weights` clusters, from ``np.sort`` of the flat weights: their nonzero
+    values sorted, or for a tensor over KMEANS_SAMPLE weights about KMEANS_SAMPLE of those
+    evenly ranked (without importance)."""
+    zero = ordered.dtype.type(0)  # the zeros (and -0.0) are one run of the sorted weights
+    first, stop = np.searchsorted(ordered, zero, side="left"), np.searchsorted(ordered, zero, side="right")
+    kept = np.concatenate((ordered[:first], ordered[stop:])) if stop > first else ordered
+    return _ranked_sample(kept) if ordered.size > KMEANS_SAMPLE else kept
+
+
+def _ranked_sample(ordered: np.ndarray) -> np.ndarray:
+    """About KMEANS_SAMPLE evenly ranked values of the sorted ``ordered`` and the largest."""
     return np.concatenate([ordered[:: -(-ordered.size // KMEANS_SAMPLE)], ordered[-1:]])
 
 
@@ -109,12 +126,5 @@ def _assign(values: np.ndarray, centroids: np.ndarray, zero_symbol: bool) -> Sha
     """Each value's nearest centroid (code 0 for exact zeros with a zero symbol), in blocks."""
     codebook = np.concatenate(([np.float32(0)], centroids)) if zero_symbol else centroids
     boundaries = (centroids[:-1].astype(np.float64) + centroids[1:]) / 2
-    codes = np.empty(values.size, dtype=_code_dtype(len(codebook)))
-    for first in range(0, values.size, BLOCK):
-        block = values[first : first + BLOCK]
-        out = codes[first : first + BLOCK]
-        out[:] = assign(boundaries, block)
-        if zero_symbol:
-            out += 1
-            out[block == 0] = 0
+    codes = nearest_codes(boundaries, values, _code_dtype(len(codebook)), zero_symbol)
     return SharedTensor(codebook, codes, zero_symbol)

@@ -21,7 +21,7 @@ from . import fidelity, share
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
-from .report import TensorReport, stage_bytes
+from .report import TensorReport, sparse_may_win, stage_bytes
 from .share import SharedTensor, share_weights
 
 
@@ -130,18 +130,23 @@ def compress_planned(
     config: CompressionConfig,
     importance: np.ndarray | None = None,
     scaled: bool = False,
+    *,
+    values: np.ndarray | None = None,
+    clustered: np.ndarray | None = None,
 ) -> CompressedTensor:
     """Compress one tensor by ``plan`` (None: store it exactly); see :func:`compress_weight`.
 
     ``scaled`` (float32 tensors): every row (axis 0) is divided by a float16 scale, its
     largest |w|, before weight sharing, and the file stores the scales (format 1.1): one
-    codebook then serves rows of very different ranges.
+    codebook then serves rows of very different ranges. ``values`` (the weight's flat float
+    values) and ``clustered`` (:func:`share.kmeans_input` of them) save computing them again
+    when the caller has them.
     """
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     if plan.snr is not None and not plan.prunes and importance is None:
         return _chosen(weight, plan, config)
-    original = values = weight.values().reshape(-1)
+    original = values = weight.values().reshape(-1) if values is None else values
     if not np.isfinite(values).all():
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
@@ -166,6 +171,7 @@ def compress_planned(
             max_iter=config.kmeans_iters,
             seed=config.seed,
             importance=importance,
+            clustered=clustered if scales is None and not plan.prunes else None,  # of these values
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
@@ -182,12 +188,16 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
     floor = plan.snr
-    choice = fidelity.choose(values.reshape(weight.array.shape), snr_db=floor, seed=config.seed)
+    ordered = np.sort(values)  # for the search's sample and the k-means sample alike
+    shape = weight.array.shape
+    choice = fidelity.choose(values.reshape(shape), snr_db=floor, seed=config.seed, ordered=ordered)
+    clustered = share.kmeans_input(ordered)  # what the k-means sorts (a sample of large tensors)
+    del ordered
     plain = replace(config, kmeans_iters=choice.iters or config.kmeans_iters)
     bits = choice.bits
     while bits is not None and bits <= fidelity.MAX_BITS:
         setting = replace(plan, bits=bits, init=choice.init or plan.init, snr=None)
-        tensor = compress_planned(weight, setting, plain)
+        tensor = compress_planned(weight, setting, plain, values=values, clustered=clustered)
         if tensor.codes is None:  # exact storage was smaller
             return tensor
 
@@ -225,7 +235,10 @@ def encode_shared(
         codebook, row_scale = shared.codebook.astype(np.float32), scales.astype(np.float32)
     values = weight.values().reshape(-1) if values is None else values
     error = _relative_rms(values, codebook, shared.codes, row_scale)
-    survivors = np.flatnonzero(shared.codes) if shared.zero_symbol else None
+    survivors = None  # the positions of nonzeros, where a sparse layout may win a report stage
+    value_bits = max(bits, 8 * weight.array.itemsize)
+    if shared.zero_symbol and sparse_may_win(np.count_nonzero(shared.codes), values.size, value_bits):
+        survivors = np.flatnonzero(shared.codes)
     row = _row(
         weight,
         encoded,
@@ -276,7 +289,7 @@ def _relative_rms(
     block = share.BLOCK
     for first in range(0, values.size, block):
         v = values[first : first + block].astype(np.float64)
-        decoded = _decode(codebook, codes, scales, first, min(values.size, first + block))
-        error += float(np.sum((v - decoded) ** 2))
-        total += float(np.sum(v**2))
+        diff = v - _decode(codebook, codes, scales, first, min(values.size, first + block))
+        error += float(np.sum(np.square(diff, out=diff)))
+        total += float(np.sum(np.square(v, out=v)))
     return (error / total) ** 0.5 if total else 0.0

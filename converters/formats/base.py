@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,10 @@ import numpy as np
 
 from dcformat import DcnnFile, DcnnIOError, Source, safe_open
 
+from ..errors import ConvertError
 from ..weight import Weight, from_torch
+
+TIES = "ties"  # source attribute: {alias: [stored name, position in the source's order]}
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class ModelInput:
     metadata: Mapping[str, str] = field(default_factory=dict)
     source: Source = field(default_factory=Source)
     lossless: bool = False  # already compressed: weights carry their exact encodings
+    # per-tensor tasks that read each tensor only when it is compressed (converters.parallel)
+    tasks: Callable[[], list[Any]] | None = None
 
 
 ReadModel = Callable[..., ModelInput]  # read(path, **options): options such as prototxt=
@@ -63,3 +69,29 @@ def check_input(path: Path) -> None:
         raise DcnnIOError("no such file", path=str(path))
     if not path.is_file():
         raise DcnnIOError("not a regular file", path=str(path))
+
+
+def ties_of(dcnn: DcnnFile) -> dict[str, tuple[str, int]]:
+    """The tied tensors a source recorded (``pytorch`` reads ties in checkpoints and modules):
+    each alias name, the stored tensor it shares its data with, and its position in the
+    source's tensor order. ConvertError if the record is malformed."""
+    text = dcnn.source().attributes.get(TIES)
+    if text is None:
+        return {}
+    keys = set(dcnn.keys())
+    try:
+        ties = {str(alias): (str(target), int(index)) for alias, (target, index) in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConvertError(f"malformed {TIES!r} source attribute: {exc}") from None
+    bad = next((a for a, (t, i) in ties.items() if t not in keys or a in keys or i < 0), None)
+    if bad is not None:
+        raise ConvertError(f"{TIES!r} source attribute: alias {bad!r} does not name a stored tensor")
+    return ties
+
+
+def with_ties(names: Sequence[str], ties: Mapping[str, tuple[str, int]]) -> list[str]:
+    """``names`` with the tied aliases put back at their positions."""
+    out = list(names)
+    for alias, (_, index) in sorted(ties.items(), key=lambda item: item[1][1]):
+        out.insert(min(index, len(out)), alias)
+    return out

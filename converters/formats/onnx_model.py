@@ -10,6 +10,7 @@ name of its .dcnn tensor, so the model can be rebuilt with the decoded weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from dcformat import Source, dtypes, replacing
 
 from ..errors import ConvertError
-from ..weight import DTYPE_NAMES, Layer, Role, Weight
+from ..weight import DTYPE_NAMES, Layer, Role, Weight, outline
 from .base import Format, ModelInput, check_input, stored_tensors
 
 MARKER_LOCATION = "dcnn"
@@ -123,27 +124,38 @@ def _uses(graph: Any) -> dict[str, tuple[Role, Layer | None]]:
 
 
 def read_onnx(path: Path, **_: Any) -> ModelInput:
-    """Load an ONNX model (with its external data) and take its weights out of the graph."""
+    """Load an ONNX model's graph and take its weights out of it.
+
+    External data is not loaded with the graph: each tensor's bytes are read from its file
+    when the conversion asks for that tensor (references are checked now), so a model whose
+    weights live in external files is never held in memory whole. Weights stored inside
+    the .onnx file come out of the parsed graph, which then drops them.
+    """
     import onnx
 
     check_input(path)
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except Exception as exc:  # protobuf, file and path-safety errors all mean "cannot load"
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf and file errors all mean "cannot load"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConvertError(f"cannot load as an ONNX model: {reason}", path=str(path)) from None
     if not model.ir_version or not model.HasField("graph"):
         raise ConvertError("not an ONNX model: no IR version or no graph", path=str(path))
     supported = onnx_dtypes()
     uses = _uses(model.graph)
-    weights: list[Weight] = []
+    entries: list[tuple[Weight, Callable[[], np.ndarray], int]] = []  # the weight's outline, read, bytes
     taken: set[str] = set()
     for name, tensor, is_initializer in _tensors(model.graph):
         dtype = supported.get(tensor.data_type)
-        if dtype is None or (tensor.HasField("data_location") and tensor.data_location == tensor.EXTERNAL):
+        if dtype is None:
             continue
-        array = _array(tensor, dtype, name, path)
-        if not is_initializer and array.nbytes < CONSTANT_MIN_BYTES:
+        external = tensor.HasField("data_location") and tensor.data_location == tensor.EXTERNAL
+        if external:
+            load, nbytes = _external(tensor, dtype, name, path)
+        else:
+            array = _array(tensor, dtype, name, path)
+            load, nbytes = _Held(array), array.nbytes
+        if not is_initializer and nbytes < CONSTANT_MIN_BYTES:
             continue
         unique, n = name or "constant", 1
         while unique in taken:  # subgraphs may reuse a name; .dcnn names are unique
@@ -151,10 +163,85 @@ def read_onnx(path: Path, **_: Any) -> ModelInput:
             unique = f"{name}#{n}"
         taken.add(unique)
         role, layer = uses.get(name, (None, None))
-        weights.append(Weight(unique, array, dtype, layer, role=role))
+        entries.append(
+            (Weight(unique, outline(tuple(tensor.dims), dtype), dtype, layer, role=role), load, nbytes)
+        )
         _mark(tensor, unique)
     source = Source("onnx", model.SerializeToString(), {"ir_version": str(model.ir_version)})
-    return ModelInput(lambda: iter(weights), sum(w.array.nbytes for w in weights), {}, source)
+    del model
+
+    def weights() -> Iterator[Weight]:
+        for stand_in, read, _ in entries:
+            yield replace(stand_in, array=read())
+
+    def tasks() -> list[Any]:
+        from ..parallel import Deferred
+
+        return [Deferred(stand_in, read, nbytes) for stand_in, read, nbytes in entries]
+
+    return ModelInput(weights, sum(entry[2] for entry in entries), {}, source, tasks=tasks)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """An array the graph held, read from memory (picklable, unlike a closure)."""
+
+    array: np.ndarray
+
+    def __call__(self) -> np.ndarray:
+        return self.array
+
+
+@dataclass(frozen=True)
+class _ExternalSlice:
+    """A tensor's bytes in an external data file, read on call (picklable: workers read it)."""
+
+    file: str
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    name: str
+    source: str
+
+    def __call__(self) -> np.ndarray:
+        numel = int(np.prod(self.shape, dtype=object))
+        values = np.fromfile(self.file, dtype=dtypes.storage(self.dtype), count=numel, offset=self.offset)
+        if values.size != numel:  # the file changed since it was checked
+            raise ConvertError(f"tensor {self.name!r}: its external data was cut short", path=self.source)
+        return values.reshape(self.shape)
+
+
+def _external(tensor: Any, dtype: str, name: str, path: Path) -> tuple[Callable[[], np.ndarray], int]:
+    """A reader of a tensor's external data and its size; the reference is checked now (a file
+    inside the model's folder, a range inside that file, as many bytes as the shape needs)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    folder = path.resolve().parent
+    location = info.get("location", "")
+    file = (folder / location).resolve()
+    storage = dtypes.storage(dtype)
+    shape = tuple(tensor.dims)
+    numel = int(np.prod(shape, dtype=object)) if all(d >= 0 for d in shape) else -1
+    try:
+        offset = int(info.get("offset", 0))
+        size = file.stat().st_size if file.is_file() else -1
+        length = int(info["length"]) if "length" in info else size - offset
+    except (ValueError, OSError) as exc:
+        raise ConvertError(f"cannot load as an ONNX model: tensor {name!r}: {exc}", path=str(path)) from None
+    if not location or Path(location).is_absolute() or not file.is_relative_to(folder):
+        raise ConvertError(
+            f"cannot load as an ONNX model: tensor {name!r}: external data {location!r} is not a file "
+            "in the model's folder",
+            path=str(path),
+        )
+    if size < 0 or offset < 0 or length < 0 or offset + length > size:
+        raise ConvertError(
+            f"cannot load as an ONNX model: tensor {name!r}: external data {location!r} is missing or "
+            "shorter than its reference",
+            path=str(path),
+        )
+    if length != numel * storage.itemsize:
+        raise ConvertError(f"tensor {name!r}: its data does not fit its shape {shape}", path=str(path))
+    return _ExternalSlice(str(file), offset, dtype, shape, name, str(path)), length
 
 
 def _array(tensor: Any, dtype: str, name: str, path: Path) -> np.ndarray:

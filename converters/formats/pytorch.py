@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from dcformat import DcnnFile, Source, replacing, safe_open
 
 from ..errors import ConvertError
 from ..weight import Layer, Role, Weight, from_torch
-from .base import Format, ModelInput, check_input
+from .base import TIES, Format, ModelInput, check_input, ties_of, with_ties
 
 CHECKPOINT_KEYS = ("state_dict", "model")
 
@@ -20,6 +21,8 @@ def read_checkpoint(path: Path, **_: Any) -> ModelInput:
     """Open a torch checkpoint: a state_dict, or a dict holding one under a common key.
 
     Loaded with ``weights_only=True``: no pickled code runs. Zip checkpoints are memory-mapped.
+    Tied tensors (names that share one tensor's data, like tied embeddings) are read once;
+    the source's ``ties`` attribute names the aliases, and .pt output ties them again.
     """
     state, key = load_state(path)
     attributes = {"checkpoint_key": key} if key else {}
@@ -102,15 +105,39 @@ def _state_dict(obj: Any) -> tuple[Mapping[str, Any] | None, str]:
     return None, ""
 
 
+def tied_names(state: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """Names whose tensor is exactly an earlier name's (the same storage, offset, shape, strides
+    and dtype: tied weights): each alias, that earlier name, and the alias's position."""
+    import torch
+
+    first: dict[tuple[Any, ...], str] = {}
+    ties: dict[str, tuple[str, int]] = {}
+    for index, (name, t) in enumerate(state.items()):
+        if t.layout != torch.strided or t.numel() == 0 or t.device.type == "meta":
+            continue  # sparse tensors are refused later; empty and meta ones hold no data
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key in first:
+            ties[name] = (first[key], index)
+        else:
+            first[key] = name
+    return ties
+
+
 def _state_input(
     state: Mapping[str, Any], uses: Mapping[str, tuple[Role, Layer | None]], source: Source, path: str | None
 ) -> ModelInput:
     for name in state:
         if not isinstance(name, str) or not name:
             raise ConvertError(f"state_dict key {name!r} is not a tensor name", path=path)
+    ties = tied_names(state)
+    if ties:
+        attributes = {**source.attributes, TIES: json.dumps({a: list(t) for a, t in ties.items()})}
+        source = Source(source.format, source.skeleton, attributes)
 
     def weights() -> Iterator[Weight]:
         for name, tensor in state.items():
+            if name in ties:
+                continue
             try:
                 weight = from_torch(name, tensor)
             except ConvertError as exc:
@@ -118,7 +145,7 @@ def _state_input(
             role, layer = uses.get(name, (None, None))
             yield replace(weight, layer=layer, role=role)
 
-    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    nbytes = sum(t.numel() * t.element_size() for name, t in state.items() if name not in ties)
     return ModelInput(weights, nbytes, {}, source)
 
 
@@ -129,11 +156,21 @@ def write_checkpoint(src: Path, path: Path, options: Mapping[str, Any]) -> None:
 
 
 def write_state(dcnn: DcnnFile, path: Path, names: Sequence[str] | None = None) -> None:
-    """Write the tensors ``names`` (default: all) of a .dcnn file (opened with
-    framework="torch") as a state_dict, atomically."""
+    """Write the tensors ``names`` (default: all, tied aliases included) of a .dcnn file (opened
+    with framework="torch") as a state_dict, atomically; tied aliases share their tensor."""
     import torch
 
-    state = {name: dcnn.get_tensor(name) for name in (dcnn.keys() if names is None else names)}
+    ties = ties_of(dcnn)
+    targets = {alias: target for alias, (target, _) in ties.items()}
+    tensors: dict[str, Any] = {}
+
+    def tensor(name: str) -> Any:
+        target = targets.get(name, name)
+        if target not in tensors:
+            tensors[target] = dcnn.get_tensor(target)
+        return tensors[target]
+
+    state = {name: tensor(name) for name in (with_ties(dcnn.keys(), ties) if names is None else names)}
     with replacing(path) as tmp:
         torch.save(state, tmp)
 

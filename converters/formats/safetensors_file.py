@@ -18,7 +18,7 @@ from dcformat import DcnnFile, Source, dtypes, replacing
 
 from ..errors import ConvertError
 from ..weight import Weight
-from .base import Format, ModelInput, check_input, stored_tensors
+from .base import Format, ModelInput, check_input, stored_tensors, ties_of, with_ties
 
 MAX_HEADER_BYTES = 100 << 20  # the limit of the safetensors library
 DTYPE_CODES = {
@@ -139,20 +139,22 @@ def write_tensors(
     names: Sequence[str] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Write the tensors ``names`` (default: all) of an open .dcnn file to ``path``
-    (atomically), one at a time.
+    """Write the tensors ``names`` (default: all, tied aliases included as copies: safetensors
+    has no ties) of an open .dcnn file to ``path`` (atomically), one at a time.
 
     ``stored(name)`` gives a tensor's stored-form array; ``metadata`` (default: the .dcnn
     metadata) becomes ``__metadata__``.
     """
-    names = dcnn.keys() if names is None else names
+    ties = ties_of(dcnn)
+    names = with_ties(dcnn.keys(), ties) if names is None else names
+    target = {alias: name for alias, (name, _) in ties.items()}
     header: dict[str, Any] = {}
     metadata = dcnn.metadata() if metadata is None else metadata
     if metadata:
         header["__metadata__"] = dict(metadata)
     offset = 0
     for name in names:
-        info = dcnn.info(name)
+        info = dcnn.info(target.get(name, name))
         header[name] = {
             "dtype": DTYPE_CODES[info.dtype],
             "shape": list(info.shape),
@@ -164,7 +166,7 @@ def write_tensors(
     with replacing(path) as tmp, open(tmp, "wb") as out:
         out.write(struct.pack("<Q", len(text)) + text)
         for name in names:
-            out.write(np.ascontiguousarray(stored(name)).data)
+            out.write(np.ascontiguousarray(stored(target.get(name, name))).data)
 
 
 FORMAT = Format("safetensors", (".safetensors",), read=read_safetensors, write=write_safetensors)

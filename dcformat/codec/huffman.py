@@ -9,12 +9,18 @@ native kernel decode).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FormatError
 from ..layout import MAX_CODE_LENGTH
+
+try:  # the C kernels of dcformat/codec/_encode.c; the numpy code below gives the same bytes
+    from . import _encode
+except ImportError:
+    _encode = None
 
 _REVERSED_BYTE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint32)
 
@@ -159,11 +165,23 @@ def encoded_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:
 _BLOCK = 1 << 20  # symbols packed per step: bounded, reusable temporaries
 
 
+def native() -> bool:
+    """Whether encoding goes through the C kernels (built, and not DCNN_NO_NATIVE=1)."""
+    return _encode is not None and os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
+
+
+def _native_symbols(symbols: np.ndarray) -> bool:
+    return symbols.dtype in (np.uint8, np.uint16) and native()
+
+
 def frequencies(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     """How often each symbol of 0..alphabet-1 occurs (int64), counted a block at a time:
     small integer symbols are not widened all at once."""
     symbols = np.asarray(symbols).ravel()
     freqs = np.zeros(alphabet, dtype=np.int64)
+    if _native_symbols(symbols) and alphabet >= 1:
+        _encode.frequencies(np.ascontiguousarray(symbols), symbols.itemsize, freqs)
+        return freqs
     for first in range(0, symbols.size, _BLOCK):
         freqs += np.bincount(symbols[first : first + _BLOCK], minlength=alphabet)
     return freqs
@@ -187,7 +205,31 @@ def encode(
     if freqs is None:
         freqs = frequencies(symbols, lengths.size)
     bit_length = encoded_bits(freqs, lengths)
-    reversed_codes = reverse_bits(canonical_codes(lengths), lengths).astype(np.uint64)
+    reversed_codes = reverse_bits(canonical_codes(lengths), lengths)
+    pack = _pack_native if _native_symbols(symbols) else _pack_numpy
+    data, offsets = pack(symbols, lengths, reversed_codes, chunk_size, bit_length)
+    return Stream(data, bit_length, symbols.size, lengths, chunk_size, offsets)
+
+
+def _pack_native(
+    symbols: np.ndarray, lengths: np.ndarray, reversed_codes: np.ndarray, chunk_size: int, bit_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stream's bytes and chunk offsets, packed by the C kernel (uint8/uint16 symbols)."""
+    data = np.zeros(-(-bit_length // 8), dtype=np.uint8)
+    offsets = np.empty(max(0, -(-symbols.size // chunk_size) - 1), dtype=np.uint64)
+    packed = _encode.pack(
+        np.ascontiguousarray(symbols), symbols.itemsize, reversed_codes, lengths, chunk_size, data, offsets
+    )
+    if packed != bit_length:
+        raise ValueError(f"the frequencies given count {bit_length} bits, the symbols {packed}")
+    return data, offsets
+
+
+def _pack_numpy(
+    symbols: np.ndarray, lengths: np.ndarray, reversed_codes: np.ndarray, chunk_size: int, bit_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stream's bytes and chunk offsets, packed with numpy a block at a time."""
+    reversed_codes = reversed_codes.astype(np.uint64)
     table_lengths = lengths.astype(np.uint64)
     words = np.zeros(-(-bit_length // 64) + 1, dtype="<u8")
     offsets = []
@@ -200,9 +242,11 @@ def encode(
         starts -= block_lengths
         _pack_into(words, reversed_codes[block], starts)
         offsets.append(starts[(-first) % chunk_size :: chunk_size].copy())  # not a view of the block
+    if int(bit) != bit_length:
+        raise ValueError(f"the frequencies given count {bit_length} bits, the symbols {int(bit)}")
     chunk_offsets = np.concatenate([np.zeros(0, np.uint64), *offsets])[1:]
     data = words.view(np.uint8)[: -(-bit_length // 8)].copy()
-    return Stream(data, bit_length, symbols.size, lengths, chunk_size, chunk_offsets)
+    return data, chunk_offsets
 
 
 def _pack_into(words: np.ndarray, values: np.ndarray, starts: np.ndarray) -> None:

@@ -215,6 +215,7 @@ class DcnnFile:
                 start + section.length,
                 self.preamble.data_start + self._padding_ends[section.offset],
             )
+        _drop_pages(self._map, start, start + section.length)
         return data
 
     def stream(self, stream: pb.HuffmanStream) -> Stream:
@@ -306,6 +307,15 @@ def load_file(
             )
             for name in f.keys()
         }
+
+
+def _drop_pages(buffer: mmap.mmap, start: int, stop: int) -> None:
+    """Let the kernel drop the mapped file pages of bytes start:stop, now copied out, so a
+    decode's resident memory does not grow with the file (read-only file pages: they come
+    back from the page cache if read again). Where madvise is missing it does nothing."""
+    if stop - start >= mmap.PAGESIZE and hasattr(buffer, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        first = start - start % mmap.PAGESIZE
+        buffer.madvise(mmap.MADV_DONTNEED, first, min(stop, len(buffer)) - first)
 
 
 def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from converters.compress.assign import MIN_VALUES, assign
+from converters.compress import assign as assign_module
+from converters.compress.assign import MIN_VALUES, assign, assign_numpy, nearest_codes
 
 
-def _check(boundaries: np.ndarray, values: np.ndarray) -> None:
+def _check(boundaries: np.ndarray, values: np.ndarray, finite: bool = True) -> None:
+    """Both paths (the C kernel when built, and numpy for finite values) equal np.searchsorted."""
     want = np.searchsorted(boundaries, values, side="right")
-    np.testing.assert_array_equal(assign(boundaries, values), want)
+    if finite:
+        np.testing.assert_array_equal(assign_numpy(boundaries, values), want)
+    if finite or assign_module.native():
+        np.testing.assert_array_equal(assign(boundaries, values), want)
+    if assign_module._native is not None and values.dtype != np.float16:
+        out = np.empty(values.size, np.int64)
+        assign_module._native.codes(boundaries, values, values.itemsize, out, 8, False)
+        np.testing.assert_array_equal(out, want)
+
+
+def test_native_kernel_is_built() -> None:
+    # The package build compiles it; set DCNN_NO_NATIVE=1 to run the suite on the numpy path alone.
+    assert assign_module._native is not None or os.environ.get("DCNN_NO_NATIVE", "") not in ("", "0")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -50,3 +66,49 @@ def test_overflowing_estimates_fall_back() -> None:
     values = np.linspace(-1e30, 1e30, MIN_VALUES * 2)
     _check(boundaries, values)
     _check(np.array([0.0, 1e-300]), np.full(MIN_VALUES, 5e-301))
+
+
+@pytest.mark.skipif(assign_module._native is None, reason="the native kernel is not built")
+def test_native_kernel_sorts_non_finite_values_as_numpy_does() -> None:
+    values = np.tile(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0, 1e-30], np.float32), MIN_VALUES)
+    for boundaries in ([-1.0, 0.0, 0.5, 2.0], [1.0], [1.0, 1.0, 1.0]):  # a table; none; no width
+        _check(np.array(boundaries), values, finite=False)
+
+
+@pytest.mark.parametrize("zero_symbol", [False, True])
+@pytest.mark.parametrize(("k", "dtype"), [(16, np.uint8), (255, np.uint8), (1000, np.uint16)])
+def test_nearest_codes_native_and_numpy_agree(monkeypatch, zero_symbol: bool, k: int, dtype: type) -> None:
+    rng = np.random.default_rng(k)
+    values = (rng.standard_normal(300_000) * 0.02).astype(np.float32)
+    values[rng.random(values.size) < 0.3] = 0
+    centroids = np.unique(rng.choice(values[values != 0].astype(np.float64), k - zero_symbol))
+    boundaries = (centroids[:-1] + centroids[1:]) / 2
+    want = np.searchsorted(boundaries, values, side="right") + zero_symbol
+    if zero_symbol:
+        want[values == 0] = 0
+    for no_native in ("1", "0"):
+        monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
+        codes = nearest_codes(boundaries, values, dtype, zero_symbol)
+        assert codes.dtype == dtype
+        np.testing.assert_array_equal(codes, want)
+
+
+@pytest.mark.skipif(assign_module._native is None, reason="the native kernel is not built")
+def test_native_kernel_rejects_codes_that_do_not_fit() -> None:
+    values = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        assign_module._native.codes(np.arange(255.0), values, 4, np.zeros(4, np.uint8), 1, True)
+    with pytest.raises(ValueError, match="one code per value"):
+        assign_module._native.codes(np.arange(3.0), values, 4, np.zeros(3, np.uint8), 1, False)
+
+
+def test_any_shape_on_both_paths(monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    boundaries = np.sort(rng.standard_normal(200)) * 0.01  # bunched: some weights need the fallback
+    values = (rng.standard_normal((300, 400)) * 0.05).astype(np.float64)
+    want = np.searchsorted(boundaries, values, side="right")
+    for no_native in ("1", "0"):
+        monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
+        got = assign(boundaries, values)
+        assert got.shape == values.shape
+        np.testing.assert_array_equal(got, want)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import dcformat
+from converters.compress import assign as assign_module
 from converters.compress import fidelity
 from converters.compress import share as share_module
 from converters.compress.config import SAFE, apply_options
@@ -135,6 +136,7 @@ def test_memory_is_a_few_bytes_per_weight(monkeypatch, rng) -> None:
     monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 16)
     monkeypatch.setattr(fidelity, "BLOCK_VALUES", 1 << 16)
     monkeypatch.setattr(share_module, "BLOCK", 1 << 16)
+    monkeypatch.setattr(assign_module, "BLOCK", 1 << 16)  # the numpy path's int64 codes
     monkeypatch.setattr(huffman, "_BLOCK", 1 << 16)
     array = rng.standard_normal(1 << 22, dtype=np.float32).reshape(1024, 4096)
     tracemalloc.start()

@@ -248,3 +248,66 @@ def test_tensor_data_that_does_not_fit_its_shape(tmp_path: Path, where, edit, na
     onnx.save_model(model, str(src))
     with pytest.raises(ConvertError, match=f"'{name}': its data does not fit its shape"):
         convert(src, tmp_path / "bad.dcnn")
+
+
+def big_mlp(rng: np.random.Generator) -> onnx.ModelProto:
+    """Two MatMuls with weights large enough to be compressed."""
+    w1 = numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((128, 32)).astype(np.float32), "w2")
+    b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [w1, w2, b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_external_data_is_read_per_tensor_when_compressed(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = big_mlp(rng)
+    inside, outside = tmp_path / "inside.onnx", tmp_path / "ext" / "outside.onnx"
+    onnx.save_model(model, str(inside))
+    outside.parent.mkdir()
+    onnx.save_model(model, str(outside), save_as_external_data=True, location="w.bin", size_threshold=0)
+    opened = read_onnx(outside)
+    assert opened.nbytes == 4 * (64 * 128 + 128 * 32 + 32)
+    assert all(task.outline().array.strides == (0,) * task.outline().array.ndim for task in opened.tasks())
+    convert(inside, tmp_path / "inside.dcnn")
+    for workers in (1, 2):  # the same file from weights in the graph or outside it, however many workers
+        convert(outside, tmp_path / f"outside{workers}.dcnn", workers=workers)
+        assert (tmp_path / f"outside{workers}.dcnn").read_bytes() == (tmp_path / "inside.dcnn").read_bytes()
+    convert(tmp_path / "outside1.dcnn", tmp_path / "back.onnx")
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    ours, theirs = run(tmp_path / "back.onnx", {"x": x})[0], run(inside, {"x": x})[0]
+    assert np.abs(ours - theirs).max() < 0.05 * np.abs(theirs).max()
+
+
+@pytest.mark.parametrize(
+    ("location", "match"),
+    [("../w.bin", "not a file in the model's folder"), ("gone.bin", "missing or shorter")],
+)
+def test_external_data_references_are_checked_when_opened(
+    tmp_path: Path, rng: np.random.Generator, location: str, match: str
+) -> None:
+    model = big_mlp(rng)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    src = folder / "m.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="w.bin", size_threshold=0)
+    edited = onnx.load(str(src), load_external_data=False)
+    (tmp_path / "w.bin").write_bytes((folder / "w.bin").read_bytes())  # a copy outside the folder
+    for entry in edited.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save_model(edited, str(src))
+    with pytest.raises(ConvertError, match=match):
+        convert(src, tmp_path / "m.dcnn")
+    assert not (tmp_path / "m.dcnn").exists()

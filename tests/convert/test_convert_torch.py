@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -122,3 +123,77 @@ def test_save_module_refuses_other_objects(tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="expected a torch") as info:
         save_module({"w": torch.ones(2)}, tmp_path / "x.dcnn")
     assert info.value.rule == "usage"
+
+
+class TiedLM(nn.Module):
+    """An embedding tied to the output layer, as language models tie them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(300, 64)
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 300, bias=False)
+        self.head.weight = self.embed.weight
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tied_tensors_are_stored_once_and_restored_tied(tmp_path: Path, workers: int) -> None:
+    model = TiedLM()
+    src, dcnn, back = tmp_path / "lm.pt", tmp_path / "lm.dcnn", tmp_path / "back.pt"
+    torch.save(model.state_dict(), src)
+    convert(src, dcnn, workers=workers)
+    with dcformat.safe_open(dcnn) as f:
+        assert f.keys() == ["embed.weight", "norm.weight", "norm.bias"]  # head.weight once, as embed.weight
+    untied = tmp_path / "untied.dcnn"
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    torch.save(state, tmp_path / "untied.pt")
+    convert(tmp_path / "untied.pt", untied)
+    assert dcnn.stat().st_size < 0.6 * untied.stat().st_size  # the tied pair stored once
+    convert(dcnn, back)
+    restored = torch.load(back, weights_only=True)
+    assert list(restored) == list(model.state_dict())  # the original order
+    assert restored["head.weight"].data_ptr() == restored["embed.weight"].data_ptr()  # tied again
+    again = TiedLM()
+    again.load_state_dict(restored)
+    assert again.head.weight is again.embed.weight
+    with dcformat.safe_open(dcnn, framework="torch") as f:
+        assert torch.equal(restored["head.weight"], f.get_tensor("embed.weight"))
+
+
+def test_tied_module_saves_once_and_safetensors_output_copies_the_alias(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    model = TiedLM()
+    dcnn = tmp_path / "lm.dcnn"
+    save_module(model, dcnn)
+    with dcformat.safe_open(dcnn) as f:
+        assert "head.weight" not in f.keys() and "embed.weight" in f.keys()
+    convert(dcnn, tmp_path / "lm.safetensors")
+    arrays = load_file(tmp_path / "lm.safetensors")
+    assert sorted(arrays) == sorted(model.state_dict())
+    np.testing.assert_array_equal(arrays["head.weight"], arrays["embed.weight"])
+
+
+def test_views_that_differ_are_not_ties(tmp_path: Path) -> None:
+    base = torch.randn(64, 64)
+    state = {"a": base, "b": base[:32], "c": base.t(), "d": base}  # only "d" is "a" exactly
+    src, dcnn, back = tmp_path / "views.pt", tmp_path / "views.dcnn", tmp_path / "back.pt"
+    torch.save(state, src)
+    convert(src, dcnn)
+    with dcformat.safe_open(dcnn) as f:
+        assert f.keys() == ["a", "b", "c"]
+    convert(dcnn, back)
+    restored = torch.load(back, weights_only=True)
+    assert list(restored) == ["a", "b", "c", "d"]
+    assert restored["d"].data_ptr() == restored["a"].data_ptr()
+    assert restored["b"].shape == (32, 64) and restored["c"].shape == (64, 64)
+
+
+@pytest.mark.parametrize("ties", ['{"x": ["missing", 0]}', "[1, 2]", '{"a": ["a", 0]}', "not json"])
+def test_malformed_ties_attribute_is_one_error(tmp_path: Path, ties: str) -> None:
+    dcnn = tmp_path / "m.dcnn"
+    with dcformat.Writer(dcnn, source=dcformat.Source("pytorch", b"", {"ties": ties})) as writer:
+        writer.add("a", np.ones(3, np.float32))
+    with pytest.raises(ConvertError, match="ties"):
+        convert(dcnn, tmp_path / "back.pt")
+    assert not (tmp_path / "back.pt").exists()

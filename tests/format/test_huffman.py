@@ -2,6 +2,7 @@
 
 import dataclasses
 import heapq
+import os
 
 import numpy as np
 import pytest
@@ -163,3 +164,91 @@ def test_sweep_and_pointer_jumping_decode_alike(corrupt, alphabet, count, chunk_
     assert results[0] == results[1]
     if not corrupt:
         assert results[0] == symbols.tolist()
+
+
+NATIVE_WANTED = os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
+
+
+def test_native_encoder_is_built():
+    # The package build compiles it; set DCNN_NO_NATIVE=1 to run the suite on the numpy path alone.
+    assert huffman._encode is not None or not NATIVE_WANTED
+
+
+def _packed_both_ways(symbols: np.ndarray, lengths: np.ndarray, chunk_size: int) -> tuple:
+    freqs = np.bincount(symbols.astype(np.int64), minlength=lengths.size)
+    bits = huffman.encoded_bits(freqs, lengths)
+    codes = huffman.reverse_bits(huffman.canonical_codes(lengths), lengths)
+    return (
+        huffman._pack_native(symbols, lengths, codes, chunk_size, bits),
+        huffman._pack_numpy(symbols, lengths, codes, chunk_size, bits),
+    )
+
+
+@pytest.mark.skipif(huffman._encode is None, reason="the native encoder is not built")
+@given(
+    st.sampled_from([np.uint8, np.uint16]),
+    st.integers(2, 2000),
+    st.integers(2, 5000),
+    st.integers(1, 300),
+    st.integers(0, 2**32 - 1),
+)
+def test_native_pack_and_counts_equal_numpy(dtype, alphabet, count, chunk_size, seed):
+    alphabet = min(alphabet, np.iinfo(dtype).max + 1)
+    rng = np.random.default_rng(seed)
+    symbols = np.minimum(rng.pareto(rng.uniform(0.01, 3.0), count) * 3, alphabet - 1).astype(dtype)
+    symbols[:2] = [0, alphabet - 1]  # at least two symbols: a real code
+    freqs = np.bincount(symbols.astype(np.int64), minlength=alphabet)
+    counted = np.zeros(alphabet, np.int64)
+    huffman._encode.frequencies(symbols, symbols.itemsize, counted)
+    assert np.array_equal(counted, freqs)
+    (data, offsets), (want_data, want_offsets) = _packed_both_ways(
+        symbols, huffman.code_lengths(freqs), chunk_size
+    )
+    assert data.tobytes() == want_data.tobytes()
+    assert np.array_equal(offsets, want_offsets)
+
+
+@pytest.mark.skipif(huffman._encode is None, reason="the native encoder is not built")
+def test_native_pack_full_16_bit_codes_equal_numpy():
+    freqs = np.array([1 << 20] + [1] * 4000 + [2**i for i in range(16)], dtype=np.int64)
+    lengths = huffman.code_lengths(freqs)
+    assert lengths.max() == 16
+    symbols = np.random.default_rng(1).permutation(np.repeat(np.arange(freqs.size), np.minimum(freqs, 50)))
+    (data, offsets), (want_data, want_offsets) = _packed_both_ways(symbols.astype(np.uint16), lengths, 1000)
+    assert data.tobytes() == want_data.tobytes() and np.array_equal(offsets, want_offsets)
+    (data, offsets), (want_data, want_offsets) = _packed_both_ways(np.zeros(0, np.uint8), lengths[:2], 7)
+    assert data.size == want_data.size == offsets.size == want_offsets.size == 0
+
+
+@pytest.mark.skipif(huffman._encode is None, reason="the native encoder is not built")
+def test_native_kernels_reject_bad_input():
+    lengths = np.array([1, 2, 0, 2], np.uint8)
+    codes = huffman.reverse_bits(huffman.canonical_codes(lengths), lengths)
+    symbols = np.array([0, 1, 2, 3], np.uint8)  # symbol 2 has no code
+    with pytest.raises(ValueError, match="no code"):
+        huffman._encode.pack(symbols, 1, codes, lengths, 2, np.zeros(64, np.uint8), np.zeros(1, np.uint64))
+    symbols = np.array([0, 1, 3, 3], np.uint8)
+    with pytest.raises(ValueError, match="too small"):  # 7 bits do not fit 0 bytes
+        huffman._encode.pack(symbols, 1, codes, lengths, 2, np.zeros(0, np.uint8), np.zeros(1, np.uint64))
+    counts = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="outside the alphabet"):
+        huffman._encode.frequencies(symbols, 1, counts)
+    assert not counts.any()
+
+
+def test_encode_numpy_and_native_paths_write_the_same_stream(monkeypatch):
+    symbols = np.random.default_rng(3).integers(0, 300, 100_000).astype(np.uint16)
+    lengths = huffman.code_lengths(np.bincount(symbols, minlength=300))
+    streams = []
+    for no_native in ("1", "0"):
+        monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
+        streams.append(huffman.encode(symbols, lengths, 4096))
+    numpy_stream, default_stream = streams
+    assert numpy_stream.data.tobytes() == default_stream.data.tobytes()
+    assert np.array_equal(numpy_stream.offsets, default_stream.offsets)
+    assert numpy_stream.bit_length == default_stream.bit_length
+    assert np.array_equal(huffman_numpy.decode(default_stream), symbols)
+    for no_native in ("1", "0"):  # counts that do not match the symbols
+        monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
+        with pytest.raises(ValueError, match=r"frequencies given|too small"):
+            huffman.encode(symbols, lengths, 4096, freqs=np.bincount(symbols[1:], minlength=300))
