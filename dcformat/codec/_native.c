@@ -286,7 +286,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         goto done;
     }
     Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
-    Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1, 0};
+    Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1};
     Py_BEGIN_ALLOW_THREADS
     err = build_lut(lengths.buf, k, t);
     if (!err) {

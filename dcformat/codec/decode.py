@@ -125,7 +125,7 @@ def decode_sparse(
         previous += p.symbol_sum + b - a
     # Each result is (first entry past the tensor or -1, _, nonzeros); the position check
     # above excludes the first.
-    return out, sum(nonzeros for _, _, nonzeros in _in_parallel(tasks, threads))
+    return out, sum(nonzeros for _, _, nonzeros in in_parallel(tasks, threads))
 
 
 def scale_rows(out: np.ndarray, row_scales: np.ndarray) -> int:
@@ -212,7 +212,7 @@ def _native_decode(
         )
         return _Part(first, last, *result)
 
-    results = _in_parallel([lambda a=a, b=b: part(a, b) for a, b in ranges], threads)
+    results = in_parallel([lambda a=a, b=b: part(a, b) for a, b in ranges], threads)
     bad = [p for p in results if p.bad_chunk >= 0]
     if bad:
         chunk = bad[0].bad_chunk
@@ -230,7 +230,7 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
+def in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
     """Run tasks on ``threads`` threads (the caller's included); results in task order."""
     if threads == 1 or len(tasks) <= 1:
         return [task() for task in tasks]

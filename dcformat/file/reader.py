@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
+import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -285,16 +288,66 @@ def load_file(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
-    as stored); ``device`` places torch tensors (see DcnnFile.get_tensor)."""
+    as stored); ``device`` places torch tensors (see DcnnFile.get_tensor). ``threads`` > 1
+    decodes the largest tensors' chunks on that many threads, and the other tensors side by
+    side; the tensors and errors are those of ``threads=1``."""
     if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
         raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
     with safe_open(path, framework, verify, threads) as f:
-        return {
-            name: f.get_tensor(
-                name, dtype=dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None, device=device
-            )
-            for name in f.keys()
-        }
+
+        def get(name: str, source: DcnnFile = f) -> Any:
+            kind = dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None
+            return source.get_tensor(name, dtype=kind, device=device)
+
+        names = f.keys()
+        tensors = _get_in_parallel(f, names, get) if f.threads > 1 else {}
+        return {name: tensors[name] if name in tensors else get(name) for name in names}
+
+
+def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> dict[str, Any]:
+    """``get(name)`` of every tensor on ``f.threads`` threads: a tensor holding more than a
+    ``2 * threads``-th of all entries is decoded alone, its chunks split between the threads
+    (when it is large enough); the others side by side, largest first, one thread each
+    (native kernels release the GIL). Returns what was decoded; after an error, only the
+    tensors that came before it in the order given, so that the caller decoding the rest in
+    file order raises the error ``threads=1`` raises."""
+    entries = {name: f.info(name).entries for name in names}
+    total = sum(entries.values())
+    large = [name for name in names if entries[name] * 2 * f.threads > total]
+    single = copy.copy(f)  # shares the map, decodes each tensor on one thread
+    single.threads = 1
+    queue = sorted((name for name in names if name not in large), key=lambda n: -entries[n])
+    done: dict[str, Any] = {}
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if failed or not queue:
+                    return
+                name = queue.pop(0)
+            try:
+                tensor = get(name, single)
+            except Exception:  # the caller raises it again, decoding in file order
+                with lock:
+                    failed.append(name)
+                return
+            with lock:
+                done[name] = tensor
+
+    for name in large:
+        try:
+            done[name] = get(name)
+        except Exception:  # raised again by the caller
+            failed.append(name)
+            break
+    if not failed:
+        codec.in_parallel([worker] * f.threads, f.threads)
+    if failed:
+        first = min(names.index(name) for name in failed)
+        return {name: done[name] for name in names[:first] if name in done}
+    return done
 
 
 def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:

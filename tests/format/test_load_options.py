@@ -138,6 +138,25 @@ def test_threads_give_the_same_tensors(model, decoder: str) -> None:
             np.testing.assert_array_equal(single[name], want)
 
 
+def test_threads_raise_the_error_of_one_thread(model, decoder: str, tmp_path) -> None:
+    """Two corrupt tensors: tensors decoded side by side still raise the first one's error."""
+    path, _ = model
+    data = bytearray(path.read_bytes())
+    with dcformat.safe_open(path) as f:
+        start = f.preamble.data_start
+        for name, section in (("sparse", f._record("sparse").codes.data), ("raw", f._record("raw").raw)):
+            data[start + section.offset + section.length // 2] ^= 0x10
+    bad = tmp_path / "bad.dcnn"
+    bad.write_bytes(bytes(data))
+    errors = []
+    for threads in (1, 2, 7):
+        with pytest.raises(dcformat.DcnnError) as info:
+            dcformat.load_file(bad, threads=threads)
+        errors.append((type(info.value), info.value.rule, info.value.tensor, str(info.value)))
+    assert errors[0][2] == "sparse"
+    assert errors[1] == errors[0] and errors[2] == errors[0]
+
+
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2", True, None])
 def test_bad_threads(model, threads) -> None:
     path, _ = model
