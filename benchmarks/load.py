@@ -17,6 +17,7 @@ each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at 
 the first run spends minutes compressing at level 19, outside the timings.
 
     python benchmarks/load.py [--rounds R] [--model minilm|synthetic|all]
+    python benchmarks/load.py --dcnn FILE   # any .dcnn, against safetensors of its decoded tensors
 """
 
 from __future__ import annotations
@@ -160,9 +161,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--model", choices=("minilm", "synthetic", "all"), default="all")
+    parser.add_argument("--dcnn", type=Path, help="time this file instead of the models")
     args = parser.parse_args()
     print(f"dcformat native extension: {'built' if native.AVAILABLE else 'NOT built'}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.dcnn:
+            dense = Path(tmp) / "dense.safetensors"
+            safetensors.numpy.save_file(dcformat.load_file(args.dcnn), str(dense))
+            bench(str(args.dcnn), dense, args.dcnn, args.rounds, False)
+            return
         if args.model in ("minilm", "all"):
             original, path = minilm(Path(tmp))
             bench("all-MiniLM-L6-v2, dcnn-convert defaults", original, path, args.rounds, True)

@@ -15,7 +15,7 @@
  * past it; each row's column indices are checked before the row is computed, and a row
  * with one out of range is skipped (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
  * caller's buffers. The GIL is released while computing; rows are split between threads
- * (pthreads) balanced by stored entries.
+ * (a persistent pthread pool) balanced by stored entries.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -334,6 +334,96 @@ static void *run_task(void *arg) {
     t->fn(t->job);
     return NULL;
 }
+
+/* A persistent pool: workers wait on a condition variable for the next call's tasks instead of
+ * a thread being created and joined per call. One call uses it at a time (others, from other
+ * Python threads, create threads as before); a forked child starts with an empty pool. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int workers;         /* started: worker i (1-based) runs tasks[i] of each call that uses it */
+    int active;          /* tasks in the current call, the caller's task 0 included */
+    int pending;         /* workers yet to finish the current call */
+    uint64_t generation; /* bumped by every call */
+    Task tasks[MAX_THREADS];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
+static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    int index;
+    uint64_t generation; /* the generation when it was started: it waits for the next one */
+} WorkerArg;
+
+static void *pool_worker(void *arg_) {
+    WorkerArg arg = *(WorkerArg *)arg_;
+    free(arg_);
+    uint64_t seen = arg.generation;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        if (arg.index >= pool.active) continue;
+        Task task = pool.tasks[arg.index];
+        pthread_mutex_unlock(&pool.lock);
+        task.fn(task.job);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_mutex_init(&pool_busy, NULL);
+    pool.workers = pool.active = pool.pending = 0;
+}
+
+/* Start workers up to `want` (holding pool.lock); returns how many there are. */
+static int pool_grow(int want) {
+    while (pool.workers < want) {
+        WorkerArg *arg = malloc(sizeof(WorkerArg));
+        pthread_t id;
+        pthread_attr_t attr;
+        if (!arg) break;
+        arg->index = pool.workers + 1;
+        arg->generation = pool.generation;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&id, &attr, pool_worker, arg);
+        pthread_attr_destroy(&attr);
+        if (failed) {
+            free(arg);
+            break;
+        }
+        pool.workers++;
+    }
+    return pool.workers;
+}
+
+/* Run tasks 0..n-1 (task 0 on the calling thread); 0, or -1 when the pool is not available. */
+static int pool_run(Job *jobs, rows_fn fn, int n) {
+    if (pthread_mutex_trylock(&pool_busy) != 0) return -1;
+    pthread_mutex_lock(&pool.lock);
+    int have = pool_grow(n - 1) + 1, use = have < n ? have : n;
+    for (int t = 1; t < use; t++) {
+        pool.tasks[t].job = &jobs[t];
+        pool.tasks[t].fn = fn;
+    }
+    pool.active = use;
+    pool.pending = use - 1;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    fn(&jobs[0]);
+    for (int t = use; t < n; t++) fn(&jobs[t]); /* workers that could not be started */
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool_busy);
+    return 0;
+}
 #endif
 
 /* Split rows [0, rows) into `threads` parts of about equal weight (weight[r] cumulative). */
@@ -363,18 +453,22 @@ static void run_split(Job *base, rows_fn fn, int threads, const int64_t *cumulat
         jobs[t].bad = 0;
     }
 #ifdef HAVE_PTHREADS
-    pthread_t ids[MAX_THREADS];
-    Task tasks[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 1; t < threads; t++) {
-        tasks[t].job = &jobs[t];
-        tasks[t].fn = fn;
-        started[t] = pthread_create(&ids[t], NULL, run_task, &tasks[t]) == 0;
-    }
-    fn(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
-        else fn(&jobs[t]);
+    if (threads == 1) {
+        fn(&jobs[0]);
+    } else if (pool_run(jobs, fn, threads) != 0) { /* the pool is in use by another call */
+        pthread_t ids[MAX_THREADS];
+        Task tasks[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int t = 1; t < threads; t++) {
+            tasks[t].job = &jobs[t];
+            tasks[t].fn = fn;
+            started[t] = pthread_create(&ids[t], NULL, run_task, &tasks[t]) == 0;
+        }
+        fn(&jobs[0]);
+        for (int t = 1; t < threads; t++) {
+            if (started[t]) pthread_join(ids[t], NULL);
+            else fn(&jobs[t]);
+        }
     }
 #else
     for (int t = 0; t < threads; t++) fn(&jobs[t]);
@@ -555,6 +649,9 @@ PyMODINIT_FUNC PyInit__matvec(void) {
     if (most >= ISA_AVX512 && isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
         isa = ISA_AVX512;
+#endif
+#ifdef HAVE_PTHREADS
+    pthread_atfork(NULL, NULL, pool_after_fork);
 #endif
     return PyModule_Create(&module);
 }
