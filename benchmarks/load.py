@@ -12,8 +12,9 @@ decompression (only) of one level-19 frame per tensor holding the raw bytes of t
 dense tensors; safetensors ``load_file`` of the dense model (the original file for MiniLM;
 the file is in the page cache); copying the dense bytes (memcpy). Rounds are interleaved and
 the best of each is compared, so a loaded machine slows every method alike; the line after
-each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at most 0.8). MB/s is dense output bytes
-(10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE (default /tmp/dcnn-bench-cache):
+each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at most 0.8).
+MB/s is dense output bytes (10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE
+(default /tmp/dcnn-bench-cache):
 the first run spends minutes compressing at level 19, outside the timings.
 
     python benchmarks/load.py [--rounds R] [--model minilm|synthetic|all]

@@ -144,7 +144,7 @@ def test_threads_raise_the_error_of_one_thread(model, decoder: str, tmp_path) ->
     data = bytearray(path.read_bytes())
     with dcformat.safe_open(path) as f:
         start = f.preamble.data_start
-        for name, section in (("sparse", f._record("sparse").codes.data), ("raw", f._record("raw").raw)):
+        for section in (f._record("sparse").codes.data, f._record("raw").raw):
             data[start + section.offset + section.length // 2] ^= 0x10
     bad = tmp_path / "bad.dcnn"
     bad.write_bytes(bytes(data))
