@@ -230,14 +230,23 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
+def pool(threads: int) -> ThreadPoolExecutor:
+    """The shared pool of ``threads - 1`` workers that, with the caller, runs ``threads`` tasks."""
+    with _pools_lock:
+        found = _pools.get(threads)
+        if found is None:
+            found = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="dcnn-decode")
+    return found
+
+
 def in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
-    """Run tasks on ``threads`` threads (the caller's included); results in task order."""
+    """Run tasks on ``threads`` threads (the caller's included); results in task order. A task
+    no worker has started by the time the caller is done with its own runs on the caller, so a
+    pool busy with other work delays nothing."""
     if threads == 1 or len(tasks) <= 1:
         return [task() for task in tasks]
-    with _pools_lock:
-        pool = _pools.get(threads)
-        if pool is None:
-            pool = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="dcnn-decode")
-    futures = [pool.submit(task) for task in tasks[1:]]
-    first = tasks[0]()
-    return [first, *(f.result() for f in futures)]
+    futures = [pool(threads).submit(task) for task in tasks[1:]]
+    results = [tasks[0]()]
+    for future, task in zip(futures, tasks[1:], strict=True):
+        results.append(task() if future.cancel() else future.result())
+    return results

@@ -305,12 +305,12 @@ def load_file(
 
 
 def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> dict[str, Any]:
-    """``get(name)`` of every tensor on ``f.threads`` threads: a tensor holding more than a
-    ``2 * threads``-th of all entries is decoded alone, its chunks split between the threads
-    (when it is large enough); the others side by side, largest first, one thread each
-    (native kernels release the GIL). Returns what was decoded; after an error, only the
-    tensors that came before it in the order given, so that the caller decoding the rest in
-    file order raises the error ``threads=1`` raises."""
+    """``get(name)`` of every tensor on ``f.threads`` threads. The pool's threads decode the
+    smaller tensors side by side, largest first, one thread each (the native kernels release the
+    GIL), while the caller decodes the tensors holding more than a ``2 * threads``-th of all
+    entries, their chunks split between itself and whichever pool thread is free; then it joins
+    in. Returns what was decoded; after an error, only the tensors before it in the order given,
+    so that the caller, decoding the rest in file order, raises the error ``threads=1`` raises."""
     entries = {name: f.info(name).entries for name in names}
     total = sum(entries.values())
     large = [name for name in names if entries[name] * 2 * f.threads > total]
@@ -329,21 +329,26 @@ def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> 
                 name = queue.pop(0)
             try:
                 tensor = get(name, single)
-            except Exception:  # the caller raises it again, decoding in file order
+            except Exception:  # raised again by the caller, decoding in file order
                 with lock:
                     failed.append(name)
                 return
             with lock:
                 done[name] = tensor
 
+    helpers = [codec.pool(f.threads).submit(worker) for _ in range(f.threads - 1)]
     for name in large:
         try:
-            done[name] = get(name)
+            tensor = get(name)
         except Exception:  # raised again by the caller
-            failed.append(name)
+            with lock:
+                failed.append(name)
             break
-    if not failed:
-        codec.in_parallel([worker] * f.threads, f.threads)
+        with lock:
+            done[name] = tensor
+    worker()
+    for helper in helpers:
+        helper.result()
     if failed:
         first = min(names.index(name) for name in failed)
         return {name: done[name] for name in names[:first] if name in done}
