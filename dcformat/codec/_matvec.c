@@ -15,7 +15,7 @@
  * past it; each row's column indices are checked before the row is computed, and a row
  * with one out of range is skipped (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
  * caller's buffers. The GIL is released while computing; rows are split between threads
- * (a persistent pthread pool) balanced by stored entries.
+ * (a persistent pthread pool), which take blocks of rows balanced by stored entries in turn.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -51,6 +51,7 @@ typedef struct {
     int y_transposed, k_small; /* k_small: codebook fits 32 entries (AVX-512 permute) */
     int64_t r0, r1;
     uint32_t bad;
+    void *blocks; /* the Blocks a thread takes its rows from (run_split) */
 } Job;
 
 enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512 };
@@ -426,54 +427,81 @@ static int pool_run(Job *jobs, rows_fn fn, int n) {
 }
 #endif
 
-/* Split rows [0, rows) into `threads` parts of about equal weight (weight[r] cumulative). */
+/* Rows cut into blocks of about equal weight that threads take in turn (an atomic counter):
+ * a thread the OS delays leaves its blocks to the others instead of holding up the call. */
+#define BLOCKS_PER_THREAD 8
+typedef struct {
+    int64_t cuts[MAX_THREADS * BLOCKS_PER_THREAD + 1];
+    int64_t n, next;
+    rows_fn fn;
+} Blocks;
+
+static void run_blocks(Job *j) {
+    Blocks *b = j->blocks;
+    for (;;) {
+        int64_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= b->n) break;
+        j->r0 = b->cuts[i];
+        j->r1 = b->cuts[i + 1];
+        b->fn(j);
+    }
+}
+
+/* Compute rows [0, rows) on `threads` threads, in blocks of about equal weight (weight[r]
+ * cumulative, or one per row); base->bad is the union of every block's. */
 static void run_split(Job *base, rows_fn fn, int threads, const int64_t *cumulative) {
+    base->bad = 0;
+    if (threads == 1) {
+        fn(base);
+        return;
+    }
+    Blocks blocks;
+    int64_t n = (int64_t)threads * BLOCKS_PER_THREAD, total = cumulative ? cumulative[base->rows] : base->rows;
+    if (n > base->rows) n = base->rows;
+    blocks.cuts[0] = 0;
+    for (int64_t i = 1; i < n; i++) {
+        const int64_t goal = (int64_t)((double)total * (double)i / (double)n);
+        int64_t r = blocks.cuts[i - 1];
+        if (cumulative) {
+            int64_t lo = r, hi = base->rows; /* first row whose start reaches the goal */
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (cumulative[mid] < goal) lo = mid + 1;
+                else hi = mid;
+            }
+            r = lo;
+        } else if (goal > r) {
+            r = goal;
+        }
+        blocks.cuts[i] = r;
+    }
+    blocks.cuts[n] = base->rows;
+    blocks.n = n;
+    blocks.next = 0;
+    blocks.fn = fn;
     Job jobs[MAX_THREADS];
-    int64_t total = cumulative ? cumulative[base->rows] : base->rows, r = 0;
     for (int t = 0; t < threads; t++) {
         jobs[t] = *base;
-        jobs[t].r0 = r;
-        if (t == threads - 1) {
-            r = base->rows;
-        } else {
-            const int64_t goal = total / threads * (t + 1);
-            if (cumulative) {
-                int64_t lo = r, hi = base->rows; /* first row whose start reaches the goal */
-                while (lo < hi) {
-                    int64_t mid = lo + (hi - lo) / 2;
-                    if (cumulative[mid] < goal) lo = mid + 1;
-                    else hi = mid;
-                }
-                r = lo;
-            } else {
-                r = goal;
-            }
-        }
-        jobs[t].r1 = r;
-        jobs[t].bad = 0;
+        jobs[t].blocks = &blocks;
     }
 #ifdef HAVE_PTHREADS
-    if (threads == 1) {
-        fn(&jobs[0]);
-    } else if (pool_run(jobs, fn, threads) != 0) { /* the pool is in use by another call */
+    if (pool_run(jobs, run_blocks, threads) != 0) { /* the pool is in use by another call */
         pthread_t ids[MAX_THREADS];
         Task tasks[MAX_THREADS];
         int started[MAX_THREADS] = {0};
         for (int t = 1; t < threads; t++) {
             tasks[t].job = &jobs[t];
-            tasks[t].fn = fn;
+            tasks[t].fn = run_blocks;
             started[t] = pthread_create(&ids[t], NULL, run_task, &tasks[t]) == 0;
         }
-        fn(&jobs[0]);
-        for (int t = 1; t < threads; t++) {
+        run_blocks(&jobs[0]);
+        for (int t = 1; t < threads; t++)
             if (started[t]) pthread_join(ids[t], NULL);
-            else fn(&jobs[t]);
-        }
+        run_blocks(&jobs[0]); /* blocks left by threads that could not be started */
     }
 #else
-    for (int t = 0; t < threads; t++) fn(&jobs[t]);
+    run_blocks(&jobs[0]);
 #endif
-    base->bad = 0;
     for (int t = 0; t < threads; t++) base->bad |= jobs[t].bad;
 }
 
