@@ -33,8 +33,10 @@ except ImportError:  # built without a compiler: the numpy path does the work
     _native = None
 
 AVAILABLE = _native is not None
-# Below this many symbols a stream is decoded by the calling thread alone.
+# Below this many symbols a stream is decoded by the calling thread alone; above it, in up to
+# PARTS_PER_THREAD parts a thread of at least half of it each, which free threads take in turn.
 MIN_PARALLEL_SYMBOLS = 1 << 18
+PARTS_PER_THREAD = 4
 _GROUP = 4  # chunks the native kernel interleaves; thread parts start at multiples of it
 
 
@@ -189,9 +191,11 @@ def _decode_gaps(gaps: Stream, threads: int) -> tuple[np.ndarray, list[_Part]]:
 def _native_decode(
     stream: Stream, values: np.ndarray, nonzero: np.ndarray | None, out: np.ndarray, threads: int
 ) -> list[_Part]:
-    """Decode into ``out`` with the native kernel, the chunks split over ``threads`` parts."""
+    """Decode into ``out`` with the native kernel, the chunks split into parts for ``threads``."""
     n_chunks = stream.n_chunks
-    parts = threads if stream.count >= MIN_PARALLEL_SYMBOLS else 1
+    parts = 1
+    if threads > 1 and stream.count >= MIN_PARALLEL_SYMBOLS:
+        parts = max(threads, min(PARTS_PER_THREAD * threads, 2 * stream.count // MIN_PARALLEL_SYMBOLS))
     cuts = sorted({min(n_chunks, round(i * n_chunks / parts / _GROUP) * _GROUP) for i in range(parts)})
     ranges = [(a, b) for a, b in zip(cuts, [*cuts[1:], n_chunks], strict=True) if a < b]
 
