@@ -198,11 +198,15 @@ class DcnnFile:
 
     def section(self, section: pb.Section) -> np.ndarray:
         """A copy of a section's bytes, its checksum verified."""
+        return self._section_view(section).copy()
+
+    def _section_view(self, section: pb.Section) -> np.ndarray:
+        """A section's bytes, its checksum verified: a read-only view of the map, for data that is
+        only read while decoding (a copy of a large stream costs as much as its checksum)."""
         if self._map is None:
             raise DcnnError("the file is closed", rule="usage", path=self.path)
         start = self.preamble.data_start + section.offset
-        data = np.empty(section.length, dtype=np.uint8)
-        data[:] = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
+        data = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
         if self.verify:
             if zlib.crc32(data) != section.crc32:
                 raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
@@ -213,7 +217,7 @@ class DcnnFile:
         """A Huffman stream's section (checksum verified) and fields."""
         has_data = stream.HasField("data")
         return Stream(
-            data=self.section(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
+            data=self._section_view(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
             bit_length=stream.bit_length,
             count=stream.count,
             lengths=np.frombuffer(stream.code_lengths, dtype=np.uint8),
@@ -256,7 +260,10 @@ class DcnnFile:
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # a stream's view is still referenced (say, by an error's frames):
+                pass  # the map goes when the view does
             self._map = None
 
     def __enter__(self) -> DcnnFile:
