@@ -354,8 +354,9 @@ def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> 
         with lock:
             done[name] = tensor
     worker()
-    for helper in helpers:
-        helper.result()
+    for helper in helpers:  # one not started yet (the pool busy elsewhere) has nothing left to do
+        if not helper.cancel():
+            helper.result()
     if failed:
         first = min(names.index(name) for name in failed)
         return {name: done[name] for name in names[:first] if name in done}
