@@ -15,8 +15,8 @@ the best of each is compared, so a loaded machine slows every method alike; the 
 each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at most 0.8), as
 the ratio of the bests and as the median of the ratios within each round.
 MB/s is dense output bytes (10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE
-(default /tmp/dcnn-bench-cache):
-the first run spends minutes compressing at level 19, outside the timings.
+(default /tmp/dcnn-bench-cache): the first run spends minutes compressing at level 19, outside
+the timings.
 
     python benchmarks/load.py [--rounds R] [--model minilm|synthetic|all]
     python benchmarks/load.py --dcnn FILE   # any .dcnn, against safetensors of its decoded tensors
