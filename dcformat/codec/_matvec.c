@@ -15,7 +15,7 @@
  * past it; each row's column indices are checked before the row is computed, and a row
  * with one out of range is skipped (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
  * caller's buffers. The GIL is released while computing; rows are split between threads
- * (pthreads) balanced by stored entries.
+ * (a persistent pthread pool), which take blocks of rows balanced by stored entries in turn.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -51,6 +51,7 @@ typedef struct {
     int y_transposed, k_small; /* k_small: codebook fits 32 entries (AVX-512 permute) */
     int64_t r0, r1;
     uint32_t bad;
+    void *blocks; /* the Blocks a thread takes its rows from (run_split) */
 } Job;
 
 enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512 };
@@ -334,52 +335,173 @@ static void *run_task(void *arg) {
     t->fn(t->job);
     return NULL;
 }
+
+/* A persistent pool: workers wait on a condition variable for the next call's tasks instead of
+ * a thread being created and joined per call. One call uses it at a time (others, from other
+ * Python threads, create threads as before); a forked child starts with an empty pool. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int workers;         /* started: worker i (1-based) runs tasks[i] of each call that uses it */
+    int active;          /* tasks in the current call, the caller's task 0 included */
+    int pending;         /* workers yet to finish the current call */
+    uint64_t generation; /* bumped by every call */
+    Task tasks[MAX_THREADS];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
+static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    int index;
+    uint64_t generation; /* the generation when it was started: it waits for the next one */
+} WorkerArg;
+
+static void *pool_worker(void *arg_) {
+    WorkerArg arg = *(WorkerArg *)arg_;
+    free(arg_);
+    uint64_t seen = arg.generation;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        if (arg.index >= pool.active) continue;
+        Task task = pool.tasks[arg.index];
+        pthread_mutex_unlock(&pool.lock);
+        task.fn(task.job);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_mutex_init(&pool_busy, NULL);
+    pool.workers = pool.active = pool.pending = 0;
+}
+
+/* Start workers up to `want` (holding pool.lock); returns how many there are. */
+static int pool_grow(int want) {
+    while (pool.workers < want) {
+        WorkerArg *arg = malloc(sizeof(WorkerArg));
+        pthread_t id;
+        pthread_attr_t attr;
+        if (!arg) break;
+        arg->index = pool.workers + 1;
+        arg->generation = pool.generation;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&id, &attr, pool_worker, arg);
+        pthread_attr_destroy(&attr);
+        if (failed) {
+            free(arg);
+            break;
+        }
+        pool.workers++;
+    }
+    return pool.workers;
+}
+
+/* Run tasks 0..n-1 (task 0 on the calling thread); 0, or -1 when the pool is not available. */
+static int pool_run(Job *jobs, rows_fn fn, int n) {
+    if (pthread_mutex_trylock(&pool_busy) != 0) return -1;
+    pthread_mutex_lock(&pool.lock);
+    int have = pool_grow(n - 1) + 1, use = have < n ? have : n;
+    for (int t = 1; t < use; t++) {
+        pool.tasks[t].job = &jobs[t];
+        pool.tasks[t].fn = fn;
+    }
+    pool.active = use;
+    pool.pending = use - 1;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    fn(&jobs[0]);
+    for (int t = use; t < n; t++) fn(&jobs[t]); /* workers that could not be started */
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool_busy);
+    return 0;
+}
 #endif
 
-/* Split rows [0, rows) into `threads` parts of about equal weight (weight[r] cumulative). */
+/* Rows cut into blocks of about equal weight that threads take in turn (an atomic counter):
+ * a thread the OS delays leaves its blocks to the others instead of holding up the call. */
+#define BLOCKS_PER_THREAD 8
+typedef struct {
+    int64_t cuts[MAX_THREADS * BLOCKS_PER_THREAD + 1];
+    int64_t n, next;
+    rows_fn fn;
+} Blocks;
+
+static void run_blocks(Job *j) {
+    Blocks *b = j->blocks;
+    for (;;) {
+        int64_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= b->n) break;
+        j->r0 = b->cuts[i];
+        j->r1 = b->cuts[i + 1];
+        b->fn(j);
+    }
+}
+
+/* Compute rows [0, rows) on `threads` threads, in blocks of about equal weight (weight[r]
+ * cumulative, or one per row); base->bad is the union of every block's. */
 static void run_split(Job *base, rows_fn fn, int threads, const int64_t *cumulative) {
+    base->bad = 0;
+    if (threads == 1) {
+        fn(base);
+        return;
+    }
+    Blocks blocks;
+    int64_t n = (int64_t)threads * BLOCKS_PER_THREAD, total = cumulative ? cumulative[base->rows] : base->rows;
+    if (n > base->rows) n = base->rows;
+    blocks.cuts[0] = 0;
+    for (int64_t i = 1; i < n; i++) {
+        const int64_t goal = (int64_t)((double)total * (double)i / (double)n);
+        int64_t r = blocks.cuts[i - 1];
+        if (cumulative) {
+            int64_t lo = r, hi = base->rows; /* first row whose start reaches the goal */
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (cumulative[mid] < goal) lo = mid + 1;
+                else hi = mid;
+            }
+            r = lo;
+        } else if (goal > r) {
+            r = goal;
+        }
+        blocks.cuts[i] = r;
+    }
+    blocks.cuts[n] = base->rows;
+    blocks.n = n;
+    blocks.next = 0;
+    blocks.fn = fn;
     Job jobs[MAX_THREADS];
-    int64_t total = cumulative ? cumulative[base->rows] : base->rows, r = 0;
     for (int t = 0; t < threads; t++) {
         jobs[t] = *base;
-        jobs[t].r0 = r;
-        if (t == threads - 1) {
-            r = base->rows;
-        } else {
-            const int64_t goal = total / threads * (t + 1);
-            if (cumulative) {
-                int64_t lo = r, hi = base->rows; /* first row whose start reaches the goal */
-                while (lo < hi) {
-                    int64_t mid = lo + (hi - lo) / 2;
-                    if (cumulative[mid] < goal) lo = mid + 1;
-                    else hi = mid;
-                }
-                r = lo;
-            } else {
-                r = goal;
-            }
-        }
-        jobs[t].r1 = r;
-        jobs[t].bad = 0;
+        jobs[t].blocks = &blocks;
     }
 #ifdef HAVE_PTHREADS
-    pthread_t ids[MAX_THREADS];
-    Task tasks[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 1; t < threads; t++) {
-        tasks[t].job = &jobs[t];
-        tasks[t].fn = fn;
-        started[t] = pthread_create(&ids[t], NULL, run_task, &tasks[t]) == 0;
-    }
-    fn(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
-        else fn(&jobs[t]);
+    if (pool_run(jobs, run_blocks, threads) != 0) { /* the pool is in use by another call */
+        pthread_t ids[MAX_THREADS];
+        Task tasks[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int t = 1; t < threads; t++) {
+            tasks[t].job = &jobs[t];
+            tasks[t].fn = run_blocks;
+            started[t] = pthread_create(&ids[t], NULL, run_task, &tasks[t]) == 0;
+        }
+        run_blocks(&jobs[0]);
+        for (int t = 1; t < threads; t++)
+            if (started[t]) pthread_join(ids[t], NULL);
+        run_blocks(&jobs[0]); /* blocks left by threads that could not be started */
     }
 #else
-    for (int t = 0; t < threads; t++) fn(&jobs[t]);
+    run_blocks(&jobs[0]);
 #endif
-    base->bad = 0;
     for (int t = 0; t < threads; t++) base->bad |= jobs[t].bad;
 }
 
@@ -555,6 +677,9 @@ PyMODINIT_FUNC PyInit__matvec(void) {
     if (most >= ISA_AVX512 && isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
         isa = ISA_AVX512;
+#endif
+#ifdef HAVE_PTHREADS
+    pthread_atfork(NULL, NULL, pool_after_fork);
 #endif
     return PyModule_Create(&module);
 }

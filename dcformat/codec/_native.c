@@ -3,7 +3,8 @@
  *
  * Huffman streams are canonical, LSB-first, most significant code bit first, codes
  * of at most 16 bits, cut into chunks of chunk_size symbols. Decoding is table
- * driven: an 11-bit root table whose entries hold a symbol and its length, with
+ * driven: an 11-bit root table whose entries hold a symbol and its length (in the low bits: a
+ * shift count as it is, off the critical path of the next lookup), with
  * second-level tables for longer codes. Several chunks are decoded interleaved, and
  * each 64-bit peek yields three symbols. Every read is bounds checked (bits past the
  * end of the buffer read as zero) and every write lands inside the caller's buffer,
@@ -35,7 +36,7 @@
 #endif
 
 typedef struct {
-    uint32_t root[1 << ROOT_BITS]; /* symbol | length << 16, or SUB_FLAG | subtable base */
+    uint32_t root[1 << ROOT_BITS]; /* length | symbol << 8, or SUB_FLAG | subtable base << 8 */
     uint32_t *sub;
     unsigned root_bits;
     uint64_t root_mask, sub_mask;
@@ -88,9 +89,9 @@ static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t) {
         for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
         if (len <= root_bits) {
             for (uint64_t f = 0; f < (uint64_t)1 << (root_bits - len); f++)
-                t->root[r | (f << len)] = (uint32_t)s | (uint32_t)len << 16;
+                t->root[r | (f << len)] = (uint32_t)len | (uint32_t)s << 8;
         } else if (!(t->root[r & t->root_mask] & SUB_FLAG)) {
-            t->root[r & t->root_mask] = SUB_FLAG | (uint32_t)n_sub;
+            t->root[r & t->root_mask] = SUB_FLAG | (uint32_t)n_sub << 8;
             n_sub += (uint64_t)1 << sub_bits;
         }
     }
@@ -105,16 +106,16 @@ static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t) {
         uint64_t c = codes_next[len]++, r = 0;
         if (len <= root_bits) continue;
         for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
-        uint64_t base = t->root[r & t->root_mask] & 0xFFFFu, rest = r >> root_bits;
+        uint64_t base = (t->root[r & t->root_mask] >> 8) & 0xFFFFu, rest = r >> root_bits;
         for (uint64_t f = 0; f < (uint64_t)1 << (max_len - len); f++)
-            t->sub[base + (rest | (f << (len - root_bits)))] = (uint32_t)s | (uint32_t)len << 16;
+            t->sub[base + (rest | (f << (len - root_bits)))] = (uint32_t)len | (uint32_t)s << 8;
     }
     return NULL;
 }
 
 INLINE uint32_t lookup(const Lut *t, uint64_t w) {
     uint32_t e = t->root[w & t->root_mask];
-    if (e & SUB_FLAG) e = t->sub[(e & 0xFFFFu) + ((w >> t->root_bits) & t->sub_mask)];
+    if (e & SUB_FLAG) e = t->sub[((e >> 8) & 0xFFFFu) + ((w >> t->root_bits) & t->sub_mask)];
     return e;
 }
 
@@ -156,7 +157,7 @@ typedef struct {
 
 #define EMIT(j, i, e)                                                                           \
     do {                                                                                        \
-        uint32_t sym_ = (e) & 0xFFFFu;                                                          \
+        uint32_t sym_ = ((e) >> 8) & 0xFFFFu;                                                     \
         memcpy(o[j] + (i) * vsize, sink->values + (uint64_t)sym_ * vsize, vsize);               \
         nz += sink->nonzero[sym_];                                                              \
         sum += sym_;                                                                            \
@@ -181,13 +182,13 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
             for (int j = 0; j < g; j++) {
                 uint64_t w = load64(s->data + (pos[j] >> 3)) >> (pos[j] & 7);
                 uint32_t e0 = lookup(t, w);
-                unsigned l0 = (e0 >> 16) & 31;
+                unsigned l0 = e0 & 63; /* the length is the low bits: a shift count as it is */
                 w >>= l0;
                 uint32_t e1 = lookup(t, w);
-                unsigned l1 = (e1 >> 16) & 31;
+                unsigned l1 = e1 & 63;
                 w >>= l1;
                 uint32_t e2 = lookup(t, w);
-                pos[j] += l0 + l1 + ((e2 >> 16) & 31);
+                pos[j] += l0 + l1 + (e2 & 63);
                 uint64_t at = i + 3 * step;
                 EMIT(j, at, e0);
                 EMIT(j, at + 1, e1);
@@ -198,7 +199,7 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
     for (int j = 0; j < g; j++) {
         for (uint64_t k = i; k < n; k++) {
             uint32_t e = lookup(t, peek_safe(s, pos[j]));
-            pos[j] += (e >> 16) & 31;
+            pos[j] += e & 63;
             EMIT(j, k, e);
         }
     }
@@ -286,7 +287,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         goto done;
     }
     Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
-    Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1, 0};
+    Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1};
     Py_BEGIN_ALLOW_THREADS
     err = build_lut(lengths.buf, k, t);
     if (!err) {

@@ -33,8 +33,10 @@ except ImportError:  # built without a compiler: the numpy path does the work
     _native = None
 
 AVAILABLE = _native is not None
-# Below this many symbols a stream is decoded by the calling thread alone.
+# Below this many symbols a stream is decoded by the calling thread alone; above it, in up to
+# PARTS_PER_THREAD parts a thread of at least half of it each, which free threads take in turn.
 MIN_PARALLEL_SYMBOLS = 1 << 18
+PARTS_PER_THREAD = 4
 _GROUP = 4  # chunks the native kernel interleaves; thread parts start at multiples of it
 
 
@@ -125,7 +127,7 @@ def decode_sparse(
         previous += p.symbol_sum + b - a
     # Each result is (first entry past the tensor or -1, _, nonzeros); the position check
     # above excludes the first.
-    return out, sum(nonzeros for _, _, nonzeros in _in_parallel(tasks, threads))
+    return out, sum(nonzeros for _, _, nonzeros in in_parallel(tasks, threads))
 
 
 def scale_rows(out: np.ndarray, row_scales: np.ndarray) -> int:
@@ -189,9 +191,11 @@ def _decode_gaps(gaps: Stream, threads: int) -> tuple[np.ndarray, list[_Part]]:
 def _native_decode(
     stream: Stream, values: np.ndarray, nonzero: np.ndarray | None, out: np.ndarray, threads: int
 ) -> list[_Part]:
-    """Decode into ``out`` with the native kernel, the chunks split over ``threads`` parts."""
+    """Decode into ``out`` with the native kernel, the chunks split into parts for ``threads``."""
     n_chunks = stream.n_chunks
-    parts = threads if stream.count >= MIN_PARALLEL_SYMBOLS else 1
+    parts = 1
+    if threads > 1 and stream.count >= MIN_PARALLEL_SYMBOLS:
+        parts = max(threads, min(PARTS_PER_THREAD * threads, 2 * stream.count // MIN_PARALLEL_SYMBOLS))
     cuts = sorted({min(n_chunks, round(i * n_chunks / parts / _GROUP) * _GROUP) for i in range(parts)})
     ranges = [(a, b) for a, b in zip(cuts, [*cuts[1:], n_chunks], strict=True) if a < b]
 
@@ -212,7 +216,7 @@ def _native_decode(
         )
         return _Part(first, last, *result)
 
-    results = _in_parallel([lambda a=a, b=b: part(a, b) for a, b in ranges], threads)
+    results = in_parallel([lambda a=a, b=b: part(a, b) for a, b in ranges], threads)
     bad = [p for p in results if p.bad_chunk >= 0]
     if bad:
         chunk = bad[0].bad_chunk
@@ -230,14 +234,23 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
-    """Run tasks on ``threads`` threads (the caller's included); results in task order."""
+def pool(threads: int) -> ThreadPoolExecutor:
+    """The shared pool of ``threads - 1`` workers that, with the caller, runs ``threads`` tasks."""
+    with _pools_lock:
+        found = _pools.get(threads)
+        if found is None:
+            found = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="dcnn-decode")
+    return found
+
+
+def in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
+    """Run tasks on ``threads`` threads (the caller's included); results in task order. A task
+    no worker has started by the time the caller is done with its own runs on the caller, so a
+    pool busy with other work delays nothing."""
     if threads == 1 or len(tasks) <= 1:
         return [task() for task in tasks]
-    with _pools_lock:
-        pool = _pools.get(threads)
-        if pool is None:
-            pool = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="dcnn-decode")
-    futures = [pool.submit(task) for task in tasks[1:]]
-    first = tasks[0]()
-    return [first, *(f.result() for f in futures)]
+    futures = [pool(threads).submit(task) for task in tasks[1:]]
+    results = [tasks[0]()]
+    for future, task in zip(futures, tasks[1:], strict=True):
+        results.append(task() if future.cancel() else future.result())
+    return results

@@ -101,8 +101,11 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
     if offsets.size:  # chunk j starts in [j*C*min_len, j*C*max_len] and leaves room for the rest
         used = lengths[lengths > 0]
         lo, hi = int(used.min()), int(used.max())
-        before = np.arange(1, offsets.size + 1, dtype=object) * stream.chunk_size
-        starts = offsets.astype(object)
+        # int64 when no product can overflow it (all real files), else exact Python ints
+        wide = max(count * hi, bits) >= 1 << 62
+        kind = object if wide else np.int64
+        before = np.arange(1, offsets.size + 1, dtype=kind) * stream.chunk_size
+        starts = offsets.astype(kind)
         after = bits - starts
         if (
             np.any(starts < before * lo)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
+import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -202,11 +205,15 @@ class DcnnFile:
 
     def section(self, section: pb.Section) -> np.ndarray:
         """A copy of a section's bytes, its checksum verified."""
+        return self._section_view(section).copy()
+
+    def _section_view(self, section: pb.Section) -> np.ndarray:
+        """A section's bytes, its checksum verified: a read-only view of the map, for data that is
+        only read while decoding (a copy of a large stream costs as much as its checksum)."""
         if self._map is None:
             raise DcnnError("the file is closed", rule="usage", path=self.path)
         start = self.preamble.data_start + section.offset
-        data = np.empty(section.length, dtype=np.uint8)
-        data[:] = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
+        data = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
         if self.verify:
             if zlib.crc32(data) != section.crc32:
                 raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
@@ -222,7 +229,7 @@ class DcnnFile:
         """A Huffman stream's section (checksum verified) and fields."""
         has_data = stream.HasField("data")
         return Stream(
-            data=self.section(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
+            data=self._section_view(stream.data) if has_data else np.zeros(0, dtype=np.uint8),
             bit_length=stream.bit_length,
             count=stream.count,
             lengths=np.frombuffer(stream.code_lengths, dtype=np.uint8),
@@ -265,7 +272,10 @@ class DcnnFile:
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # a stream's view is still referenced (say, by an error's frames):
+                pass  # the map goes when the view does
             self._map = None
 
     def __enter__(self) -> DcnnFile:
@@ -297,16 +307,72 @@ def load_file(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
-    as stored); ``device`` places torch tensors (see DcnnFile.get_tensor)."""
+    as stored); ``device`` places torch tensors (see DcnnFile.get_tensor). ``threads`` > 1
+    decodes the largest tensors' chunks on that many threads, and the other tensors side by
+    side; the tensors and errors are those of ``threads=1``."""
     if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
         raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
     with safe_open(path, framework, verify, threads) as f:
-        return {
-            name: f.get_tensor(
-                name, dtype=dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None, device=device
-            )
-            for name in f.keys()
-        }
+
+        def get(name: str, source: DcnnFile = f) -> Any:
+            kind = dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None
+            return source.get_tensor(name, dtype=kind, device=device)
+
+        names = f.keys()
+        tensors = _get_in_parallel(f, names, get) if f.threads > 1 else {}
+        return {name: tensors[name] if name in tensors else get(name) for name in names}
+
+
+def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> dict[str, Any]:
+    """``get(name)`` of every tensor on ``f.threads`` threads. The pool's threads decode the
+    smaller tensors side by side, largest first, one thread each (the native kernels release the
+    GIL), while the caller decodes the tensors holding more than a ``2 * threads``-th of all
+    entries, their chunks split between itself and whichever pool thread is free; then it joins
+    in. Returns what was decoded; after an error, only the tensors before it in the order given,
+    so that the caller, decoding the rest in file order, raises the error ``threads=1`` raises."""
+    entries = {name: f.info(name).entries for name in names}
+    total = sum(entries.values())
+    large = [name for name in names if entries[name] * 2 * f.threads > total]
+    single = copy.copy(f)  # shares the map, decodes each tensor on one thread
+    single.threads = 1
+    queue = sorted((name for name in names if name not in large), key=lambda n: -entries[n])
+    done: dict[str, Any] = {}
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if failed or not queue:
+                    return
+                name = queue.pop(0)
+            try:
+                tensor = get(name, single)
+            except Exception:  # raised again by the caller, decoding in file order
+                with lock:
+                    failed.append(name)
+                return
+            with lock:
+                done[name] = tensor
+
+    helpers = [codec.pool(f.threads).submit(worker) for _ in range(f.threads - 1)]
+    for name in large:
+        try:
+            tensor = get(name)
+        except Exception:  # raised again by the caller
+            with lock:
+                failed.append(name)
+            break
+        with lock:
+            done[name] = tensor
+    worker()
+    for helper in helpers:  # one not started yet (the pool busy elsewhere) has nothing left to do
+        if not helper.cancel():
+            helper.result()
+    if failed:
+        first = min(names.index(name) for name in failed)
+        return {name: done[name] for name in names[:first] if name in done}
+    return done
 
 
 def _drop_pages(buffer: mmap.mmap, start: int, stop: int) -> None:

@@ -104,6 +104,36 @@ def test_kernel_and_fallback_agree_on_a_large_product(monkeypatch):
         assert_product(native[0], w, x[0], fallback[0])
 
 
+@pytest.mark.skipif(not matvec.AVAILABLE, reason="the native kernels are not built")
+def test_kernel_thread_pool_under_concurrent_calls_and_fork():
+    """The kernels' persistent thread pool: calls from several Python threads at once (one uses
+    the pool, the others start threads) and from a forked child (an empty pool) give the
+    one-thread products exactly (same rows per thread, same summation order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    _, positions, codes, book = sparse_weight(rng, 600, 2000, 0.2, 32)
+    indptr, columns = matvec.csr_of(positions, 600, 2000)
+    lut_codes = rng.integers(0, 32, (600, 2000)).astype(np.uint8)
+    xs = [rng.standard_normal((1, 2000, p)).astype(np.float32) for p in (1, 4, 16)]
+
+    def products(threads: int) -> list[np.ndarray]:
+        out = [matvec.spmm(indptr, columns, codes, book, x, threads=threads) for x in xs]
+        return out + [matvec.lut(lut_codes, book, x[0].T.copy(), threads=threads) for x in xs]
+
+    one = products(1)
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(lambda _: products(3), range(12)):
+            for a, b in zip(got, one, strict=True):
+                np.testing.assert_array_equal(a, b)
+    if hasattr(os, "fork"):
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only if its products match
+            ok = all(np.array_equal(a, b) for a, b in zip(products(2), one, strict=True))
+            os._exit(0 if ok else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 @native_modes
 def test_bad_form_is_a_dcnn_error(monkeypatch, no_native):
     monkeypatch.setenv("DCNN_NO_NATIVE", "1" if no_native else "0")

@@ -138,6 +138,47 @@ def test_threads_give_the_same_tensors(model, decoder: str) -> None:
             np.testing.assert_array_equal(single[name], want)
 
 
+def test_threads_raise_the_error_of_one_thread(model, decoder: str, tmp_path) -> None:
+    """Two corrupt tensors: tensors decoded side by side still raise the first one's error."""
+    path, _ = model
+    data = bytearray(path.read_bytes())
+    with dcformat.safe_open(path) as f:
+        start = f.preamble.data_start
+        for section in (f._record("sparse").codes.data, f._record("raw").raw):
+            data[start + section.offset + section.length // 2] ^= 0x10
+    bad = tmp_path / "bad.dcnn"
+    bad.write_bytes(bytes(data))
+    errors = []
+    for threads in (1, 2, 7):
+        with pytest.raises(dcformat.DcnnError) as info:
+            dcformat.load_file(bad, threads=threads)
+        errors.append((type(info.value), info.value.rule, info.value.tensor, str(info.value)))
+    assert errors[0][2] == "sparse"
+    assert errors[1] == errors[0] and errors[2] == errors[0]
+
+
+def test_decode_error_is_not_masked_by_the_streams_view_of_the_map(tmp_path, decoder: str) -> None:
+    """Streams are decoded from views of the map; the error's frames still hold one when the file
+    closes, and the error raised is the format's, not the map's BufferError."""
+    rng = np.random.default_rng(0)
+    book = rng.standard_normal(32).astype(np.float32)
+    codes = np.minimum(rng.geometric(0.3, (300, 300)) - 1, 31)  # unequal code lengths
+    path = tmp_path / "w.dcnn"
+    dcformat.save_file({"w": dcformat.Quantized(book, codes, (300, 300))}, path, chunk_size=256)
+    data = bytearray(path.read_bytes())
+    with dcformat.safe_open(path) as f:
+        start = f.preamble.data_start + f._record("w").codes.data.offset
+        stream = f.stream(f._record("w").codes)
+    assert stream.data.size and not stream.data.flags.writeable  # a view, outliving close()
+    for i in range(20):
+        data[start + 100 + i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for threads in (1, 2):
+        with pytest.raises(dcformat.FormatError) as info:
+            dcformat.load_file(path, verify=False, threads=threads)
+        assert info.value.rule == "huffman-data"
+
+
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2", True, None])
 def test_bad_threads(model, threads) -> None:
     path, _ = model
