@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import NoReturn
 
 # Rules whose checks are switched off (``validate(skip_rules=...)``): the conformance test uses
 # it to show each invalid vector breaks one rule (spec 11.1). Empty in every other use.
@@ -19,6 +20,7 @@ class DcnnError(Exception):
     """
 
     rule = "error"
+    ends = False  # raised by :func:`stop`: nothing after the check can be read
 
     def __init__(
         self,
@@ -87,6 +89,13 @@ def fail(error: DcnnError) -> None:
     check pass instead, and the code after it runs as if the rule held."""
     if error.rule not in _WAIVED.get():
         raise error from None
+
+
+def stop(error: DcnnError) -> NoReturn:
+    """Raise ``error``, waived or not: a check that nothing after it can be read past (spec
+    11.1, "ends"). A waived one ends the checks of its tensor, or of the file, unreported."""
+    error.ends = True
+    raise error from None
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DcnnError, FormatError, fail
+from ..errors import DcnnError, FormatError, fail, stop
 from . import huffman_numpy
 from .huffman import Stream
 
@@ -95,10 +95,10 @@ def decode_sparse(
     gap_symbols, parts = _decode_gaps(gaps, threads)
     n = code_symbols.size
     if gap_symbols.size != n:
-        fail(FormatError(f"{n} codes but {gap_symbols.size} gaps", rule="counts"))
+        stop(FormatError(f"{n} codes but {gap_symbols.size} gaps", rule="counts"))
     last = sum(p.symbol_sum for p in parts) + n - 1
     if last >= numel:
-        fail(
+        stop(
             FormatError(f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions")
         )
     out = np.zeros(numel, dtype=values.dtype)

@@ -8,7 +8,7 @@ import numpy as np
 from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec import huffman
-from ..errors import FormatError, fail
+from ..errors import FormatError, fail, stop
 from ..layout import MAX_ALPHABET, MAX_CHUNK_SIZE
 from ..tensors import Quantized
 from .base import Payloads, SectionSource, cast, new_record, section
@@ -46,7 +46,7 @@ def encode_stream(out: pb.HuffmanStream, symbols: np.ndarray, freqs: np.ndarray,
 def check_codebook(record: pb.Tensor, dtype: str) -> int:
     """The rules on the codebook and the codes stream; returns the codebook's size."""
     if dtype not in dtypes.FLOAT_NAMES:
-        fail(FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype"))
+        stop(FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype"))
     if record.HasField("raw") or record.HasField("compression"):
         fail(FormatError("a coded tensor has RAW fields", rule="encoding"))
     if record.encoding in (pb.DENSE_CODES, pb.SPARSE_CODES) and (
@@ -57,10 +57,10 @@ def check_codebook(record: pb.Tensor, dtype: str) -> int:
         fail(FormatError("a coded tensor needs a codebook and a codes stream", rule="encoding"))
     book_dtype = dtypes.from_enum(record.codebook.dtype)
     if book_dtype not in dtypes.CODEBOOK_NAMES:
-        fail(FormatError("codebook values must be float32 or float16", rule="codebook"))
+        stop(FormatError("codebook values must be float32 or float16", rule="codebook"))
     k, rest = divmod(len(record.codebook.values), dtypes.itemsize(book_dtype))
     if rest or not 1 <= k <= MAX_ALPHABET:
-        fail(
+        stop(
             FormatError(
                 f"codebook of {len(record.codebook.values)} bytes is not 1 to {MAX_ALPHABET} "
                 f"{book_dtype} values",
@@ -86,7 +86,7 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
         fail(FormatError(f"{what}: {exc.message}", rule=exc.rule))
     count, bits = stream.count, stream.bit_length
     if not 1 <= stream.chunk_size <= MAX_CHUNK_SIZE:
-        fail(
+        stop(
             FormatError(
                 f"{what}: chunk size {stream.chunk_size} not in 1..{MAX_CHUNK_SIZE}", rule="huffman-chunks"
             )

@@ -18,7 +18,7 @@ from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec import decode as codec
 from ..codec import varint
-from ..errors import EncodeError, FormatError, fail
+from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded, dense_codes, sparse_codes
@@ -128,7 +128,7 @@ def scales_of(record: pb.Tensor) -> np.ndarray:
     if not record.shape:
         fail(FormatError("a scalar has no rows to scale", rule="scales"))
     if scales.rows_per_scale < 1:
-        fail(FormatError("rows_per_scale must be >= 1", rule="scales"))
+        stop(FormatError("rows_per_scale must be >= 1", rule="scales"))
     expected = -(-record.shape[0] // scales.rows_per_scale) * dtypes.itemsize(kind)
     if len(scales.values) != expected:
         fail(FormatError(f"{len(scales.values)} bytes of scales, expected {expected}", rule="scales"))
@@ -142,16 +142,16 @@ def check_outliers(outliers: pb.Outliers, dtype: str, numel: int) -> None:
     """The header rules of spec 5.7 (rule ``outliers``)."""
     count = outliers.count
     if not 1 <= count <= numel:
-        fail(FormatError(f"{count} outliers in {numel} elements", rule="outliers"))
+        stop(FormatError(f"{count} outliers in {numel} elements", rule="outliers"))
     if not outliers.HasField("positions") or not outliers.HasField("values"):
-        fail(FormatError("outliers need a positions and a values section", rule="outliers"))
+        stop(FormatError("outliers need a positions and a values section", rule="outliers"))
     if outliers.compression == pb.COMPRESSION_NONE:
         if not count <= outliers.positions.length <= varint.MAX_BYTES * count:
-            fail(
+            stop(
                 FormatError(f"{outliers.positions.length} bytes of {count} position varints", rule="outliers")
             )
         if outliers.values.length != count * dtypes.itemsize(dtype):
-            fail(FormatError(f"{outliers.values.length} bytes of {count} {dtype} values", rule="outliers"))
+            stop(FormatError(f"{outliers.values.length} bytes of {count} {dtype} values", rule="outliers"))
     elif outliers.compression != pb.COMPRESSION_ZSTD:
         fail(FormatError(f"unknown compression {outliers.compression}", rule="encoding"))
 
@@ -184,13 +184,13 @@ def _unzstd(data: np.ndarray, low: int, high: int) -> np.ndarray:
     try:
         size = zstandard.get_frame_parameters(data).content_size
         if not low <= size <= high:
-            fail(FormatError(f"zstd frame declares {size} bytes, not {low}..{high}", rule="outliers"))
+            stop(FormatError(f"zstd frame declares {size} bytes, not {low}..{high}", rule="outliers"))
         frame = zstandard.ZstdDecompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
-        fail(FormatError(f"outlier zstd data does not decompress: {exc}", rule="outliers"))
+        stop(FormatError(f"outlier zstd data does not decompress: {exc}", rule="outliers"))
     if not frame.eof or frame.unused_data or len(out) != size:
-        fail(FormatError("an outlier section is not exactly one zstd frame of its size", rule="outliers"))
+        stop(FormatError("an outlier section is not exactly one zstd frame of its size", rule="outliers"))
     return np.frombuffer(out, dtype=np.uint8)
 
 

@@ -7,7 +7,7 @@ import zstandard
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes
-from ..errors import DcnnError, FormatError, fail
+from ..errors import DcnnError, FormatError, fail, stop
 from ..tensors import Codes, Quantized, Raw
 from .base import EncodedTensor, SectionSource, cast, expansion_ok, new_record, numel_of, section
 
@@ -45,16 +45,16 @@ def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None
     length = record.raw.length if record.HasField("raw") else 0
     if record.compression == pb.COMPRESSION_NONE:
         if length != decoded_bytes:
-            fail(
+            stop(
                 FormatError(
                     f"RAW section of {length} bytes for {decoded_bytes} bytes of data", rule="raw-size"
                 )
             )
     elif record.compression == pb.COMPRESSION_ZSTD:
         if decoded_bytes == 0 or length == 0:
-            fail(FormatError("an empty tensor cannot be zstd-compressed", rule="raw-size"))
+            stop(FormatError("an empty tensor cannot be zstd-compressed", rule="raw-size"))
     else:
-        fail(FormatError(f"unknown compression {record.compression}", rule="encoding"))
+        stop(FormatError(f"unknown compression {record.compression}", rule="encoding"))
 
 
 def entries_and_bits(record: pb.Tensor) -> tuple[int, int]:
@@ -89,7 +89,7 @@ def _unzstd(data: np.ndarray, expected: int) -> bytes:
     try:
         params = zstandard.get_frame_parameters(data)
         if params.content_size != expected:
-            fail(
+            stop(
                 FormatError(
                     f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
                 )
@@ -97,9 +97,9 @@ def _unzstd(data: np.ndarray, expected: int) -> bytes:
         frame = zstandard.ZstdDecompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
-        fail(FormatError(f"zstd data does not decompress: {exc}", rule="zstd"))
+        stop(FormatError(f"zstd data does not decompress: {exc}", rule="zstd"))
     if not frame.eof or frame.unused_data:
-        fail(FormatError("the section is not exactly one zstd frame", rule="zstd"))
+        stop(FormatError("the section is not exactly one zstd frame", rule="zstd"))
     if len(out) != expected:
-        fail(FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd"))
+        stop(FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd"))
     return out

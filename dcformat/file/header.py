@@ -17,7 +17,7 @@ from .. import dcnn_pb2 as pb
 from .. import dtypes, encodings
 from ..encodings import compact
 from ..encodings.base import numel_of, placed_sections, sections_of
-from ..errors import ChecksumError, FormatError, LimitError, VersionError, fail
+from ..errors import ChecksumError, FormatError, LimitError, VersionError, fail, stop
 from ..layout import (
     EXPANSION_SLACK,
     MAGIC,
@@ -46,14 +46,14 @@ def read_preamble(head: bytes, file_size: int) -> Preamble:
     """Check the fixed 24 bytes at the start of a file."""
     if len(head) < PREAMBLE_SIZE:
         if MAGIC.startswith(head[: len(MAGIC)]):
-            fail(
+            stop(
                 FormatError(
                     f"file is {file_size} bytes, too short for a .dcnn preamble",
                     rule="truncated",
                     offset=file_size,
                 )
             )
-        fail(FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0))
+        stop(FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0))
     magic, major, minor, header_length, _, preamble_crc = PREAMBLE.unpack(head[:PREAMBLE_SIZE])
     if magic != MAGIC:
         if magic[1:4] == MAGIC[1:4]:
@@ -68,7 +68,7 @@ def read_preamble(head: bytes, file_size: int) -> Preamble:
     if zlib.crc32(head[: PREAMBLE_SIZE - 4]) != preamble_crc:
         fail(ChecksumError("preamble checksum mismatch", rule="preamble-crc", offset=8))
     if major != MAJOR:
-        fail(
+        stop(
             VersionError(
                 f"format major version {major} is not supported (this reader implements {MAJOR})",
                 rule="version",
@@ -76,7 +76,7 @@ def read_preamble(head: bytes, file_size: int) -> Preamble:
             )
         )
     if header_length > MAX_HEADER_BYTES:
-        fail(
+        stop(
             LimitError(
                 f"header of {header_length} bytes exceeds the limit {MAX_HEADER_BYTES}",
                 rule="header-size",
@@ -85,7 +85,7 @@ def read_preamble(head: bytes, file_size: int) -> Preamble:
         )
     data_start = align_up(PREAMBLE_SIZE + header_length)
     if data_start > file_size:
-        fail(
+        stop(
             FormatError(
                 f"file of {file_size} bytes ends inside its header", rule="truncated", offset=file_size
             )
@@ -103,7 +103,7 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
     try:
         header.ParseFromString(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        fail(FormatError(f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE))
+        stop(FormatError(f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE))
     return header
 
 
@@ -126,9 +126,9 @@ def inflate_header(header: pb.Header, minor: int) -> pb.Header:
     try:
         inner.ParseFromString(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        fail(FormatError(f"header_zstd does not parse: {exc}", rule="header-parse"))
+        stop(FormatError(f"header_zstd does not parse: {exc}", rule="header-parse"))
     if inner.header_zstd:
-        fail(FormatError("header_zstd holds another header_zstd", rule="header-parse"))
+        stop(FormatError("header_zstd holds another header_zstd", rule="header-parse"))
     if not any(True for t in inner.tensors for _ in sections_of(t)):  # so older readers see a data area
         fail(FormatError("a compressed header describes no section", rule="header-parse"))
     return inner
@@ -140,18 +140,18 @@ def zstd_frame(data: bytes, limit: int, what: str, rule: str, limit_rule: str) -
     try:
         size = zstandard.get_frame_parameters(data).content_size
     except zstandard.ZstdError as exc:
-        fail(FormatError(f"{what} is not a zstd frame: {exc}", rule=rule))
+        stop(FormatError(f"{what} is not a zstd frame: {exc}", rule=rule))
     if size == zstandard.CONTENTSIZE_UNKNOWN or size > min(
         limit, MAX_EXPANSION * len(data) + EXPANSION_SLACK
     ):
-        fail(
+        stop(
             LimitError(f"{what} declares {size} bytes: unknown or over the expansion limit", rule=limit_rule)
         )
     try:
         frame = zstandard.ZstdDecompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
-        fail(FormatError(f"{what} does not decompress: {exc}", rule=rule))
+        stop(FormatError(f"{what} does not decompress: {exc}", rule=rule))
     if not frame.eof or frame.unused_data or len(out) != size:
         fail(FormatError(f"{what} is not exactly one zstd frame of its declared size", rule=rule))
     return out
@@ -180,7 +180,7 @@ def check_version(tensor: pb.Tensor, minor: int) -> None:
     know: that is "needs a newer reader" (rule ``version``), not a broken file; and a tensor
     whose encoding is newer than the file's declared minor version breaks ``version``."""
     if tensor.encoding not in encodings.ENCODINGS and minor > MINOR:
-        fail(
+        stop(
             VersionError(
                 f"encoding {tensor.encoding} needs a newer reader: the file is format {MAJOR}.{minor}, "
                 f"this reader implements {MAJOR}.{MINOR}",
@@ -212,17 +212,17 @@ def check_tensor(tensor: pb.Tensor, minor: int = MINOR, expanded: list[int] | No
         expanded[0] += grown
         compact.check_expanded(expanded[0])
     if len(tensor.shape) > MAX_RANK:
-        fail(LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape"))
+        stop(LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape"))
     # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).
     span = 1
     for d in tensor.shape:
         span *= max(d, 1)
         if span > MAX_ELEMENTS:
-            fail(LimitError(f"shape {list(tensor.shape)} exceeds {MAX_ELEMENTS} elements", rule="shape"))
+            stop(LimitError(f"shape {list(tensor.shape)} exceeds {MAX_ELEMENTS} elements", rule="shape"))
     numel = numel_of(tensor)
     dtype = dtypes.from_enum(tensor.dtype)
     if dtype is None:
-        fail(FormatError(f"unknown dtype {tensor.dtype}", rule="dtype"))
+        stop(FormatError(f"unknown dtype {tensor.dtype}", rule="dtype"))
     if tensor.nonzeros > numel:
         fail(FormatError(f"{tensor.nonzeros} nonzeros in {numel} elements", rule="nonzeros"))
     for section in sections_of(tensor):
@@ -231,7 +231,7 @@ def check_tensor(tensor: pb.Tensor, minor: int = MINOR, expanded: list[int] | No
     decoded_bytes = numel * dtypes.itemsize(dtype)
     stored = sum(s.length for s in sections_of(tensor))
     if decoded_bytes > MAX_EXPANSION * stored + EXPANSION_SLACK:
-        fail(
+        stop(
             LimitError(
                 f"{decoded_bytes} decoded bytes from {stored} stored bytes exceeds the "
                 f"expansion limit {MAX_EXPANSION}",
@@ -259,16 +259,14 @@ def check_layout(header: pb.Header, data_start: int, file_size: int, minor: int 
                         offset=data_start + min(section.offset, expected),
                     )
                 )
-            end = expected + section.length
-            starts.append((expected, end))
+            end = section.offset + section.length  # = expected + length, unless waived
+            starts.append((section.offset, end))
     if data_start + end != file_size:
-        rule = "truncated" if data_start + end > file_size else "file-size"
-        fail(
-            FormatError(
-                f"file is {file_size} bytes; its sections end at {data_start + end}",
-                rule=rule,
-                offset=min(file_size, data_start + end),
-            )
+        error = FormatError(
+            f"file is {file_size} bytes; its sections end at {data_start + end}",
+            rule="truncated" if data_start + end > file_size else "file-size",
+            offset=min(file_size, data_start + end),
         )
+        stop(error) if error.rule == "truncated" else fail(error)
     pad_ends = [start for start, _ in starts[1:]] + [end][: len(starts)]
     return {start: pad for (start, _), pad in zip(starts, pad_ends, strict=True)}
