@@ -98,6 +98,11 @@ def stop(error: DcnnError) -> NoReturn:
     raise error from None
 
 
+def ended_waived(error: DcnnError) -> bool:
+    """Whether ``error`` is a waived check that ended its tensor's or file's checks (:func:`stop`)."""
+    return error.ends and error.rule in _WAIVED.get()
+
+
 @contextmanager
 def waiving(rules: Collection[str]) -> Iterator[None]:
     """Switch off every check of these rules (for the one-rule conformance test, spec 11.1)."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
-from .errors import DcnnError, waiving
+from .errors import DcnnError, ended_waived, waiving
 from .file.reader import DcnnFile
 
 
@@ -54,15 +54,15 @@ def validate(path: str | os.PathLike[str], *, skip_rules: Collection[str] = ()) 
     ``skip_rules`` (internal: the one-rule conformance test) switches off every check of these
     rule ids, so that what a file breaks besides them shows."""
     with waiving(skip_rules):
-        return _validate(path, skip_rules)
+        return _validate(path)
 
 
-def _validate(path: str | os.PathLike[str], skip_rules: Collection[str]) -> Report:
+def _validate(path: str | os.PathLike[str]) -> Report:
     report = Report(os.fspath(path) if isinstance(path, str | os.PathLike) else repr(path))
     try:
         f = DcnnFile(path, verify=True)
     except DcnnError as exc:
-        if not _ended(exc, skip_rules):
+        if not ended_waived(exc):
             report.problems.append(_problem(exc))
         return report
     with f:
@@ -71,15 +71,10 @@ def _validate(path: str | os.PathLike[str], skip_rules: Collection[str]) -> Repo
             try:
                 f.get_tensor(name)
             except DcnnError as exc:
-                if not _ended(exc, skip_rules):
+                if not ended_waived(exc):
                     report.problems.append(_problem(exc, name))
     return report
 
 
 def _problem(exc: DcnnError, tensor: str | None = None) -> Problem:
     return Problem(exc.rule, exc.message, exc.tensor or tensor, exc.offset)
-
-
-def _ended(exc: DcnnError, skip_rules: Collection[str]) -> bool:
-    """A waived check that ends the tensor's (or the file's) checks: not a problem to report."""
-    return exc.ends and exc.rule in skip_rules
