@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import NoReturn
+
+# Rules whose checks are switched off (``validate(skip_rules=...)``): the conformance test uses
+# it to show each invalid vector breaks one rule (spec 11.1). Empty in every other use.
+_WAIVED: ContextVar[frozenset[str]] = ContextVar("dcnn_waived_rules", default=frozenset())
+
 
 class DcnnError(Exception):
     """Root of every error dcformat raises for bad input, files or arguments.
@@ -11,6 +20,7 @@ class DcnnError(Exception):
     """
 
     rule = "error"
+    ends = False  # raised by :func:`stop`: nothing after the check can be read
 
     def __init__(
         self,
@@ -72,3 +82,32 @@ class EncodeError(DcnnError, ValueError):
 
 class DcnnIOError(DcnnError, OSError):
     """The file cannot be opened, read or written."""
+
+
+def fail(error: DcnnError) -> None:
+    """Raise ``error``: a broken rule. Only while its rule is waived (:func:`waiving`) does the
+    check pass instead, and the code after it runs as if the rule held."""
+    if error.rule not in _WAIVED.get():
+        raise error from None
+
+
+def stop(error: DcnnError) -> NoReturn:
+    """Raise ``error``, waived or not: a check that nothing after it can be read past (spec
+    11.1, "ends"). A waived one ends the checks of its tensor, or of the file, unreported."""
+    error.ends = True
+    raise error from None
+
+
+def ended_waived(error: DcnnError) -> bool:
+    """Whether ``error`` is a waived check that ended its tensor's or file's checks (:func:`stop`)."""
+    return error.ends and error.rule in _WAIVED.get()
+
+
+@contextmanager
+def waiving(rules: Collection[str]) -> Iterator[None]:
+    """Switch off every check of these rules (for the one-rule conformance test, spec 11.1)."""
+    token = _WAIVED.set(frozenset(rules))
+    try:
+        yield
+    finally:
+        _WAIVED.reset(token)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DcnnError, FormatError
+from ..errors import DcnnError, FormatError, fail, stop
 from . import huffman_numpy
 from .huffman import Stream
 
@@ -95,11 +95,11 @@ def decode_sparse(
     gap_symbols, parts = _decode_gaps(gaps, threads)
     n = code_symbols.size
     if gap_symbols.size != n:
-        raise FormatError(f"{n} codes but {gap_symbols.size} gaps", rule="counts")
+        stop(FormatError(f"{n} codes but {gap_symbols.size} gaps", rule="counts"))
     last = sum(p.symbol_sum for p in parts) + n - 1
     if last >= numel:
-        raise FormatError(
-            f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions"
+        stop(
+            FormatError(f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions")
         )
     out = np.zeros(numel, dtype=values.dtype)
     row_len = numel // row_scales.size if row_scales is not None and row_scales.size else 0
@@ -159,19 +159,21 @@ def _prologue(stream: Stream) -> int | None:
     """Checks before decoding; the symbol of a one-symbol stream, else None."""
     buf = stream.data
     if buf.size != -(-stream.bit_length // 8):  # the header checks catch this; a guard for callers
-        raise FormatError(f"{buf.size} data bytes for {stream.bit_length} bits", rule="huffman-data")
+        fail(FormatError(f"{buf.size} data bytes for {stream.bit_length} bits", rule="huffman-data"))
     tail = stream.bit_length & 7
     if stream.count and tail and buf[-1] >> tail:
-        raise FormatError(
-            "padding bits after the stream are not zero",
-            rule="huffman-data",
-            offset=stream.origin + buf.size - 1,
+        fail(
+            FormatError(
+                "padding bits after the stream are not zero",
+                rule="huffman-data",
+                offset=stream.origin + buf.size - 1,
+            )
         )
     used = np.flatnonzero(stream.lengths)
     if stream.count and used.size == 1:
         if stream.bit_length != stream.count or buf.any():
-            raise FormatError(
-                "a one-symbol stream must be all zero bits, one per symbol", rule="huffman-data"
+            fail(
+                FormatError("a one-symbol stream must be all zero bits, one per symbol", rule="huffman-data")
             )
         return int(used[0])
     return None
@@ -222,10 +224,12 @@ def _native_decode(
         chunk = bad[0].bad_chunk
         start = int(stream.offsets[chunk - 1]) if chunk else 0
         expected = int(stream.offsets[chunk]) if chunk + 1 < n_chunks else stream.bit_length
-        raise FormatError(
-            f"chunk {chunk} does not end at bit {expected}",
-            rule="huffman-data",
-            offset=stream.origin + start // 8,
+        fail(
+            FormatError(
+                f"chunk {chunk} does not end at bit {expected}",
+                rule="huffman-data",
+                offset=stream.origin + start // 8,
+            )
         )
     return results
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, fail
 from ..layout import MAX_CODE_LENGTH
 
 try:  # the C kernels of dcformat/codec/_encode.c; the numpy code below gives the same bytes
@@ -137,24 +137,26 @@ def check_table(lengths: np.ndarray, count: int) -> None:
     """Raise FormatError unless ``lengths`` is a valid table for a stream of ``count`` symbols."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and int(lengths.max()) > MAX_CODE_LENGTH:
-        raise FormatError(
-            f"code length {int(lengths.max())} exceeds the maximum {MAX_CODE_LENGTH}",
-            rule="huffman-table",
+        fail(
+            FormatError(
+                f"code length {int(lengths.max())} exceeds the maximum {MAX_CODE_LENGTH}",
+                rule="huffman-table",
+            )
         )
     used = int(np.count_nonzero(lengths))
     if used == 0:
         if count:
-            raise FormatError(f"a stream of {count} symbols has an empty table", rule="huffman-table")
+            fail(FormatError(f"a stream of {count} symbols has an empty table", rule="huffman-table"))
         return
     if used == 1:
         if int(lengths.max()) != 1:
-            raise FormatError("a one-symbol table must give that symbol length 1", rule="huffman-table")
+            fail(FormatError("a one-symbol table must give that symbol length 1", rule="huffman-table"))
         return
     kraft = int(np.sum(np.left_shift(1, MAX_CODE_LENGTH - lengths[lengths > 0])))
     if kraft > 1 << MAX_CODE_LENGTH:
-        raise FormatError("over-subscribed table (Kraft sum above 1)", rule="huffman-table")
+        fail(FormatError("over-subscribed table (Kraft sum above 1)", rule="huffman-table"))
     if kraft < 1 << MAX_CODE_LENGTH:
-        raise FormatError("incomplete table (Kraft sum below 1)", rule="huffman-table")
+        fail(FormatError("incomplete table (Kraft sum below 1)", rule="huffman-table"))
 
 
 def encoded_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, fail
 from .huffman import Stream, canonical_codes, reverse_bits
 
 # Decoding steps per block of the sweep decoder.
@@ -118,10 +118,12 @@ def _check_chunk_ends(reached: np.ndarray, starts: np.ndarray, ends: np.ndarray)
     bad = np.flatnonzero(reached != ends)
     if bad.size:
         chunk = int(bad[0])
-        raise FormatError(
-            f"chunk {chunk} does not end at bit {int(ends[chunk])}",
-            rule="huffman-data",
-            offset=int(starts[chunk]) // 8,
+        fail(
+            FormatError(
+                f"chunk {chunk} does not end at bit {int(ends[chunk])}",
+                rule="huffman-data",
+                offset=int(starts[chunk]) // 8,
+            )
         )
 
 

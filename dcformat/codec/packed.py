@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, stop
 from ..layout import MAX_ALPHABET
 from . import decode as codec
 from . import huffman
@@ -51,11 +51,11 @@ def unpack_table(data: bytes, rule: str) -> np.ndarray:
     """The code-length table (uint8) a packed table holds, after every rule of spec 7.6."""
     symbols, end = _unpack_stream(data, TABLE_ALPHABET, rule)
     if end != len(data):
-        raise FormatError(f"{len(data) - end} bytes after a packed table", rule=rule)
+        stop(FormatError(f"{len(data) - end} bytes after a packed table", rule=rule))
     counts = np.where(symbols > 16, 1 << np.maximum(symbols.astype(np.int64) - 16, 0), 1)
     total = int(counts.sum())
     if total > MAX_ALPHABET:
-        raise FormatError(f"a packed table expands to {total} lengths, over {MAX_ALPHABET}", rule=rule)
+        stop(FormatError(f"a packed table expands to {total} lengths, over {MAX_ALPHABET}", rule=rule))
     used = (symbols >= 1) & (symbols <= 16)
     steps = symbols[used].astype(np.int64) - 1
     out = np.zeros(total, dtype=np.uint8)
@@ -89,17 +89,17 @@ def unpack_codebook(data: bytes, itemsize: int, rule: str) -> bytes:
     negated = np.zeros(symbols.size, dtype=bool)
     negated[1:] = escape[:-1]
     if escape[-1] or np.any(negated & ((symbols == 0) | escape)):
-        raise FormatError("a packed codebook's negation is not followed by a nonzero delta", rule=rule)
+        stop(FormatError("a packed codebook's negation is not followed by a nonzero delta", rule=rule))
     lengths = symbols[~escape].astype(np.int64)
     if lengths.size > MAX_ALPHABET:
-        raise FormatError(f"a packed codebook of {lengths.size} values, over {MAX_ALPHABET}", rule=rule)
+        stop(FormatError(f"a packed codebook of {lengths.size} values, over {MAX_ALPHABET}", rule=rule))
     widths = np.maximum(lengths - 1, 0)
     total = int(widths.sum())
     if len(data) - end != -(-total // 8):
-        raise FormatError(f"{len(data) - end} extra-bit bytes for {total} bits", rule=rule)
+        stop(FormatError(f"{len(data) - end} extra-bit bytes for {total} bits", rule=rule))
     area = np.frombuffer(data, dtype=np.uint8, offset=end)
     if total & 7 and area[-1] >> (total & 7):
-        raise FormatError("padding bits after a packed codebook are not zero", rule=rule)
+        stop(FormatError("padding bits after a packed codebook are not zero", rule=rule))
     starts = np.cumsum(widths) - widths
     padded = np.concatenate((area, np.zeros(8, np.uint8))).astype(np.uint64)
     index = (starts >> 3)[:, None] + np.arange(8)[None, :]
@@ -113,7 +113,7 @@ def unpack_codebook(data: bytes, itemsize: int, rule: str) -> bytes:
     width = itemsize * 8
     keys = (1 << (width - 1)) + np.cumsum(deltas)
     if np.any((keys < 0) | (keys >= 1 << width)):
-        raise FormatError(f"a packed codebook value leaves the {width}-bit range", rule=rule)
+        stop(FormatError(f"a packed codebook value leaves the {width}-bit range", rule=rule))
     bits = _keys(keys, width, inverse=True)
     return bits.astype(f"<u{itemsize}").tobytes()
 
@@ -146,30 +146,30 @@ def _unpack_stream(
     count, pos = _read_varint(data, 0, rule)
     bit_length, pos = _read_varint(data, pos, rule)
     if not 1 <= count <= max_count:
-        raise FormatError(f"a packed table of {count} symbols, not 1..{max_count}", rule=rule)
+        stop(FormatError(f"a packed table of {count} symbols, not 1..{max_count}", rule=rule))
     if pos >= len(data) or not 1 <= data[pos] <= alphabet:
-        raise FormatError(f"a packed table lists 1..{alphabet} code lengths", rule=rule)
+        stop(FormatError(f"a packed table lists 1..{alphabet} code lengths", rule=rule))
     listed = data[pos]
     table_end = pos + 1 + -(-3 * listed // 8)
     if table_end > len(data):
-        raise FormatError("a packed table ends inside its code lengths", rule=rule)
+        stop(FormatError("a packed table ends inside its code lengths", rule=rule))
     fields = np.unpackbits(np.frombuffer(data, np.uint8, table_end - pos - 1, pos + 1), bitorder="little")
     lengths = np.zeros(alphabet, dtype=np.uint8)
     lengths[:listed] = (
         fields[0 : 3 * listed : 3] | fields[1 : 3 * listed : 3] << 1 | fields[2 : 3 * listed : 3] << 2
     )
     if fields[3 * listed :].any():
-        raise FormatError("padding bits after packed code lengths are not zero", rule=rule)
+        stop(FormatError("padding bits after packed code lengths are not zero", rule=rule))
     try:
         huffman.check_table(lengths, count)
     except FormatError as exc:
-        raise FormatError(f"packed table: {exc.message}", rule=rule) from None
+        stop(FormatError(f"packed table: {exc.message}", rule=rule))
     used = lengths[lengths > 0]
     if not count * int(used.min()) <= bit_length <= count * int(used.max()):
-        raise FormatError(f"{bit_length} bits cannot hold {count} symbols", rule=rule)
+        stop(FormatError(f"{bit_length} bits cannot hold {count} symbols", rule=rule))
     end = table_end + -(-bit_length // 8)
     if end > len(data):
-        raise FormatError("a packed table ends inside its symbols", rule=rule)
+        stop(FormatError("a packed table ends inside its symbols", rule=rule))
     stream = Stream(
         np.frombuffer(data, np.uint8, end - table_end, table_end).copy(),
         bit_length,
@@ -181,7 +181,7 @@ def _unpack_stream(
     try:
         symbols = codec.decode_symbols(stream)
     except FormatError as exc:
-        raise FormatError(f"packed table: {exc.message}", rule=rule) from None
+        stop(FormatError(f"packed table: {exc.message}", rule=rule))
     return symbols, end
 
 
@@ -206,7 +206,7 @@ def _read_varint(data: bytes, pos: int, rule: str) -> tuple[int, int]:
             if byte == 0 and k:
                 break
             return value, pos + k + 1
-    raise FormatError("a packed table's varint is cut short, over 3 bytes or not minimal", rule=rule)
+    stop(FormatError("a packed table's varint is cut short, over 3 bytes or not minimal", rule=rule))
 
 
 def _bit_length(values: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, stop
 
 MAX_BYTES = 8  # 8 x 7 bits hold every gap below 2^56, the element limit
 
@@ -29,18 +29,18 @@ def decode_positions(data: np.ndarray, count: int, numel: int, rule: str) -> np.
     data = np.asarray(data, dtype=np.uint8)
     ends = np.flatnonzero(data < 0x80)
     if ends.size != count or (count and ends[-1] != data.size - 1) or (not count and data.size):
-        raise FormatError(f"{data.size} position bytes do not hold exactly {count} varints", rule=rule)
+        stop(FormatError(f"{data.size} position bytes do not hold exactly {count} varints", rule=rule))
     if not count:
         return np.zeros(0, dtype=np.int64)
     starts = np.concatenate(([0], ends[:-1] + 1))
     sizes = ends - starts + 1
     if sizes.max() > MAX_BYTES or np.any((data[ends] == 0) & (sizes > 1)):
-        raise FormatError(f"a position varint is over {MAX_BYTES} bytes or not minimal", rule=rule)
+        stop(FormatError(f"a position varint is over {MAX_BYTES} bytes or not minimal", rule=rule))
     shift = (np.arange(data.size) - np.repeat(starts, sizes)).astype(np.uint64) * np.uint64(7)
     gaps = np.add.reduceat((data & 0x7F).astype(np.uint64) << shift, starts)
     positions = np.cumsum(gaps + np.uint64(1), dtype=np.uint64)  # a wrap shows as a decrease
     if np.any(positions[1:] <= positions[:-1]) or positions[-1] > np.uint64(numel):
-        raise FormatError(f"outlier positions run past the tensor's {numel} elements", rule=rule)
+        stop(FormatError(f"outlier positions run past the tensor's {numel} elements", rule=rule))
     return positions.astype(np.int64) - 1
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dcnn_pb2 as pb
-from ..errors import EncodeError, FormatError
+from ..errors import EncodeError, FormatError, stop
 from ..layout import MAX_CHUNK_SIZE, MAX_NAME_BYTES
 from ..tensors import Quantized, Raw
 from . import dense_codes, extended, raw, sparse_codes
@@ -26,7 +26,7 @@ def of(record: pb.Tensor) -> Encoding:
     try:
         return ENCODINGS[record.encoding]
     except KeyError:
-        raise FormatError(f"unknown encoding {record.encoding}", rule="encoding") from None
+        stop(FormatError(f"unknown encoding {record.encoding}", rule="encoding"))
 
 
 def encode(

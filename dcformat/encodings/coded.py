@@ -8,7 +8,7 @@ import numpy as np
 from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec import huffman
-from ..errors import FormatError
+from ..errors import FormatError, fail, stop
 from ..layout import MAX_ALPHABET, MAX_CHUNK_SIZE
 from ..tensors import Quantized
 from .base import Payloads, SectionSource, cast, new_record, section
@@ -46,23 +46,26 @@ def encode_stream(out: pb.HuffmanStream, symbols: np.ndarray, freqs: np.ndarray,
 def check_codebook(record: pb.Tensor, dtype: str) -> int:
     """The rules on the codebook and the codes stream; returns the codebook's size."""
     if dtype not in dtypes.FLOAT_NAMES:
-        raise FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype")
+        stop(FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype"))
     if record.HasField("raw") or record.HasField("compression"):
-        raise FormatError("a coded tensor has RAW fields", rule="encoding")
+        fail(FormatError("a coded tensor has RAW fields", rule="encoding"))
     if record.encoding in (pb.DENSE_CODES, pb.SPARSE_CODES) and (
         record.HasField("scales") or record.HasField("outliers")
     ):
-        raise FormatError("scales and outliers need a 1.1 encoding (*_CODES_EXT)", rule="encoding")
+        fail(FormatError("scales and outliers need a 1.1 encoding (*_CODES_EXT)", rule="encoding"))
     if not record.HasField("codebook") or not record.HasField("codes"):
-        raise FormatError("a coded tensor needs a codebook and a codes stream", rule="encoding")
+        fail(FormatError("a coded tensor needs a codebook and a codes stream", rule="encoding"))
     book_dtype = dtypes.from_enum(record.codebook.dtype)
     if book_dtype not in dtypes.CODEBOOK_NAMES:
-        raise FormatError("codebook values must be float32 or float16", rule="codebook")
+        stop(FormatError("codebook values must be float32 or float16", rule="codebook"))
     k, rest = divmod(len(record.codebook.values), dtypes.itemsize(book_dtype))
     if rest or not 1 <= k <= MAX_ALPHABET:
-        raise FormatError(
-            f"codebook of {len(record.codebook.values)} bytes is not 1 to {MAX_ALPHABET} {book_dtype} values",
-            rule="codebook",
+        stop(
+            FormatError(
+                f"codebook of {len(record.codebook.values)} bytes is not 1 to {MAX_ALPHABET} "
+                f"{book_dtype} values",
+                rule="codebook",
+            )
         )
     check_stream(record.codes, k, "codes")
     return k
@@ -72,32 +75,39 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
     """Rules of one Huffman stream record: table, chunking, sizes."""
     lengths = np.frombuffer(stream.code_lengths, dtype=np.uint8)
     if lengths.size != alphabet:
-        raise FormatError(
-            f"{what}: {lengths.size} code lengths for an alphabet of {alphabet}", rule="huffman-table"
+        fail(
+            FormatError(
+                f"{what}: {lengths.size} code lengths for an alphabet of {alphabet}", rule="huffman-table"
+            )
         )
     try:
         huffman.check_table(lengths, stream.count)
     except FormatError as exc:
-        raise FormatError(f"{what}: {exc.message}", rule=exc.rule) from None
+        fail(FormatError(f"{what}: {exc.message}", rule=exc.rule))
     count, bits = stream.count, stream.bit_length
     if not 1 <= stream.chunk_size <= MAX_CHUNK_SIZE:
-        raise FormatError(
-            f"{what}: chunk size {stream.chunk_size} not in 1..{MAX_CHUNK_SIZE}", rule="huffman-chunks"
+        stop(
+            FormatError(
+                f"{what}: chunk size {stream.chunk_size} not in 1..{MAX_CHUNK_SIZE}", rule="huffman-chunks"
+            )
         )
     n_chunks = -(-count // stream.chunk_size)
     if len(stream.chunk_offsets) != max(0, n_chunks - 1):
-        raise FormatError(
-            f"{what}: {len(stream.chunk_offsets)} chunk offsets for {n_chunks} chunks", rule="huffman-chunks"
+        fail(
+            FormatError(
+                f"{what}: {len(stream.chunk_offsets)} chunk offsets for {n_chunks} chunks",
+                rule="huffman-chunks",
+            )
         )
     if count:
         used = lengths[lengths > 0]
         if not count * int(used.min()) <= bits <= count * int(used.max()):
-            raise FormatError(f"{what}: {bits} bits cannot hold {count} symbols", rule="huffman-data")
+            fail(FormatError(f"{what}: {bits} bits cannot hold {count} symbols", rule="huffman-data"))
     elif bits:
-        raise FormatError(f"{what}: an empty stream has {bits} bits", rule="huffman-data")
+        fail(FormatError(f"{what}: an empty stream has {bits} bits", rule="huffman-data"))
     offsets = np.asarray(stream.chunk_offsets, dtype=np.uint64)
     if offsets.size and (offsets[0] == 0 or np.any(offsets[1:] <= offsets[:-1]) or offsets[-1] >= bits):
-        raise FormatError(f"{what}: chunk offsets out of order or out of range", rule="huffman-chunks")
+        fail(FormatError(f"{what}: chunk offsets out of order or out of range", rule="huffman-chunks"))
     if offsets.size:  # chunk j starts in [j*C*min_len, j*C*max_len] and leaves room for the rest
         used = lengths[lengths > 0]
         lo, hi = int(used.min()), int(used.max())
@@ -113,14 +123,16 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
             or np.any(after < (count - before) * lo)
             or np.any(after > (count - before) * hi)
         ):
-            raise FormatError(
-                f"{what}: a chunk offset lies outside [j*C*min_len, j*C*max_len] or leaves the rest "
-                "of the stream too few or too many bits",
-                rule="huffman-chunks",
+            fail(
+                FormatError(
+                    f"{what}: a chunk offset lies outside [j*C*min_len, j*C*max_len] or leaves the rest "
+                    "of the stream too few or too many bits",
+                    rule="huffman-chunks",
+                )
             )
     length = stream.data.length if stream.HasField("data") else 0
     if length != -(-bits // 8):
-        raise FormatError(f"{what}: {length} data bytes for {bits} bits", rule="huffman-data")
+        fail(FormatError(f"{what}: {length} data bytes for {bits} bits", rule="huffman-data"))
 
 
 def entries_and_bits(record: pb.Tensor) -> tuple[int, int]:

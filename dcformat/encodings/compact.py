@@ -9,7 +9,7 @@ import numpy as np
 from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec import packed
-from ..errors import FormatError, LimitError, VersionError
+from ..errors import FormatError, LimitError, VersionError, fail
 from ..layout import MAJOR, MAX_HEADER_BYTES
 
 SINCE_MINOR = 2
@@ -59,23 +59,25 @@ def expand(record: pb.Tensor, minor: int) -> int:
     if not tables and not (book is not None and book.values_packed):
         return 0
     if minor < SINCE_MINOR:
-        raise VersionError(
-            f"packed tables are a format {MAJOR}.{SINCE_MINOR} feature in a file that declares "
-            f"{MAJOR}.{minor}",
-            rule="version",
+        fail(
+            VersionError(
+                f"packed tables are a format {MAJOR}.{SINCE_MINOR} feature in a file that declares "
+                f"{MAJOR}.{minor}",
+                rule="version",
+            )
         )
     if book is not None and book.values_packed:
         kind = dtypes.from_enum(book.dtype)
         if kind not in dtypes.CODEBOOK_NAMES:
-            raise FormatError("codebook values must be float32 or float16", rule="codebook")
+            fail(FormatError("codebook values must be float32 or float16", rule="codebook"))
         if book.values:
-            raise FormatError("a codebook has both values and values_packed", rule="codebook")
+            fail(FormatError("a codebook has both values and values_packed", rule="codebook"))
         book.values = packed.unpack_codebook(book.values_packed, dtypes.itemsize(kind), "codebook")
         book.values_packed = b""
     expanded = 0
     for stream in tables:
         if stream.code_lengths:
-            raise FormatError("a stream has both code_lengths and code_lengths_packed", rule="huffman-table")
+            fail(FormatError("a stream has both code_lengths and code_lengths_packed", rule="huffman-table"))
         stream.code_lengths = packed.unpack_table(stream.code_lengths_packed, "huffman-table").tobytes()
         stream.code_lengths_packed = b""
         expanded += len(stream.code_lengths)
@@ -84,7 +86,7 @@ def expand(record: pb.Tensor, minor: int) -> int:
 
 def check_expanded(total: int) -> None:
     if total > MAX_EXPANDED:
-        raise LimitError(f"packed tables expand to over {MAX_EXPANDED} lengths", rule="huffman-table")
+        fail(LimitError(f"packed tables expand to over {MAX_EXPANDED} lengths", rule="huffman-table"))
 
 
 def _streams(record: pb.Tensor) -> list[pb.HuffmanStream]:

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import dcnn_pb2 as pb
 from ..codec import decode as codec
-from ..errors import EncodeError, FormatError
+from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded
@@ -32,9 +32,9 @@ def encode(name: str, tensor: Quantized, chunk_size: int) -> EncodedTensor:
 def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
     coded.check_codebook(record, dtype)
     if record.HasField("gaps") or record.HasField("index_bits"):
-        raise FormatError("a DENSE_CODES tensor has sparse fields", rule="encoding")
+        fail(FormatError("a DENSE_CODES tensor has sparse fields", rule="encoding"))
     if record.codes.count != numel:
-        raise FormatError(f"{record.codes.count} codes for {numel} elements", rule="counts")
+        stop(FormatError(f"{record.codes.count} codes for {numel} elements", rule="counts"))
 
 
 def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:

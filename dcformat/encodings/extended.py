@@ -18,7 +18,7 @@ from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec import decode as codec
 from ..codec import varint
-from ..errors import EncodeError, FormatError
+from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded, dense_codes, sparse_codes
@@ -63,7 +63,7 @@ class Extended:
     def check(self, record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
         self.base.check(record, dtype, numel, decoded_bytes)
         if not record.HasField("scales") and not record.HasField("outliers"):
-            raise FormatError(f"a {self.NAME} tensor needs scales or outliers", rule="encoding")
+            fail(FormatError(f"a {self.NAME} tensor needs scales or outliers", rule="encoding"))
         if record.HasField("scales"):
             scales_of(record)
         if record.HasField("outliers"):
@@ -124,17 +124,17 @@ def scales_of(record: pb.Tensor) -> np.ndarray:
     scales = record.scales
     kind = dtypes.from_enum(scales.dtype)
     if kind not in dtypes.CODEBOOK_NAMES:
-        raise FormatError("scale values must be float32 or float16", rule="scales")
+        fail(FormatError("scale values must be float32 or float16", rule="scales"))
     if not record.shape:
-        raise FormatError("a scalar has no rows to scale", rule="scales")
+        fail(FormatError("a scalar has no rows to scale", rule="scales"))
     if scales.rows_per_scale < 1:
-        raise FormatError("rows_per_scale must be >= 1", rule="scales")
+        stop(FormatError("rows_per_scale must be >= 1", rule="scales"))
     expected = -(-record.shape[0] // scales.rows_per_scale) * dtypes.itemsize(kind)
     if len(scales.values) != expected:
-        raise FormatError(f"{len(scales.values)} bytes of scales, expected {expected}", rule="scales")
+        fail(FormatError(f"{len(scales.values)} bytes of scales, expected {expected}", rule="scales"))
     values = np.frombuffer(scales.values, dtype=dtypes.storage(kind)).astype(np.float32)
     if not np.all(np.isfinite(values) & (values > 0)):
-        raise FormatError("every scale must be finite and > 0", rule="scales")
+        fail(FormatError("every scale must be finite and > 0", rule="scales"))
     return values
 
 
@@ -142,18 +142,18 @@ def check_outliers(outliers: pb.Outliers, dtype: str, numel: int) -> None:
     """The header rules of spec 5.7 (rule ``outliers``)."""
     count = outliers.count
     if not 1 <= count <= numel:
-        raise FormatError(f"{count} outliers in {numel} elements", rule="outliers")
+        stop(FormatError(f"{count} outliers in {numel} elements", rule="outliers"))
     if not outliers.HasField("positions") or not outliers.HasField("values"):
-        raise FormatError("outliers need a positions and a values section", rule="outliers")
+        stop(FormatError("outliers need a positions and a values section", rule="outliers"))
     if outliers.compression == pb.COMPRESSION_NONE:
         if not count <= outliers.positions.length <= varint.MAX_BYTES * count:
-            raise FormatError(
-                f"{outliers.positions.length} bytes of {count} position varints", rule="outliers"
+            stop(
+                FormatError(f"{outliers.positions.length} bytes of {count} position varints", rule="outliers")
             )
         if outliers.values.length != count * dtypes.itemsize(dtype):
-            raise FormatError(f"{outliers.values.length} bytes of {count} {dtype} values", rule="outliers")
+            stop(FormatError(f"{outliers.values.length} bytes of {count} {dtype} values", rule="outliers"))
     elif outliers.compression != pb.COMPRESSION_ZSTD:
-        raise FormatError(f"unknown compression {outliers.compression}", rule="encoding")
+        fail(FormatError(f"unknown compression {outliers.compression}", rule="encoding"))
 
 
 def outliers_of(source: SectionSource, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -184,13 +184,13 @@ def _unzstd(data: np.ndarray, low: int, high: int) -> np.ndarray:
     try:
         size = zstandard.get_frame_parameters(data).content_size
         if not low <= size <= high:
-            raise FormatError(f"zstd frame declares {size} bytes, not {low}..{high}", rule="outliers")
+            stop(FormatError(f"zstd frame declares {size} bytes, not {low}..{high}", rule="outliers"))
         frame = zstandard.ZstdDecompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"outlier zstd data does not decompress: {exc}", rule="outliers") from None
+        stop(FormatError(f"outlier zstd data does not decompress: {exc}", rule="outliers"))
     if not frame.eof or frame.unused_data or len(out) != size:
-        raise FormatError("an outlier section is not exactly one zstd frame of its size", rule="outliers")
+        stop(FormatError("an outlier section is not exactly one zstd frame of its size", rule="outliers"))
     return np.frombuffer(out, dtype=np.uint8)
 
 

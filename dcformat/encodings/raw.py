@@ -7,7 +7,7 @@ import zstandard
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes
-from ..errors import DcnnError, FormatError
+from ..errors import DcnnError, FormatError, fail, stop
 from ..tensors import Codes, Quantized, Raw
 from .base import EncodedTensor, SectionSource, cast, expansion_ok, new_record, numel_of, section
 
@@ -41,18 +41,20 @@ def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None
         or record.HasField("scales")
         or record.HasField("outliers")
     ):
-        raise FormatError("a RAW tensor has codebook, stream or index fields", rule="encoding")
+        fail(FormatError("a RAW tensor has codebook, stream or index fields", rule="encoding"))
     length = record.raw.length if record.HasField("raw") else 0
     if record.compression == pb.COMPRESSION_NONE:
         if length != decoded_bytes:
-            raise FormatError(
-                f"RAW section of {length} bytes for {decoded_bytes} bytes of data", rule="raw-size"
+            stop(
+                FormatError(
+                    f"RAW section of {length} bytes for {decoded_bytes} bytes of data", rule="raw-size"
+                )
             )
     elif record.compression == pb.COMPRESSION_ZSTD:
         if decoded_bytes == 0 or length == 0:
-            raise FormatError("an empty tensor cannot be zstd-compressed", rule="raw-size")
+            stop(FormatError("an empty tensor cannot be zstd-compressed", rule="raw-size"))
     else:
-        raise FormatError(f"unknown compression {record.compression}", rule="encoding")
+        stop(FormatError(f"unknown compression {record.compression}", rule="encoding"))
 
 
 def entries_and_bits(record: pb.Tensor) -> tuple[int, int]:
@@ -69,7 +71,7 @@ def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.
         if record.compression == pb.COMPRESSION_ZSTD:
             data = np.frombuffer(_unzstd(data, numel_of(record) * storage.itemsize), dtype=np.uint8).copy()
         if kind == "bool" and np.any(data > 1):
-            raise FormatError("a bool element is not the byte 0 or 1", rule="bool-value")
+            fail(FormatError("a bool element is not the byte 0 or 1", rule="bool-value"))
         out = data.view(storage)
     nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind))) if source.verify else 0
     return cast(out, kind, out_kind), nonzeros
@@ -87,15 +89,17 @@ def _unzstd(data: np.ndarray, expected: int) -> bytes:
     try:
         params = zstandard.get_frame_parameters(data)
         if params.content_size != expected:
-            raise FormatError(
-                f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
+            stop(
+                FormatError(
+                    f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
+                )
             )
         frame = zstandard.ZstdDecompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"zstd data does not decompress: {exc}", rule="zstd") from None
+        stop(FormatError(f"zstd data does not decompress: {exc}", rule="zstd"))
     if not frame.eof or frame.unused_data:
-        raise FormatError("the section is not exactly one zstd frame", rule="zstd")
+        stop(FormatError("the section is not exactly one zstd frame", rule="zstd"))
     if len(out) != expected:
-        raise FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd")
+        stop(FormatError(f"zstd data gives {len(out)} bytes, expected {expected}", rule="zstd"))
     return out

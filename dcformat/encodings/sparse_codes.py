@@ -9,7 +9,7 @@ from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..codec import decode as codec
 from ..codec import gaps, huffman
-from ..errors import EncodeError, FormatError
+from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_CODE_LENGTH, MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded
@@ -58,14 +58,14 @@ def _streams(
 def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
     k = coded.check_codebook(record, dtype)
     if any(record.codebook.values[: len(record.codebook.values) // k]):
-        raise FormatError("SPARSE_CODES needs codebook[0] == +0.0", rule="padding-zero")
+        fail(FormatError("SPARSE_CODES needs codebook[0] == +0.0", rule="padding-zero"))
     if not 1 <= record.index_bits <= MAX_CODE_LENGTH or not record.HasField("gaps"):
-        raise FormatError(f"index_bits {record.index_bits} not in 1..{MAX_CODE_LENGTH}", rule="index-bits")
+        stop(FormatError(f"index_bits {record.index_bits} not in 1..{MAX_CODE_LENGTH}", rule="index-bits"))
     coded.check_stream(record.gaps, 1 << record.index_bits, "gaps")
     if record.gaps.count != record.codes.count:
-        raise FormatError(f"{record.codes.count} codes but {record.gaps.count} gaps", rule="counts")
+        stop(FormatError(f"{record.codes.count} codes but {record.gaps.count} gaps", rule="counts"))
     if record.codes.count > numel:
-        raise FormatError(f"{record.codes.count} entries for {numel} elements", rule="counts")
+        stop(FormatError(f"{record.codes.count} entries for {numel} elements", rule="counts"))
 
 
 def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:
@@ -98,8 +98,10 @@ def codes(source: SectionSource, record: pb.Tensor) -> Codes:
 def _positions(source: SectionSource, record: pb.Tensor) -> np.ndarray:
     positions = gaps.positions_of(source.symbols(record.gaps))
     if positions.size and positions[-1] >= numel_of(record):
-        raise FormatError(
-            f"gaps run to position {int(positions[-1])}, past the tensor's {numel_of(record)} elements",
-            rule="positions",
+        stop(
+            FormatError(
+                f"gaps run to position {int(positions[-1])}, past the tensor's {numel_of(record)} elements",
+                rule="positions",
+            )
         )
     return positions

@@ -17,7 +17,7 @@ from .. import dcnn_pb2 as pb
 from .. import dtypes, encodings
 from ..encodings import compact
 from ..encodings.base import numel_of, placed_sections, sections_of
-from ..errors import ChecksumError, FormatError, LimitError, VersionError
+from ..errors import ChecksumError, FormatError, LimitError, VersionError, fail, stop
 from ..layout import (
     EXPANSION_SLACK,
     MAGIC,
@@ -46,39 +46,49 @@ def read_preamble(head: bytes, file_size: int) -> Preamble:
     """Check the fixed 24 bytes at the start of a file."""
     if len(head) < PREAMBLE_SIZE:
         if MAGIC.startswith(head[: len(MAGIC)]):
-            raise FormatError(
-                f"file is {file_size} bytes, too short for a .dcnn preamble",
-                rule="truncated",
-                offset=file_size,
+            stop(
+                FormatError(
+                    f"file is {file_size} bytes, too short for a .dcnn preamble",
+                    rule="truncated",
+                    offset=file_size,
+                )
             )
-        raise FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0)
+        stop(FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0))
     magic, major, minor, header_length, _, preamble_crc = PREAMBLE.unpack(head[:PREAMBLE_SIZE])
     if magic != MAGIC:
         if magic[1:4] == MAGIC[1:4]:
-            raise FormatError(
-                "magic bytes damaged: the file went through a text-mode or 7-bit transfer",
-                rule="magic",
-                offset=0,
+            fail(
+                FormatError(
+                    "magic bytes damaged: the file went through a text-mode or 7-bit transfer",
+                    rule="magic",
+                    offset=0,
+                )
             )
-        raise FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0)
+        fail(FormatError("not a .dcnn file (bad magic bytes)", rule="magic", offset=0))
     if zlib.crc32(head[: PREAMBLE_SIZE - 4]) != preamble_crc:
-        raise ChecksumError("preamble checksum mismatch", rule="preamble-crc", offset=8)
+        fail(ChecksumError("preamble checksum mismatch", rule="preamble-crc", offset=8))
     if major != MAJOR:
-        raise VersionError(
-            f"format major version {major} is not supported (this reader implements {MAJOR})",
-            rule="version",
-            offset=8,
+        stop(
+            VersionError(
+                f"format major version {major} is not supported (this reader implements {MAJOR})",
+                rule="version",
+                offset=8,
+            )
         )
     if header_length > MAX_HEADER_BYTES:
-        raise LimitError(
-            f"header of {header_length} bytes exceeds the limit {MAX_HEADER_BYTES}",
-            rule="header-size",
-            offset=12,
+        stop(
+            LimitError(
+                f"header of {header_length} bytes exceeds the limit {MAX_HEADER_BYTES}",
+                rule="header-size",
+                offset=12,
+            )
         )
     data_start = align_up(PREAMBLE_SIZE + header_length)
     if data_start > file_size:
-        raise FormatError(
-            f"file of {file_size} bytes ends inside its header", rule="truncated", offset=file_size
+        stop(
+            FormatError(
+                f"file of {file_size} bytes ends inside its header", rule="truncated", offset=file_size
+            )
         )
     return Preamble(major, minor, header_length, data_start)
 
@@ -88,14 +98,12 @@ def parse_header(head: bytes, preamble: Preamble) -> pb.Header:
     raw = head[PREAMBLE_SIZE : PREAMBLE_SIZE + preamble.header_length]
     expected_crc = PREAMBLE.unpack(head[:PREAMBLE_SIZE])[4]
     if zlib.crc32(raw) != expected_crc:
-        raise ChecksumError("header checksum mismatch", rule="header-crc", offset=PREAMBLE_SIZE)
+        fail(ChecksumError("header checksum mismatch", rule="header-crc", offset=PREAMBLE_SIZE))
     header = pb.Header()
     try:
         header.ParseFromString(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise FormatError(
-            f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE
-        ) from None
+        stop(FormatError(f"header does not parse: {exc}", rule="header-parse", offset=PREAMBLE_SIZE))
     return header
 
 
@@ -104,23 +112,25 @@ def inflate_header(header: pb.Header, minor: int) -> pb.Header:
     if not header.header_zstd:
         return header
     if minor < compact.SINCE_MINOR:
-        raise VersionError(
-            f"header_zstd is a format {MAJOR}.{compact.SINCE_MINOR} field in a file that declares "
-            f"{MAJOR}.{minor}",
-            rule="version",
+        fail(
+            VersionError(
+                f"header_zstd is a format {MAJOR}.{compact.SINCE_MINOR} field in a file that declares "
+                f"{MAJOR}.{minor}",
+                rule="version",
+            )
         )
     if len(header.ListFields()) > 1:
-        raise FormatError("a header with header_zstd has other fields", rule="header-parse")
+        fail(FormatError("a header with header_zstd has other fields", rule="header-parse"))
     raw = zstd_frame(header.header_zstd, MAX_HEADER_BYTES, "header_zstd", "header-parse", "header-size")
     inner = pb.Header()
     try:
         inner.ParseFromString(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise FormatError(f"header_zstd does not parse: {exc}", rule="header-parse") from None
+        stop(FormatError(f"header_zstd does not parse: {exc}", rule="header-parse"))
     if inner.header_zstd:
-        raise FormatError("header_zstd holds another header_zstd", rule="header-parse")
+        stop(FormatError("header_zstd holds another header_zstd", rule="header-parse"))
     if not any(True for t in inner.tensors for _ in sections_of(t)):  # so older readers see a data area
-        raise FormatError("a compressed header describes no section", rule="header-parse")
+        fail(FormatError("a compressed header describes no section", rule="header-parse"))
     return inner
 
 
@@ -130,20 +140,20 @@ def zstd_frame(data: bytes, limit: int, what: str, rule: str, limit_rule: str) -
     try:
         size = zstandard.get_frame_parameters(data).content_size
     except zstandard.ZstdError as exc:
-        raise FormatError(f"{what} is not a zstd frame: {exc}", rule=rule) from None
+        stop(FormatError(f"{what} is not a zstd frame: {exc}", rule=rule))
     if size == zstandard.CONTENTSIZE_UNKNOWN or size > min(
         limit, MAX_EXPANSION * len(data) + EXPANSION_SLACK
     ):
-        raise LimitError(
-            f"{what} declares {size} bytes: unknown or over the expansion limit", rule=limit_rule
+        stop(
+            LimitError(f"{what} declares {size} bytes: unknown or over the expansion limit", rule=limit_rule)
         )
     try:
         frame = zstandard.ZstdDecompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"{what} does not decompress: {exc}", rule=rule) from None
+        stop(FormatError(f"{what} does not decompress: {exc}", rule=rule))
     if not frame.eof or frame.unused_data or len(out) != size:
-        raise FormatError(f"{what} is not exactly one zstd frame of its declared size", rule=rule)
+        fail(FormatError(f"{what} is not exactly one zstd frame of its declared size", rule=rule))
     return out
 
 
@@ -153,9 +163,9 @@ def check_source(source: pb.Source, minor: int) -> bytes:
     if not source.skeleton_zstd:
         return source.skeleton
     if minor < 1:
-        raise VersionError("skeleton_zstd is a format 1.1 field in a file that declares 1.0", rule="version")
+        fail(VersionError("skeleton_zstd is a format 1.1 field in a file that declares 1.0", rule="version"))
     if source.skeleton:
-        raise FormatError("the source has both skeleton and skeleton_zstd", rule="source")
+        fail(FormatError("the source has both skeleton and skeleton_zstd", rule="source"))
     return zstd_frame(
         source.skeleton_zstd,
         MAX_EXPANSION * len(source.skeleton_zstd) + EXPANSION_SLACK,
@@ -170,19 +180,23 @@ def check_version(tensor: pb.Tensor, minor: int) -> None:
     know: that is "needs a newer reader" (rule ``version``), not a broken file; and a tensor
     whose encoding is newer than the file's declared minor version breaks ``version``."""
     if tensor.encoding not in encodings.ENCODINGS and minor > MINOR:
-        raise VersionError(
-            f"encoding {tensor.encoding} needs a newer reader: the file is format {MAJOR}.{minor}, "
-            f"this reader implements {MAJOR}.{MINOR}",
-            rule="version",
-            offset=10,
+        stop(
+            VersionError(
+                f"encoding {tensor.encoding} needs a newer reader: the file is format {MAJOR}.{minor}, "
+                f"this reader implements {MAJOR}.{MINOR}",
+                rule="version",
+                offset=10,
+            )
         )
     since = encodings.SINCE_MINOR.get(tensor.encoding, 0)
     if since > minor:
-        raise VersionError(
-            f"{pb.Encoding.Name(tensor.encoding)} is a format {MAJOR}.{since} encoding in a file that "
-            f"declares {MAJOR}.{minor}",
-            rule="version",
-            offset=10,
+        fail(
+            VersionError(
+                f"{pb.Encoding.Name(tensor.encoding)} is a format {MAJOR}.{since} encoding in a file that "
+                f"declares {MAJOR}.{minor}",
+                rule="version",
+                offset=10,
+            )
         )
 
 
@@ -191,36 +205,38 @@ def check_tensor(tensor: pb.Tensor, minor: int = MINOR, expanded: list[int] | No
     (``minor``: the file's declared minor version). Packed tables and codebooks (1.2) are
     expanded into the record; ``expanded`` counts the table lengths of a whole file."""
     if not tensor.name or len(tensor.name.encode()) > MAX_NAME_BYTES:
-        raise FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name")
+        fail(FormatError(f"tensor names must be 1 to {MAX_NAME_BYTES} bytes", rule="tensor-name"))
     check_version(tensor, minor)
     grown = compact.expand(tensor, minor)
     if expanded is not None:
         expanded[0] += grown
         compact.check_expanded(expanded[0])
     if len(tensor.shape) > MAX_RANK:
-        raise LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape")
+        stop(LimitError(f"rank {len(tensor.shape)} exceeds {MAX_RANK}", rule="shape"))
     # Zero dimensions count as 1 here, so an empty tensor's shape is bounded too (numpy needs that).
     span = 1
     for d in tensor.shape:
         span *= max(d, 1)
         if span > MAX_ELEMENTS:
-            raise LimitError(f"shape {list(tensor.shape)} exceeds {MAX_ELEMENTS} elements", rule="shape")
+            stop(LimitError(f"shape {list(tensor.shape)} exceeds {MAX_ELEMENTS} elements", rule="shape"))
     numel = numel_of(tensor)
     dtype = dtypes.from_enum(tensor.dtype)
     if dtype is None:
-        raise FormatError(f"unknown dtype {tensor.dtype}", rule="dtype")
+        stop(FormatError(f"unknown dtype {tensor.dtype}", rule="dtype"))
     if tensor.nonzeros > numel:
-        raise FormatError(f"{tensor.nonzeros} nonzeros in {numel} elements", rule="nonzeros")
+        fail(FormatError(f"{tensor.nonzeros} nonzeros in {numel} elements", rule="nonzeros"))
     for section in sections_of(tensor):
         if section.length == 0:
-            raise FormatError("a present section must not be empty", rule="section-layout")
+            fail(FormatError("a present section must not be empty", rule="section-layout"))
     decoded_bytes = numel * dtypes.itemsize(dtype)
     stored = sum(s.length for s in sections_of(tensor))
     if decoded_bytes > MAX_EXPANSION * stored + EXPANSION_SLACK:
-        raise LimitError(
-            f"{decoded_bytes} decoded bytes from {stored} stored bytes exceeds the "
-            f"expansion limit {MAX_EXPANSION}",
-            rule="expansion",
+        stop(
+            LimitError(
+                f"{decoded_bytes} decoded bytes from {stored} stored bytes exceeds the "
+                f"expansion limit {MAX_EXPANSION}",
+                rule="expansion",
+            )
         )
     encodings.of(tensor).check(tensor, dtype, numel, decoded_bytes)
 
@@ -235,20 +251,22 @@ def check_layout(header: pb.Header, data_start: int, file_size: int, minor: int 
         for section, aligned in placed_sections(tensor):
             expected = align_up(end) if aligned or minor < compact.SINCE_MINOR else end
             if section.offset != expected:
-                raise FormatError(
-                    f"section at data offset {section.offset}, expected {expected}",
-                    rule="section-layout",
-                    tensor=tensor.name,
-                    offset=data_start + min(section.offset, expected),
+                fail(
+                    FormatError(
+                        f"section at data offset {section.offset}, expected {expected}",
+                        rule="section-layout",
+                        tensor=tensor.name,
+                        offset=data_start + min(section.offset, expected),
+                    )
                 )
-            end = expected + section.length
-            starts.append((expected, end))
+            end = section.offset + section.length  # = expected + length, unless waived
+            starts.append((section.offset, end))
     if data_start + end != file_size:
-        rule = "truncated" if data_start + end > file_size else "file-size"
-        raise FormatError(
+        error = FormatError(
             f"file is {file_size} bytes; its sections end at {data_start + end}",
-            rule=rule,
+            rule="truncated" if data_start + end > file_size else "file-size",
             offset=min(file_size, data_start + end),
         )
+        stop(error) if error.rule == "truncated" else fail(error)
     pad_ends = [start for start, _ in starts[1:]] + [end][: len(starts)]
     return {start: pad for (start, _), pad in zip(starts, pad_ends, strict=True)}

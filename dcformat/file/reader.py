@@ -19,7 +19,7 @@ from .. import dtypes, encodings
 from ..codec import decode as codec
 from ..codec.huffman import Stream
 from ..encodings.base import numel_of
-from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError
+from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError, ended_waived, fail
 from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE
 from ..tensors import Codes, Source
 from .header import (
@@ -94,10 +94,12 @@ class DcnnFile:
             expanded = [0]
             for record in self.header.tensors:
                 if record.name in self._tensors:
-                    raise FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name)
+                    fail(FormatError("duplicate tensor name", rule="tensor-name", tensor=record.name))
                 try:
                     check_tensor(record, self.preamble.minor, expanded)
                 except DcnnError as exc:
+                    if ended_waived(exc):  # skip_rules of validate: the other tensors go on
+                        continue
                     raise exc.located(tensor=record.name) from None
                 self._tensors[record.name] = record
             self._padding_ends = check_layout(
@@ -172,11 +174,13 @@ class DcnnFile:
         rows = shape[0] if len(shape) >= 2 else 1
         cols = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) >= 2 else numel_of(record)
         if cols == 0 and rows > EXPANSION_SLACK // 8:  # the row index of an empty matrix is all there is
-            raise LimitError(
-                f"an empty matrix of {rows} rows exceeds the expansion limit",
-                rule="expansion",
-                path=self.path,
-                tensor=name,
+            fail(
+                LimitError(
+                    f"an empty matrix of {rows} rows exceeds the expansion limit",
+                    rule="expansion",
+                    path=self.path,
+                    tensor=name,
+                )
             )
         row, col = np.divmod(positions, max(cols, 1))
         if self.framework == "torch":
@@ -216,7 +220,7 @@ class DcnnFile:
         data = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
         if self.verify:
             if zlib.crc32(data) != section.crc32:
-                raise ChecksumError("section checksum mismatch", rule="section-crc", offset=start)
+                fail(ChecksumError("section checksum mismatch", rule="section-crc", offset=start))
             _check_zero(
                 self._map,
                 start + section.length,
@@ -246,7 +250,7 @@ class DcnnFile:
         """The tensor's values in the stored form of ``out_kind`` (bfloat16 as bits)."""
         out, nonzeros = encodings.of(record).decode(self, record, out_kind)
         if self.verify and nonzeros != record.nonzeros:
-            raise FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros")
+            fail(FormatError(f"{nonzeros} nonzeros decoded, {record.nonzeros} declared", rule="nonzeros"))
         return out.reshape(tuple(record.shape))
 
     def _decode_entries(self, record: pb.Tensor) -> tuple[np.ndarray, np.ndarray, str]:
@@ -390,7 +394,7 @@ def _check_zero(buffer: mmap.mmap | None, start: int, stop: int) -> None:
         return
     nonzero = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8, count=stop - start, offset=start))
     if nonzero.size:
-        raise FormatError("padding bytes are not zero", rule="padding", offset=start + int(nonzero[0]))
+        fail(FormatError("padding bytes are not zero", rule="padding", offset=start + int(nonzero[0])))
 
 
 def _checked_out_dtype(kind: str, dtype: str) -> str:

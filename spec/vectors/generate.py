@@ -389,7 +389,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     def add(name: str, rule: str, base_and_mutation: tuple[str, Mutation]) -> None:
         v[name] = (rule, *base_and_mutation)
 
-    add("bad_magic", "magic", ("raw_dtypes", lambda d: b"PK\x03\x04" + d[4:]))
+    add("bad_magic", "magic", ("raw_dtypes", lambda d: _preamble_crc(b"PK\x03\x04" + d[4:])))
     add("text_mode_magic", "magic", ("raw_dtypes", lambda d: d.replace(b"\r\n", b"\n", 1)))
     add("truncated_preamble", "truncated", ("raw_dtypes", lambda d: d[:10]))
     add("truncated_header", "truncated", ("raw_dtypes", lambda d: d[:40]))
@@ -464,7 +464,11 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
         "codebook",
         _header("dense_codes", lambda p: setattr(_first(p, "f16_book").codebook, "values", bytes(2 * 65537))),
     )
-    add("padding_zero", "padding-zero", _header("sparse_codes", _nonzero_padding_symbol))
+    add(
+        "padding_zero",
+        "padding-zero",
+        ("sparse_codes", _nonzeros_as_decoded(_nonzero_padding_symbol, "fc", "padding-zero")),
+    )
     add(
         "index_bits_0",
         "index-bits",
@@ -485,22 +489,23 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add(
         "incomplete",
         "huffman-table",
-        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 15 + [5])),
+        _header("dense_codes", lambda p: _recode(p, "f32", [4] * 15 + [5])),
     )
     add(
         "length_17",
         "huffman-table",
-        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 14 + [5, 17])),
+        _header("dense_codes", lambda p: _recode(p, "f32", [4] * 14 + [5, 17])),
     )
     add(
         "one_symbol_length_2",
         "huffman-table",
-        _header("one_symbol", lambda p: _set_lengths(p, "dense_constant", "codes", [2])),
+        _header("one_symbol", lambda p: _recode(p, "dense_constant", [2])),
     )
     add(
         "alphabet_not_k",
         "huffman-table",
-        _header("dense_codes", lambda p: _set_lengths(p, "f32", "codes", [4] * 17)),
+        # a 17th length, 0: the table still codes the stream as it is
+        _header("dense_codes", _one_length_more),
     )
     add(
         "chunk_size_0",
@@ -519,7 +524,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("one_symbol_bit_set", "huffman-data", _header("one_symbol", _one_symbol_bit_set))
     add("positions_past_end", "positions", _header("sparse_fillers", _gaps_past_end))
     add("section_misaligned", "section-layout", ("sparse_codes", _misalign))
-    add("section_crc", "section-crc", ("sparse_codes", lambda d: _flip_bit(d, len(d) * 8 - 1)))
+    add("section_crc", "section-crc", _header("sparse_codes", _wrong_section_crc))
     add("trailing_bytes", "file-size", ("sparse_codes", lambda d: d + b"\x00"))
     add("dirty_padding", "padding", ("raw_dtypes", _dirty_header_padding))
     # Found by fuzzing (fuzz/README.md): each crashed the reader or was read as valid.
@@ -539,6 +544,57 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("source_zstd_damaged", "source", _header("source_zstd", _damage_skeleton_frame))
     add("one_symbol_chunk_offsets", "huffman-chunks", _header("one_symbol", _one_symbol_offsets))
     return v
+
+
+def _preamble_crc(data: bytes) -> bytes:
+    """The file with its preamble checksum made right for the preamble's bytes as they are."""
+    crc = zlib.crc32(data[: PREAMBLE_SIZE - 4]).to_bytes(4, "little")
+    return data[: PREAMBLE_SIZE - 4] + crc + data[PREAMBLE_SIZE:]
+
+
+def _wrong_section_crc(p: Parsed) -> None:
+    """The last section's stored checksum off by one bit; its bytes intact."""
+    p.all_sections()[-1][1].crc32 ^= 1
+
+
+def _recode(p: Parsed, name: str, lengths: list[int]) -> None:
+    """The tensor's codes stream recoded under these code lengths (its symbols unchanged)."""
+    from dcformat.codec import decode
+    from dcformat.codec.huffman import Stream
+
+    s = _first(p, name).codes
+    stream = Stream(
+        data=np.frombuffer(p.data_of(_first(p, name), "codes"), np.uint8),
+        bit_length=s.bit_length,
+        count=s.count,
+        lengths=np.frombuffer(s.code_lengths, np.uint8),
+        chunk_size=s.chunk_size,
+        offsets=np.asarray(s.chunk_offsets, dtype=np.uint64),
+        origin=0,
+    )
+    _stream_bits(p, name, "codes", decode.decode_symbols(stream).tolist(), lengths)
+
+
+def _nonzeros_as_decoded(edit: Callable[[Parsed], None], name: str, rule: str) -> Mutation:
+    """The header edit, then the tensor's ``nonzeros`` set to what its data decodes to (read with
+    the edit's rule waived), so that only the edited rule breaks."""
+
+    def mutate(data: bytes) -> bytes:
+        import tempfile
+
+        from dcformat.errors import waiving
+
+        p = Parsed(data)
+        edit(p)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "v.dcnn"
+            path.write_bytes(p.build())
+            with waiving({rule}), dcformat.safe_open(path, verify=False) as f:
+                values = f.get_tensor(name)
+        _first(p, name).nonzeros = int(np.count_nonzero(values))
+        return p.build()
+
+    return mutate
 
 
 def _huge_header_length(data: bytes) -> bytes:
@@ -583,6 +639,11 @@ def _counts_differ(p: Parsed) -> None:
 
 def _set_lengths(p: Parsed, name: str, stream: str, lengths: list[int]) -> None:
     getattr(_first(p, name), stream).code_lengths = bytes(lengths)
+
+
+def _one_length_more(p: Parsed) -> None:
+    s = _first(p, "f32").codes
+    s.code_lengths += b"\0"
 
 
 def _swap_offsets(p: Parsed) -> None:
@@ -688,7 +749,16 @@ def _add_1_1(add: Callable[[str, str, tuple[str, Mutation]], None]) -> None:
         _header("scales", lambda p: setattr(_first(p, "rows_f16"), "encoding", pb.DENSE_CODES)),
     )
     add("scales_count", "scales", _header("scales", lambda p: _edit_scales(p, lambda v: v[:-2])))
-    add("scales_zero", "scales", _header("scales", lambda p: _edit_scales(p, lambda v: v[:-2] + bytes(2))))
+    add(
+        "scales_zero",
+        "scales",
+        (
+            "scales",
+            _nonzeros_as_decoded(
+                lambda p: _edit_scales(p, lambda v: v[:-2] + bytes(2)), "rows_f16", "scales"
+            ),
+        ),
+    )
     add(
         "scales_rows_0",
         "scales",
@@ -783,7 +853,9 @@ def _compressed(
     (spec 3), other outer fields and the version as given; ``data`` replaces the data area."""
 
     def mutate(file: bytes) -> bytes:
-        plain = Parsed(file).build()
+        parsed = Parsed(file)
+        parsed.minor = minor  # sections laid out as the declared version lays them
+        plain = parsed.build()
         length = PREAMBLE.unpack(plain[:PREAMBLE_SIZE])[3]
         outer = pb.Header(
             header_zstd=frame_of(plain[PREAMBLE_SIZE : PREAMBLE_SIZE + length]), producer=producer
@@ -902,11 +974,28 @@ def write_valid(out: Path) -> dict[str, bytes]:
     return files
 
 
+# Invalid vectors whose rule cannot be broken alone: name -> the rules that breaking it implies,
+# which the validator reports once every check of the vector's rule is off (spec 12).
+IMPLIED: dict[str, tuple[str, ...]] = {
+    # text-mode damage drops a byte of the magic: every field after it moves
+    "text_mode_magic": ("preamble-crc",),
+    # no prefix code exists for an over-subscribed table: its stream cannot decode
+    "oversubscribed": ("huffman-data",),
+    # a one-symbol stream is one zero bit per symbol (7.1): its table cannot say 2
+    "one_symbol_length_2": ("huffman-data",),
+    # the offsets restate where chunks end in the data: wrong ones break a chunk end
+    "chunk_offsets_order": ("huffman-data",),
+    "chunk_offsets_count": ("huffman-data",),
+    "chunk_offset_bound": ("huffman-data",),
+}
+
+
 def write_invalid(out: Path, valid: dict[str, bytes]) -> None:
     (out / "invalid").mkdir(exist_ok=True)
     for name, (rule, base, mutate) in invalid_vectors().items():
         (out / "invalid" / f"{name}.dcnn").write_bytes(mutate(valid[base]))
-        (out / "invalid" / f"{name}.expected").write_text(rule + "\n")
+        lines = [rule] + ([f"implied: {' '.join(IMPLIED[name])}"] if name in IMPLIED else [])
+        (out / "invalid" / f"{name}.expected").write_text("".join(f"{line}\n" for line in lines))
 
 
 def main(argv: list[str]) -> None:
