@@ -40,8 +40,10 @@ MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
 REFINE_EVALS = 48  # measured single-tensor moves tried after the rounds
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
-# evaluate({name: float values, the tensor's shape}) -> mean relative output error
-Evaluate = Callable[[Mapping[str, np.ndarray]], float]
+# evaluate({name: float values, the tensor's shape}) -> mean relative output error. The search's
+# last step calls evaluate(values, limit=target): the evaluate may then return any value above
+# the limit as soon as the mean is known to exceed it (ModuleOutputs and OnnxOutputs do).
+Evaluate = Callable[..., float]
 
 
 @dataclass(frozen=True)
@@ -202,16 +204,19 @@ def _search(
     The smallest choice that met the target is kept (or the most accurate one if none did)."""
     by_name = {w.name: w for w in weights}
     evaluations = 0
+    decoded: dict[str, tuple[_Option, np.ndarray]] = {}  # each tensor's last measured setting
 
-    def measure(choice: Mapping[str, _Option]) -> tuple[float, int]:
+    def values(name: str, option: _Option) -> np.ndarray:
+        if name not in decoded or decoded[name][0] is not option:
+            decoded[name] = (option, option.tensor.values(by_name[name]))
+        return decoded[name][1]
+
+    def measure(choice: Mapping[str, _Option], limit: float | None = None) -> tuple[float, int]:
         nonlocal evaluations
         evaluations += 1
-        replaced = {
-            name: option.tensor.values(by_name[name])
-            for name, option in choice.items()
-            if option.bits is not None
-        }
-        return evaluate(replaced), sum(o.tensor.encoded.stored_bytes for o in choice.values())
+        replaced = {name: values(name, option) for name, option in choice.items() if option.bits is not None}
+        error = evaluate(replaced) if limit is None else evaluate(replaced, limit=limit)
+        return error, sum(o.tensor.encoded.stored_bytes for o in choice.values())
 
     start = {name: next(o for o in ladder if o.data_free) for name, ladder in ladders.items()}
     error, size = measure(start)
@@ -242,7 +247,7 @@ def _refine(
     choice: Mapping[str, _Option],
     error: float,
     ladders: Mapping[str, list[_Option]],
-    measure: Callable[[Mapping[str, _Option]], tuple[float, int]],
+    measure: Callable[[Mapping[str, _Option], float], tuple[float, int]],
     target: float,
 ) -> tuple[dict[str, _Option], float]:
     """Single-tensor moves to smaller settings, measured one at a time: each tensor's move is
@@ -270,7 +275,7 @@ def _refine(
             break
         _, _, name, move = min(moves, key=lambda m: m[:3])
         trial = {**current, name: move}
-        measured, _ = measure(trial)
+        measured, _ = measure(trial, target)  # may stop early once above the target
         if measured <= target:
             current, error = trial, measured
         else:

@@ -277,3 +277,21 @@ def test_output_error_modes_bound_what_they_say(tmp_path, mode: str) -> None:
 def test_an_unknown_output_error_mode_is_a_usage_error() -> None:
     with pytest.raises(ConvertError, match="output_error must be one of concat, per-output"):
         apply_options(SAFE, [("output-error", "sum")])
+
+
+def test_a_bounded_measurement_stops_early_only_when_the_mean_exceeds_the_limit() -> None:
+    from converters.compress.outputs import ModuleOutputs
+
+    net = mlp()
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    outputs = ModuleOutputs(net, items(1, n=8))
+    noisy = {name: p.detach().numpy() * 1.2 for name, p in net.named_parameters()}
+    full = outputs.error(noisy)
+    calls.clear()
+    assert outputs.error(noisy, limit=full) == pytest.approx(full)  # not above: every item runs
+    assert len(calls) == 8
+    calls.clear()
+    stopped = outputs.error(noisy, limit=full / 4)
+    assert full / 4 < stopped <= full
+    assert len(calls) < 8  # the largest errors come first: the mean's bound is passed early
