@@ -7,7 +7,8 @@ settings, the measured search rounds, the refinement), the number of output-erro
 measurements, the tensors' bytes before and after the refinement, the ratio and the quality on
 held-out inputs. Variants set ``calibrate.REFINE_EVALS`` (the refinement's measurement budget).
 
-    python benchmarks/calibration_search.py [--target 0.1] [--models minilm,mobilenet] [--refine 0,48]
+    python benchmarks/calibration_search.py [--target 0.1] [--models minilm,mobilenet]
+        [--refine 0,48/full,48] [--set LADDER=8,7,6,5,4,3,2]
 
 Needs the zoo (``make zoo``).
 """
@@ -39,6 +40,7 @@ class Trace:
         self.items: dict[str, int] = {}  # outputs compared (an item's, or each output of an item)
         self.phase = "other"
         self.refine_bytes: tuple[int, int] | None = None  # tensors' bytes before, after
+        self.curve: list[int] = []  # the tensors' bytes after 0, 1, ... refinement measurements
 
     def timed(self, phase: str, function):
         def wrapper(*args, **kwargs):
@@ -53,7 +55,7 @@ class Trace:
         return wrapper
 
 
-def run(model, target: float, refine: int, folder: Path) -> dict:
+def run(model, target: float, variant: str, folder: Path) -> dict:
     trace = Trace()
     saved = {name: getattr(cal, name) for name in ("_ladders", "_search", "_refine", "REFINE_EVALS")}
     saved_importance = outputs.ModuleOutputs.importance
@@ -64,25 +66,37 @@ def run(model, target: float, refine: int, folder: Path) -> dict:
         trace.items[trace.phase] = trace.items.get(trace.phase, 0) + 1
         return saved_relative(*args)
 
+    evals, _, full = variant.partition("/")  # "48/full": no measurement stops early
+
     def counted(error):
         def wrapper(self, *args, **kwargs):
             trace.evals[trace.phase] = trace.evals.get(trace.phase, 0) + 1
+            if full:
+                kwargs.pop("limit", None)
             return error(self, *args, **kwargs)
 
         return wrapper
 
     refine_fn = saved["_refine"]
 
-    def refine(choice, error, ladders, measure, target):
+    def refined(choice, error, ladders, measure, target):
         before = sum(o.tensor.encoded.stored_bytes for o in choice.values())
-        result = refine_fn(choice, error, ladders, measure, target)
+        kept = [before]  # the tensors' bytes after each measured move
+
+        def measured(trial, limit):
+            error, size = measure(trial, limit)
+            kept.append(size if error <= target else kept[-1])
+            return error, size
+
+        result = refine_fn(choice, error, ladders, measured, target)
+        trace.curve = kept
         trace.refine_bytes = (before, sum(o.tensor.encoded.stored_bytes for o in result[0].values()))
         return result
 
-    cal.REFINE_EVALS = refine
+    cal.REFINE_EVALS = int(evals)
     cal._ladders = trace.timed("ladders", saved["_ladders"])
     cal._search = trace.timed("search", saved["_search"])
-    cal._refine = trace.timed("refine", refine)
+    cal._refine = trace.timed("refine", refined)
     outputs.ModuleOutputs.importance = trace.timed("importance", saved_importance)
     for cls, error in saved_errors.items():
         cls.error = counted(error)
@@ -114,6 +128,7 @@ def run(model, target: float, refine: int, folder: Path) -> dict:
         "evals": trace.evals,
         "items": trace.items,
         "refine_bytes": trace.refine_bytes,
+        "curve": trace.curve,
         "error": error,
         "ratio": ratio,
         "quality": quality,
@@ -123,30 +138,49 @@ def run(model, target: float, refine: int, folder: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=0.1)
+    parser.add_argument(
+        "--set", action="append", default=[], help="NAME=V[,V...]: a calibrate module constant (ints)"
+    )
     parser.add_argument("--models", default="minilm,mobilenet")
-    parser.add_argument("--refine", default=f"0,{cal.REFINE_EVALS}", help="REFINE_EVALS variants")
+    parser.add_argument(
+        "--refine",
+        default=f"0,{cal.REFINE_EVALS}/full,{cal.REFINE_EVALS}",
+        help="REFINE_EVALS variants; N/full: without stopping a measurement early",
+    )
     args = parser.parse_args(argv)
-    variants = [int(v) for v in args.refine.split(",")]
+    variants = args.refine.split(",")
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        numbers = tuple(int(v) for v in value.split(","))
+        setattr(cal, name, numbers if isinstance(getattr(cal, name), tuple) else numbers[0])
+        print(f"calibrate.{name} = {getattr(cal, name)}")
     print(f"\n### calibrated conversion at target {args.target:g}: seconds by phase, measurements\n")
     print(
         "| model | REFINE_EVALS | total s | importance s | ladders s | rounds s (evals) "
-        "| refine s (evals, outputs compared) | refine bytes before → after | ratio "
+        "| refine s (evals, outputs compared) | refine bytes before → after "
+        "| bytes saved after 8/16/24/32 measurements | ratio "
         "| calibration error | quality |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|")
     for name in args.models.split(","):
         model = LOADERS[name]()
-        for refine in variants:
+        for variant in variants:
             with tempfile.TemporaryDirectory() as work:
-                r = run(model, args.target, refine, Path(work))
+                r = run(model, args.target, variant, Path(work))
             shown = ", ".join(f"{k} {_mark(model, k, v)}" for k, v in r["quality"].items())
             moved = "-" if r["refine_bytes"] is None else "{} → {}".format(*r["refine_bytes"])
             rounds_evals = r["evals"].get("search", 0) + r["evals"].get("ladders", 0)
             refined = f"{r['evals'].get('refine', 0)}, {r['items'].get('refine', 0)}"
+            curve = r["curve"]
+            gains = (
+                "/".join(str(curve[0] - curve[min(k, len(curve) - 1)]) for k in (8, 16, 24, 32))
+                if curve
+                else "-"
+            )
             print(
-                f"| {model.name} | {refine} | {r['total']:.0f} | {r['importance']:.0f} | {r['ladders']:.0f} "
+                f"| {model.name} | {variant} | {r['total']:.0f} | {r['importance']:.0f} | {r['ladders']:.0f} "
                 f"| {r['rounds']:.0f} ({rounds_evals}) | {r['refine']:.0f} ({refined}) "
-                f"| {moved} | {r['ratio']:.2f}x | {r['error']:.4f} | {shown} |",
+                f"| {moved} | {gains} | {r['ratio']:.2f}x | {r['error']:.4f} | {shown} |",
                 flush=True,
             )
     return 0

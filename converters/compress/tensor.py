@@ -225,7 +225,7 @@ def encode_shared(
         codebook, row_scale = shared.codebook.astype(np.float32), scales.astype(np.float32)
     values = weight.values().reshape(-1) if values is None else values
     error = _relative_rms(values, codebook, shared.codes, row_scale)
-    survivors = np.flatnonzero(shared.codes) if shared.zero_symbol else None
+    survivors = shared.codes != 0 if shared.zero_symbol else None
     row = _row(
         weight,
         encoded,
