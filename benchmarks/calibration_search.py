@@ -5,10 +5,11 @@ For each zoo model with calibration data and each variant, in one run, interleav
 calibrated conversion at an output-error target, timed by phase (importance, the ladders of
 settings, the measured search rounds, the refinement), the number of output-error
 measurements, the tensors' bytes before and after the refinement, the ratio and the quality on
-held-out inputs. Variants set ``calibrate.REFINE_EVALS`` (the refinement's measurement budget).
+held-out inputs. Variants set calibrate constants (``REFINE_EVALS``, ``REFINE_WINDOW``: the refinement's
+measurement budget and its stopping rule).
 
     python benchmarks/calibration_search.py [--target 0.1] [--models minilm,mobilenet]
-        [--refine 0,48/full,48] [--set LADDER=8,7,6,5,4,3,2]
+        [--refine default,REFINE_EVALS=48:REFINE_WINDOW=1000] [--set LADDER=8,7,6,5,4,3,2]
 
 Needs the zoo (``make zoo``).
 """
@@ -57,7 +58,7 @@ class Trace:
 
 def run(model, target: float, variant: str, folder: Path) -> dict:
     trace = Trace()
-    saved = {name: getattr(cal, name) for name in ("_ladders", "_search", "_refine", "REFINE_EVALS")}
+    saved = {name: getattr(cal, name) for name in ("_ladders", "_search", "_refine")}
     saved_importance = outputs.ModuleOutputs.importance
     saved_errors = {cls: cls.error for cls in (outputs.ModuleOutputs, outputs.OnnxOutputs)}
     saved_relative = outputs._relative_error
@@ -66,7 +67,12 @@ def run(model, target: float, variant: str, folder: Path) -> dict:
         trace.items[trace.phase] = trace.items.get(trace.phase, 0) + 1
         return saved_relative(*args)
 
-    evals, _, full = variant.partition("/")  # "48/full": no measurement stops early
+    full = variant.endswith("/full")  # no measurement stops early
+    for setting in variant.removesuffix("/full").split(":"):
+        if setting != "default":
+            name, _, value = setting.partition("=")
+            saved.setdefault(name, getattr(cal, name))
+            setattr(cal, name, int(value))
 
     def counted(error):
         def wrapper(self, *args, **kwargs):
@@ -93,7 +99,6 @@ def run(model, target: float, variant: str, folder: Path) -> dict:
         trace.refine_bytes = (before, sum(o.tensor.encoded.stored_bytes for o in result[0].values()))
         return result
 
-    cal.REFINE_EVALS = int(evals)
     cal._ladders = trace.timed("ladders", saved["_ladders"])
     cal._search = trace.timed("search", saved["_search"])
     cal._refine = trace.timed("refine", refined)
@@ -144,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="minilm,mobilenet")
     parser.add_argument(
         "--refine",
-        default=f"0,{cal.REFINE_EVALS}/full,{cal.REFINE_EVALS}",
-        help="REFINE_EVALS variants; N/full: without stopping a measurement early",
+        default="default,REFINE_EVALS=48:REFINE_WINDOW=1000",
+        help="comma list of variants: default, or NAME=N:NAME=N (calibrate constants); "
+        "a /full suffix: no measurement stops early",
     )
     args = parser.parse_args(argv)
     variants = args.refine.split(",")
@@ -156,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibrate.{name} = {getattr(cal, name)}")
     print(f"\n### calibrated conversion at target {args.target:g}: seconds by phase, measurements\n")
     print(
-        "| model | REFINE_EVALS | total s | importance s | ladders s | rounds s (evals) "
+        "| model | variant | total s | importance s | ladders s | rounds s (evals) "
         "| refine s (evals, outputs compared) | refine bytes before → after "
-        "| bytes saved after 8/16/24/32 measurements | ratio "
+        "| bytes saved after 8/16/24/32/48 measurements | ratio "
         "| calibration error | quality |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|")
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             refined = f"{r['evals'].get('refine', 0)}, {r['items'].get('refine', 0)}"
             curve = r["curve"]
             gains = (
-                "/".join(str(curve[0] - curve[min(k, len(curve) - 1)]) for k in (8, 16, 24, 32))
+                "/".join(str(curve[0] - curve[min(k, len(curve) - 1)]) for k in (8, 16, 24, 32, 48))
                 if curve
                 else "-"
             )

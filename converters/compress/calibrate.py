@@ -18,7 +18,8 @@ The output error of a compressed model on calibration items is the mean over ite
   starts by measuring the data-free file: where that is within the target, no file the
   search keeps is larger. Last, single-tensor moves to smaller settings are measured one at
   a time (the most bytes saved per predicted error first) and kept while the measured error
-  stays within the target, which corrects the predictions where they were wrong.
+  stays within the target, which corrects the predictions where they were wrong; they stop
+  when the last few measurements saved next to nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ LADDER = (8, 7, 6, 5, 4, 3)  # bits tried per tensor, besides exact storage
 INITS = ("density", "linear")  # centroid initializations tried at each bits
 LADDER_ITERS = 30  # k-means iterations per setting tried (1-D Lloyd has mostly settled by then)
 MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
-REFINE_EVALS = 48  # measured single-tensor moves tried after the rounds
+REFINE_EVALS = 96  # measured single-tensor moves tried after the rounds, at most
+REFINE_WINDOW = 8  # ... and they stop once this many in a row saved together
+REFINE_GAIN = 0.002  # ... less than this fraction of the tensors' bytes
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
 # evaluate({name: float values, the tensor's shape}) -> mean relative output error. The search's
@@ -254,10 +257,14 @@ def _refine(
     the smaller setting of least predicted error added per byte saved, moves are tried in
     that order, and one is kept when the measured error stays within ``target``; a setting
     that failed rules out, for its tensor, every setting predicted no better. At most
-    REFINE_EVALS measurements."""
+    REFINE_EVALS measurements, and no more once the last REFINE_WINDOW of them saved less than
+    REFINE_GAIN of the bytes together (a rule on what the measurements buy, never on time)."""
     current = dict(choice)
     ruled_out: dict[str, float] = {}  # tensor -> the least predicted cost of a failed move
+    sizes = [sum(o.tensor.encoded.stored_bytes for o in current.values())]  # after each measurement
     for _ in range(REFINE_EVALS):
+        if len(sizes) > REFINE_WINDOW and sizes[-1 - REFINE_WINDOW] - sizes[-1] < REFINE_GAIN * sizes[-1]:
+            break
         moves = []
         for name, option in current.items():
             size = option.tensor.encoded.stored_bytes
@@ -280,4 +287,5 @@ def _refine(
             current, error = trial, measured
         else:
             ruled_out[name] = min(ruled_out.get(name, float("inf")), move.cost)
+        sizes.append(sum(o.tensor.encoded.stored_bytes for o in current.values()))
     return current, error
