@@ -295,3 +295,29 @@ def test_a_bounded_measurement_stops_early_only_when_the_mean_exceeds_the_limit(
     stopped = outputs.error(noisy, limit=full / 4)
     assert full / 4 < stopped <= full
     assert len(calls) < 8  # the largest errors come first: the mean's bound is passed early
+
+
+@pytest.mark.parametrize(("smaller", "expected"), [(9999, "window"), (5000, "all")])
+def test_the_refinement_stops_when_its_measurements_stop_paying(smaller: int, expected: str) -> None:
+    from types import SimpleNamespace
+
+    from converters.compress import calibrate as cal
+
+    def option(size: int) -> cal._Option:
+        tensor = SimpleNamespace(encoded=SimpleNamespace(stored_bytes=size))
+        return cal._Option(tensor, 4, 0.0)  # type: ignore[arg-type]
+
+    ladders = {f"t{i}": [option(smaller), option(10_000)] for i in range(40)}
+    start = {name: ladder[1] for name, ladder in ladders.items()}
+    measured = []
+
+    def measure(choice, limit):
+        measured.append(limit)
+        return 0.0, 0  # every move keeps the error within the target
+
+    chosen, _ = cal._refine(start, 0.0, ladders, measure, 0.1)
+    moved = sum(o.tensor.encoded.stored_bytes == smaller for o in chosen.values())
+    # a byte of 400,000 per move: the window passes with nothing to show, and the moves stop;
+    # half a tensor per move: every move is measured
+    assert len(measured) == moved == (cal.REFINE_WINDOW if expected == "window" else 40)
+    assert measured == [0.1] * len(measured)  # measured against the target: may stop early
