@@ -68,11 +68,13 @@ def run(model, target: float, variant: str, folder: Path) -> dict:
         return saved_relative(*args)
 
     full = variant.endswith("/full")  # no measurement stops early
+    saved_constants: dict = {}
     for setting in variant.removesuffix("/full").split(":"):
         if setting != "default":
             name, _, value = setting.partition("=")
-            saved.setdefault(name, getattr(cal, name))
-            setattr(cal, name, int(value))
+            module = cal if hasattr(cal, name) else outputs
+            saved_constants.setdefault((module, name), getattr(module, name))
+            setattr(module, name, type(getattr(module, name))(value))
 
     def counted(error):
         def wrapper(self, *args, **kwargs):
@@ -114,6 +116,8 @@ def run(model, target: float, variant: str, folder: Path) -> dict:
     finally:
         for name, value in saved.items():
             setattr(cal, name, value)
+        for (module, name), value in saved_constants.items():
+            setattr(module, name, value)
         outputs.ModuleOutputs.importance = saved_importance
         for cls, error_fn in saved_errors.items():
             cls.error = error_fn
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refine",
         default="default,REFINE_EVALS=48:REFINE_WINDOW=1000",
-        help="comma list of variants: default, or NAME=N:NAME=N (calibrate constants); "
+        help="comma list of variants: default, or NAME=N:NAME=N (calibrate or outputs constants); "
         "a /full suffix: no measurement stops early",
     )
     args = parser.parse_args(argv)
