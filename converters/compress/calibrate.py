@@ -18,7 +18,8 @@ The output error of a compressed model on calibration items is the mean over ite
   starts by measuring the data-free file: where that is within the target, no file the
   search keeps is larger. Last, single-tensor moves to smaller settings are measured one at
   a time (the most bytes saved per predicted error first) and kept while the measured error
-  stays within the target, which corrects the predictions where they were wrong.
+  stays within the target, which corrects the predictions where they were wrong; they stop
+  when the last few measurements saved next to nothing.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ LADDER = (8, 7, 6, 5, 4, 3)  # bits tried per tensor, besides exact storage
 INITS = ("density", "linear")  # centroid initializations tried at each bits
 LADDER_ITERS = 30  # k-means iterations per setting tried (1-D Lloyd has mostly settled by then)
 MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
-REFINE_EVALS = 48  # measured single-tensor moves tried after the rounds
+REFINE_EVALS = 96  # measured single-tensor moves tried after the rounds, at most
+REFINE_WINDOW = 8  # ... and they stop once this many in a row saved together
+REFINE_GAIN = 0.002  # ... less than this fraction of the tensors' bytes
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
-# evaluate({name: float values, the tensor's shape}) -> mean relative output error
-Evaluate = Callable[[Mapping[str, np.ndarray]], float]
+# evaluate({name: float values, the tensor's shape}) -> mean relative output error. The search's
+# last step calls evaluate(values, limit=target): the evaluate may then return any value above
+# the limit as soon as the mean is known to exceed it (ModuleOutputs and OnnxOutputs do).
+Evaluate = Callable[..., float]
 
 
 @dataclass(frozen=True)
@@ -202,16 +207,19 @@ def _search(
     The smallest choice that met the target is kept (or the most accurate one if none did)."""
     by_name = {w.name: w for w in weights}
     evaluations = 0
+    decoded: dict[str, tuple[_Option, np.ndarray]] = {}  # each tensor's last measured setting
 
-    def measure(choice: Mapping[str, _Option]) -> tuple[float, int]:
+    def values(name: str, option: _Option) -> np.ndarray:
+        if name not in decoded or decoded[name][0] is not option:
+            decoded[name] = (option, option.tensor.values(by_name[name]))
+        return decoded[name][1]
+
+    def measure(choice: Mapping[str, _Option], limit: float | None = None) -> tuple[float, int]:
         nonlocal evaluations
         evaluations += 1
-        replaced = {
-            name: option.tensor.values(by_name[name])
-            for name, option in choice.items()
-            if option.bits is not None
-        }
-        return evaluate(replaced), sum(o.tensor.encoded.stored_bytes for o in choice.values())
+        replaced = {name: values(name, option) for name, option in choice.items() if option.bits is not None}
+        error = evaluate(replaced) if limit is None else evaluate(replaced, limit=limit)
+        return error, sum(o.tensor.encoded.stored_bytes for o in choice.values())
 
     start = {name: next(o for o in ladder if o.data_free) for name, ladder in ladders.items()}
     error, size = measure(start)
@@ -242,17 +250,21 @@ def _refine(
     choice: Mapping[str, _Option],
     error: float,
     ladders: Mapping[str, list[_Option]],
-    measure: Callable[[Mapping[str, _Option]], tuple[float, int]],
+    measure: Callable[[Mapping[str, _Option], float], tuple[float, int]],
     target: float,
 ) -> tuple[dict[str, _Option], float]:
     """Single-tensor moves to smaller settings, measured one at a time: each tensor's move is
     the smaller setting of least predicted error added per byte saved, moves are tried in
     that order, and one is kept when the measured error stays within ``target``; a setting
     that failed rules out, for its tensor, every setting predicted no better. At most
-    REFINE_EVALS measurements."""
+    REFINE_EVALS measurements, and no more once the last REFINE_WINDOW of them saved less than
+    REFINE_GAIN of the bytes together (a rule on what the measurements buy, never on time)."""
     current = dict(choice)
     ruled_out: dict[str, float] = {}  # tensor -> the least predicted cost of a failed move
+    sizes = [sum(o.tensor.encoded.stored_bytes for o in current.values())]  # after each measurement
     for _ in range(REFINE_EVALS):
+        if len(sizes) > REFINE_WINDOW and sizes[-1 - REFINE_WINDOW] - sizes[-1] < REFINE_GAIN * sizes[-1]:
+            break
         moves = []
         for name, option in current.items():
             size = option.tensor.encoded.stored_bytes
@@ -270,9 +282,10 @@ def _refine(
             break
         _, _, name, move = min(moves, key=lambda m: m[:3])
         trial = {**current, name: move}
-        measured, _ = measure(trial)
+        measured, _ = measure(trial, target)  # may stop early once above the target
         if measured <= target:
             current, error = trial, measured
         else:
             ruled_out[name] = min(ruled_out.get(name, float("inf")), move.cost)
+        sizes.append(sum(o.tensor.encoded.stored_bytes for o in current.values()))
     return current, error

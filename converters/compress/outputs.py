@@ -3,7 +3,7 @@ torch modules) each weight's importance. torch and onnxruntime are imported when
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,31 @@ from ..errors import ConvertError
 def _relative_error(y: np.ndarray, y0: np.ndarray) -> float:
     norm = float(np.linalg.norm(y0))
     return float(np.linalg.norm(y - y0)) / (norm if norm > 0 else 1.0)
+
+
+class _Bounded:
+    """The mean over items of per-item errors (one per output; the largest output's mean
+    counts), computed in item order. With a ``limit`` the items are run in the order of their
+    errors at the last complete measurement, largest first, and the run stops as soon as the
+    sums so far exceed ``limit`` times the number of items: the mean is then known to exceed
+    ``limit`` (errors are never negative), and that lower bound is returned. The result, and
+    whether a measurement stopped early, depend only on the calls made, never on timing."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.order = list(range(count))
+
+    def mean(self, item_error: Callable[[int], list[float]], limit: float | None) -> float:
+        errors: list[list[float] | None] = [None] * self.count
+        sums: np.ndarray | None = None
+        for i in self.order if limit is not None else range(self.count):
+            errors[i] = item_error(i)
+            sums = np.asarray(errors[i]) if sums is None else sums + errors[i]
+            if limit is not None and float(np.max(sums)) > limit * self.count:
+                return float(np.max(sums)) / self.count
+        complete = np.asarray(errors, dtype=np.float64)
+        self.order = sorted(range(self.count), key=lambda i: -float(np.max(complete[i])))
+        return float(np.max(np.mean(complete, axis=0)))
 
 
 class ModuleOutputs:
@@ -32,6 +57,7 @@ class ModuleOutputs:
         self.buffers = dict(module.named_buffers())
         with torch.no_grad():
             self.reference = [self._run(item).detach().float().numpy().copy() for item in self.items]
+        self._bounded = _Bounded(len(self.items))
 
     def _run(self, item: Any) -> Any:
         import torch
@@ -53,8 +79,9 @@ class ModuleOutputs:
         """Whether :meth:`error` can replace the tensor ``name``."""
         return name in self.params or name in self.buffers
 
-    def error(self, replaced: Mapping[str, np.ndarray]) -> float:
-        """Mean relative output error with the named tensors replaced by these values."""
+    def error(self, replaced: Mapping[str, np.ndarray], limit: float | None = None) -> float:
+        """Mean relative output error with the named tensors replaced by these values; with a
+        ``limit``, possibly a lower bound above it (see :class:`_Bounded`)."""
         import torch
 
         tensors = {**self.params, **self.buffers}
@@ -63,15 +90,15 @@ class ModuleOutputs:
             with torch.no_grad():
                 for name, values in replaced.items():
                     tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(values)))
-                errors = [
-                    _relative_error(self._run(item).float().numpy(), y0)
-                    for item, y0 in zip(self.items, self.reference, strict=True)
-                ]
+
+                def item_error(i: int) -> list[float]:
+                    return [_relative_error(self._run(self.items[i]).float().numpy(), self.reference[i])]
+
+                return self._bounded.mean(item_error, limit)
         finally:
             with torch.no_grad():
                 for name, value in saved.items():
                     tensors[name].copy_(value)
-        return float(np.mean(errors))
 
     def importance(self, names: Iterable[str], seed: int = 0) -> dict[str, np.ndarray]:
         """Each named parameter's Gauss-Newton diagonal of the squared relative output error:
@@ -163,6 +190,7 @@ class OnnxOutputs:
         self.per_output = per_output
         session = self._session({})
         self.reference = [self._outputs(session, item) for item in items]
+        self._bounded = _Bounded(len(items))
 
     def _session(self, replaced: Mapping[str, np.ndarray]) -> Any:
         import onnxruntime as ort
@@ -190,26 +218,20 @@ class OnnxOutputs:
         """Whether :meth:`error` can replace the tensor ``name``."""
         return name in self.weights
 
-    def error(self, replaced: Mapping[str, np.ndarray]) -> float:
+    def error(self, replaced: Mapping[str, np.ndarray], limit: float | None = None) -> float:
         """Mean relative output error with the named tensors replaced by these values: of all
         outputs flattened and concatenated, or (``per_output``) the largest over the graph's
-        outputs of each output's mean relative error."""
+        outputs of each output's mean relative error. With a ``limit``, possibly a lower
+        bound above it (see :class:`_Bounded`)."""
         session = self._session(replaced)
-        outputs = [self._outputs(session, item) for item in self.items]
-        if self.per_output:
-            errors = [
-                [_relative_error(y, y0) for y, y0 in zip(ys, y0s, strict=True)]
-                for ys, y0s in zip(outputs, self.reference, strict=True)
-            ]
-            return float(np.max(np.mean(errors, axis=0)))
-        return float(
-            np.mean(
-                [
-                    _relative_error(np.concatenate(ys), np.concatenate(y0s))
-                    for ys, y0s in zip(outputs, self.reference, strict=True)
-                ]
-            )
-        )
+
+        def item_error(i: int) -> list[float]:
+            ys, y0s = self._outputs(session, self.items[i]), self.reference[i]
+            if self.per_output:
+                return [_relative_error(y, y0) for y, y0 in zip(ys, y0s, strict=True)]
+            return [_relative_error(np.concatenate(ys), np.concatenate(y0s))]
+
+        return self._bounded.mean(item_error, limit)
 
 
 def onnx_outputs(model: Any, calibration: Path, per_output: bool = False) -> OnnxOutputs:

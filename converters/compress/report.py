@@ -24,21 +24,41 @@ import numpy as np
 from ..summary import aligned
 
 
-def relative_index_cost(positions: np.ndarray, value_bits: int) -> tuple[int, int]:
-    """``(bits, index_bits)``: the cheapest relative-index layout of ``positions``.
+def relative_index_cost(survivors: np.ndarray, value_bits: int) -> tuple[int, int]:
+    """``(bits, index_bits)``: the cheapest relative-index layout of the surviving entries.
 
-    ``positions`` are strictly increasing flat indices; entry j stores the gap to the previous
-    entry (the first to -1) in ``index_bits`` bits, and a gap d takes ``ceil(d / 2**b)`` entries.
+    ``survivors`` are strictly increasing flat indices, or a boolean mask of the entries; entry
+    j stores the gap to the previous entry (the first to -1) in ``index_bits`` bits, and a gap
+    d takes ``ceil(d / 2**b)`` entries.
     """
-    skipped = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1  # zeros before each entry
+    count, fillers = _gaps_over_one(np.asarray(survivors))
     best = (np.iinfo(np.int64).max, 0)
     for b in range(1, 17):
-        skipped >>= 1  # now the filler entries each gap needs at b bits: (gap - 1) >> b
-        fillers = int(skipped.sum())
-        best = min(best, ((fillers + len(skipped)) * (value_bits + b), b))
-        if not fillers:  # wider gaps only cost more from here on
+        extra = int((fillers >> b).sum())  # the filler entries the gaps need at b bits
+        best = min(best, ((extra + count) * (value_bits + b), b))
+        if not extra:  # wider gaps only cost more from here on
             break
     return best
+
+
+def _gaps_over_one(survivors: np.ndarray) -> tuple[int, np.ndarray]:
+    """The number of surviving entries, and ``gap - 1`` of each gap over 1 (only those add
+    filler entries). A mask with more survivors than not is read from its runs of non-survivors
+    (the few), never from a position per survivor."""
+    if survivors.dtype != bool:
+        gaps = np.diff(survivors.astype(np.int64, copy=False), prepend=-1)
+        return len(gaps), gaps[gaps > 1] - 1
+    count = int(np.count_nonzero(survivors))
+    if 2 * count <= survivors.size:
+        return _gaps_over_one(np.flatnonzero(survivors))
+    dead = np.flatnonzero(~survivors.reshape(-1))
+    if not dead.size:
+        return count, dead
+    breaks = np.flatnonzero(np.diff(dead) != 1)
+    starts = dead[np.concatenate(([0], breaks + 1))]
+    ends = dead[np.concatenate((breaks, [dead.size - 1]))]
+    followed = ends + 1 < survivors.size  # a run at the end precedes no survivor
+    return count, (ends - starts + 1)[followed]
 
 
 def sparse_may_win(nonzeros: int, numel: int, value_bits: int) -> bool:
@@ -47,16 +67,20 @@ def sparse_may_win(nonzeros: int, numel: int, value_bits: int) -> bool:
     return nonzeros * (value_bits + 1) < numel * value_bits
 
 
-def stage_bytes(positions: np.ndarray | None, numel: int, value_bits: int) -> int:
+def stage_bytes(survivors: np.ndarray | None, numel: int, value_bits: int) -> int:
     """Bytes of the smaller of the dense and the relative-index layouts (without codebook).
 
-    ``positions`` are those of the nonzero entries; None when the tensor has no zeros (or
-    when :func:`sparse_may_win` says the dense layout wins anyway).
+    ``survivors``: the nonzero entries' positions or mask (see :func:`relative_index_cost`);
+    None when the tensor has no zeros.
     """
     dense = numel * value_bits
-    if positions is None or not sparse_may_win(len(positions), numel, value_bits):
+    if survivors is None:
         return -(-dense // 8)
-    sparse = relative_index_cost(positions, value_bits)[0]
+    survivors = np.asarray(survivors)
+    count = int(np.count_nonzero(survivors)) if survivors.dtype == bool else len(survivors)
+    if not sparse_may_win(count, numel, value_bits):
+        return -(-dense // 8)
+    sparse = relative_index_cost(survivors, value_bits)[0]
     return -(-min(dense, sparse) // 8)
 
 

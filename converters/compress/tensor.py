@@ -21,7 +21,7 @@ from . import fidelity, share
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
-from .report import TensorReport, sparse_may_win, stage_bytes
+from .report import TensorReport, stage_bytes
 from .share import SharedTensor, share_weights
 
 
@@ -235,10 +235,7 @@ def encode_shared(
         codebook, row_scale = shared.codebook.astype(np.float32), scales.astype(np.float32)
     values = weight.values().reshape(-1) if values is None else values
     error = _relative_rms(values, codebook, shared.codes, row_scale)
-    survivors = None  # the positions of nonzeros, where a sparse layout may win a report stage
-    value_bits = max(bits, 8 * weight.array.itemsize)
-    if shared.zero_symbol and sparse_may_win(np.count_nonzero(shared.codes), values.size, value_bits):
-        survivors = np.flatnonzero(shared.codes)
+    survivors = shared.codes != 0 if shared.zero_symbol else None  # a report stage's sparse layout
     row = _row(
         weight,
         encoded,

@@ -277,3 +277,47 @@ def test_output_error_modes_bound_what_they_say(tmp_path, mode: str) -> None:
 def test_an_unknown_output_error_mode_is_a_usage_error() -> None:
     with pytest.raises(ConvertError, match="output_error must be one of concat, per-output"):
         apply_options(SAFE, [("output-error", "sum")])
+
+
+def test_a_bounded_measurement_stops_early_only_when_the_mean_exceeds_the_limit() -> None:
+    from converters.compress.outputs import ModuleOutputs
+
+    net = mlp()
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    outputs = ModuleOutputs(net, items(1, n=8))
+    noisy = {name: p.detach().numpy() * 1.2 for name, p in net.named_parameters()}
+    full = outputs.error(noisy)
+    calls.clear()
+    assert outputs.error(noisy, limit=full) == pytest.approx(full)  # not above: every item runs
+    assert len(calls) == 8
+    calls.clear()
+    stopped = outputs.error(noisy, limit=full / 4)
+    assert full / 4 < stopped <= full
+    assert len(calls) < 8  # the largest errors come first: the mean's bound is passed early
+
+
+@pytest.mark.parametrize(("smaller", "expected"), [(9999, "window"), (5000, "all")])
+def test_the_refinement_stops_when_its_measurements_stop_paying(smaller: int, expected: str) -> None:
+    from types import SimpleNamespace
+
+    from converters.compress import calibrate as cal
+
+    def option(size: int) -> cal._Option:
+        tensor = SimpleNamespace(encoded=SimpleNamespace(stored_bytes=size))
+        return cal._Option(tensor, 4, 0.0)  # type: ignore[arg-type]
+
+    ladders = {f"t{i}": [option(smaller), option(10_000)] for i in range(40)}
+    start = {name: ladder[1] for name, ladder in ladders.items()}
+    measured = []
+
+    def measure(choice, limit):
+        measured.append(limit)
+        return 0.0, 0  # every move keeps the error within the target
+
+    chosen, _ = cal._refine(start, 0.0, ladders, measure, 0.1)
+    moved = sum(o.tensor.encoded.stored_bytes == smaller for o in chosen.values())
+    # a byte of 400,000 per move: the window passes with nothing to show, and the moves stop;
+    # half a tensor per move: every move is measured
+    assert len(measured) == moved == (cal.REFINE_WINDOW if expected == "window" else 40)
+    assert measured == [0.1] * len(measured)  # measured against the target: may stop early

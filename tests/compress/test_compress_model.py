@@ -217,3 +217,15 @@ def test_stage_sizes_follow_the_relative_index_rule() -> None:
     nine_of_ten = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9])
     assert stage_bytes(nine_of_ten, 10, 5) == 7  # 50 bits dense beat 9 x (5 + 1) sparse
     assert stage_bytes(None, 10, 3) == 4  # no zeros: dense, 30 bits
+
+
+def test_a_mask_of_survivors_costs_what_their_positions_cost() -> None:
+    rng = np.random.default_rng(0)
+    for density in (0.02, 0.5, 0.97, 1.0):  # read from survivors' positions, or from zero runs
+        mask = rng.random(3000) < density
+        for zeros in (slice(0, 0), slice(0, 7), slice(2990, None), slice(100, 600)):  # edges, long run
+            mask_here = mask.copy()
+            mask_here[zeros] = False
+            positions = np.flatnonzero(mask_here)
+            for bits in (3, 32):
+                assert relative_index_cost(mask_here, bits) == relative_index_cost(positions, bits)
