@@ -11,8 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.compress import assign as _assign_module
 from converters.compress.assign import assign
 from converters.compress.config import INITS, Init
+
+try:
+    from converters.compress import _kmeans as _native
+except ImportError:  # built without a compiler: numpy does the work
+    _native = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,14 @@ def kmeans_1d(
         xs = values[order].astype(np.float64)
         ws = ws[order]
     n = len(xs)
+    if ws is None and _native is not None and _assign_module.native():
+        # the same iterations in C (_kmeans.c: the same float64 operations in the same order)
+        centroids = np.array(init_centroids(xs, k, init, seed), dtype=np.float64)
+        distortions = np.empty(max_iter)
+        iterations, converged = _native.lloyd(xs, float(xs.mean()), centroids, max_iter, distortions)
+        boundaries = (centroids[:-1] + centroids[1:]) / 2
+        codes = assign(boundaries, values) if labels else np.zeros(0, dtype=np.intp)
+        return KMeansResult(centroids, codes, distortions[:iterations], bool(converged))
     # Prefix sums of the centred values keep the per-cluster sums and SSE well conditioned
     # (built in place: three float64 arrays of n in all, four with importance).
     shift = xs.mean() if ws is None or ws.sum() == 0 else float(np.average(xs, weights=ws))

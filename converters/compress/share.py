@@ -79,18 +79,24 @@ def share_weights(
     imp = None if importance is None else np.asarray(importance, dtype=np.float32).reshape(-1)
     if imp is not None and imp.size != w.size:
         raise ValueError(f"{imp.size} importance values for {w.size} weights")
+    if imp is not None:
+        clustered = None
+    if w.size > KMEANS_SAMPLE and clustered is not None:  # the sample is given: no copy of the nonzeros
+        nonzeros = np.count_nonzero(w)
+        if not nonzeros:
+            return SharedTensor(np.zeros(1, dtype=np.float32), np.zeros(w.size, np.uint8), zero_symbol=True)
+        zero_symbol = nonzeros < w.size
+        fitted = kmeans_1d(clustered, k - zero_symbol, labels=False, **kmeans)
+        return _assign(w, fitted.centroids.astype(np.float32), zero_symbol)
     nonzero = w != 0
     zero_symbol = not nonzero.all()
     if zero_symbol and not nonzero.any():
         return SharedTensor(np.zeros(1, dtype=np.float32), np.zeros(w.size, np.uint8), zero_symbol=True)
     kept = w[nonzero] if zero_symbol else w
     kept_imp = None if imp is None else imp[nonzero] if zero_symbol else imp
-    if kept_imp is not None:
-        clustered = None
     if w.size > KMEANS_SAMPLE:
         if kept_imp is None:
-            sample = _ranked_sample(np.sort(kept)) if clustered is None else clustered
-            fitted = kmeans_1d(sample, k - zero_symbol, labels=False, **kmeans)
+            fitted = kmeans_1d(_ranked_sample(np.sort(kept)), k - zero_symbol, labels=False, **kmeans)
         else:
             step = -(-kept.size // KMEANS_SAMPLE)
             fitted = kmeans_1d(
@@ -113,8 +119,16 @@ def kmeans_input(ordered: np.ndarray) -> np.ndarray:
     evenly ranked (without importance)."""
     zero = ordered.dtype.type(0)  # the zeros (and -0.0) are one run of the sorted weights
     first, stop = np.searchsorted(ordered, zero, side="left"), np.searchsorted(ordered, zero, side="right")
-    kept = np.concatenate((ordered[:first], ordered[stop:])) if stop > first else ordered
-    return _ranked_sample(kept) if ordered.size > KMEANS_SAMPLE else kept
+    if ordered.size <= KMEANS_SAMPLE:
+        return np.concatenate((ordered[:first], ordered[stop:])) if stop > first else ordered
+    # _ranked_sample of the nonzeros, taken from ``ordered`` without copying the nonzeros
+    size = ordered.size - (stop - first)
+    if not size:
+        return ordered[:0]
+    ranks = np.arange(0, size, -(-size // KMEANS_SAMPLE))
+    ranks = np.append(ranks, size - 1)
+    ranks[ranks >= first] += stop - first
+    return ordered[ranks]
 
 
 def _ranked_sample(ordered: np.ndarray) -> np.ndarray:
