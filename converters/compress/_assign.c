@@ -9,6 +9,9 @@
  * the bin's first code or the next); the code found is checked against its two boundaries
  * (so float rounding in the bin can never make a code wrong), else a binary search finds it.
  * With zero_symbol, exact zeros get code 0 and the others code + 1.
+ *
+ * lookup(table, itemsize, index, index_itemsize, out): out[i] = table[index[i]] for 8- or
+ * 16-bit entries and indices (codes through a table of every 16-bit value, codes remapped).
  * The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
@@ -135,8 +138,54 @@ done:
     return result;
 }
 
+#define LOOKUP(T, I)                                           \
+    do {                                                       \
+        const T *t = table.buf;                                \
+        const I *x = index.buf;                                \
+        T *o = out.buf;                                        \
+        for (Py_ssize_t i = 0; i < n; i++) o[i] = t[x[i]];     \
+    } while (0)
+
+PyDoc_STRVAR(lookup_doc,
+"lookup(table, itemsize, index, index_itemsize, out)\n"
+"--\n\n"
+"out[i] = table[index[i]]: uint8 or uint16 entries (itemsize 1, 2; `out` the same) and\n"
+"uint8 or uint16 indices (index_itemsize 1, 2), the table holding an entry for each.");
+
+static PyObject *py_lookup(PyObject *self, PyObject *args) {
+    Py_buffer table = {0}, index = {0}, out = {0};
+    int itemsize, index_itemsize;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*iy*iw*", &table, &itemsize, &index, &index_itemsize, &out)) return NULL;
+    Py_ssize_t n = index_itemsize == 1 || index_itemsize == 2 ? index.len / index_itemsize : 0;
+    const char *err = NULL;
+    if ((itemsize != 1 && itemsize != 2) || (index_itemsize != 1 && index_itemsize != 2))
+        err = "entries and indices must be uint8 or uint16";
+    else if (table.len != ((Py_ssize_t)1 << (8 * index_itemsize)) * itemsize)
+        err = "the table must hold an entry for every index";
+    else if (index.len % index_itemsize || out.len != n * itemsize) err = "out must hold one entry per index";
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (itemsize == 1 && index_itemsize == 1) LOOKUP(uint8_t, uint8_t);
+    else if (itemsize == 1) LOOKUP(uint8_t, uint16_t);
+    else if (index_itemsize == 1) LOOKUP(uint16_t, uint8_t);
+    else LOOKUP(uint16_t, uint16_t);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&index);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"codes", py_codes, METH_VARARGS, codes_doc},
+    {"lookup", py_lookup, METH_VARARGS, lookup_doc},
     {NULL, NULL, 0, NULL},
 };
 

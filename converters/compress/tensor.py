@@ -172,10 +172,16 @@ def compress_planned(
             seed=config.seed,
             importance=importance,
             clustered=clustered if scales is None and not plan.prunes else None,  # of these values
+            stored=weight.array if _widened(weight) and scales is None and not plan.prunes else None,
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
     return encode_shared(weight, shared, plan.bits, original, scales)
+
+
+def _widened(weight: Weight) -> bool:
+    """Whether the weight's float values are its 16-bit stored values widened (bfloat16, float16)."""
+    return weight.dtype in ("bfloat16", "float16") and weight.array.itemsize == 2
 
 
 def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> CompressedTensor:
