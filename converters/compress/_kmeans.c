@@ -7,6 +7,8 @@
  *   by a binary search of each boundary).
    Each iteration's distortion is summed as np.sum sums a contiguous float64 array (numpy's
  *   pairwise summation: blocks of 128 added in 8 lanes, halves split at multiples of 8).
+ * sq_sums(...): the squared errors and squared values of a block of decoded codes, summed as
+ *   np.sum sums a float64 array (tensor.py's _relative_rms), without its work arrays.
  * The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
@@ -43,6 +45,118 @@
 #define TERM_PLAIN(i) (a[i])
 #define ARGS_sum_plain a
 PAIRWISE(sum_plain, TERM_PLAIN, const double *a)
+
+/* sq_sums: the squared errors and squared values of one block, summed pairwise as np.sum sums
+ * a float64 array, the terms computed a leaf (at most PW_BLOCKSIZE of them) at a time. */
+typedef struct {
+    const void *x, *cb, *codes;
+    const float *scales;
+    int x8, c2;      /* values float64 (else float32, the codebook alike); codes uint16 (else uint8) */
+    int64_t width;   /* values per scale (per row) */
+} Block;
+
+static void terms(const Block *b, int64_t lo, int64_t n, double *err, double *val) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t at = lo + i;
+        int64_t c = b->c2 ? ((const uint16_t *)b->codes)[at] : ((const uint8_t *)b->codes)[at];
+        double v, q;
+        if (b->x8) {
+            v = ((const double *)b->x)[at];
+            q = ((const double *)b->cb)[c];
+        } else {
+            v = (double)((const float *)b->x)[at];
+            float d = ((const float *)b->cb)[c];
+            if (b->scales) d = d * b->scales[at / b->width]; /* float32 product, as numpy's */
+            q = (double)d;
+        }
+        double diff = v - q;
+        err[i] = diff * diff;
+        val[i] = v * v;
+    }
+}
+
+static double leaf_sum(const double *t, int64_t n) {
+    if (n < 8) {
+        double res = 0.;
+        for (int64_t i = 0; i < n; i++) res += t[i];
+        return res;
+    }
+    double r[8];
+    for (int j = 0; j < 8; j++) r[j] = t[j];
+    int64_t i;
+    for (i = 8; i < n - (n % 8); i += 8)
+        for (int j = 0; j < 8; j++) r[j] += t[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++) res += t[i];
+    return res;
+}
+
+static void pair_sums(const Block *b, int64_t lo, int64_t n, double *err, double *val) {
+    if (n <= PW_BLOCKSIZE) {
+        double e[PW_BLOCKSIZE], v[PW_BLOCKSIZE];
+        terms(b, lo, n, e, v);
+        *err = leaf_sum(e, n);
+        *val = leaf_sum(v, n);
+        return;
+    }
+    int64_t n2 = n / 2;
+    n2 -= n2 % 8;
+    double e1, v1, e2, v2;
+    pair_sums(b, lo, n2, &e1, &v1);
+    pair_sums(b, lo + n2, n - n2, &e2, &v2);
+    *err = e1 + e2;
+    *val = v1 + v2;
+}
+
+PyDoc_STRVAR(sq_sums_doc,
+"sq_sums(values, values_itemsize, codebook, codes, codes_itemsize, scales, width, first, stop)\n"
+"-> (error, total)\n"
+"--\n\n"
+"np.sum((v - q) ** 2) and np.sum(v ** 2) over values[first:stop] widened to float64, q the\n"
+"decoded values codebook[codes] (float32 values: a float32 codebook, times the float32 scale\n"
+"of each row of `width` values when `scales` is not None; float64 values: a float64\n"
+"codebook), summed as np.sum sums a float64 array.");
+
+static PyObject *py_sq_sums(PyObject *self, PyObject *args) {
+    Py_buffer xb = {0}, cbb = {0}, codesb = {0}, sb = {0};
+    int x_itemsize, c_itemsize;
+    PyObject *scales_obj;
+    Py_ssize_t width, first, stop;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*iy*y*iOnnn", &xb, &x_itemsize, &cbb, &codesb, &c_itemsize, &scales_obj,
+                          &width, &first, &stop))
+        return NULL;
+    int scaled = scales_obj != Py_None;
+    if (scaled && PyObject_GetBuffer(scales_obj, &sb, PyBUF_SIMPLE) < 0) goto done;
+    const char *err = NULL;
+    int64_t n = (x_itemsize == 4 || x_itemsize == 8) ? xb.len / x_itemsize : 0;
+    int64_t k = (x_itemsize == 4 || x_itemsize == 8) ? cbb.len / x_itemsize : 0;
+    if ((x_itemsize != 4 && x_itemsize != 8) || xb.len % x_itemsize || cbb.len % x_itemsize)
+        err = "values and codebook must be both float32 or both float64";
+    else if ((c_itemsize != 1 && c_itemsize != 2) || codesb.len != n * c_itemsize)
+        err = "codes must be uint8 or uint16, one per value";
+    else if (k < (c_itemsize == 1 ? 256 : 65536))
+        err = "the codebook must hold an entry for every code";
+    else if (first < 0 || stop < first || stop > n) err = "first:stop must lie in the values";
+    else if (scaled && (x_itemsize != 4 || width < 1 || sb.len % 4 || sb.len / 4 < (n + width - 1) / width))
+        err = "scales must be float32, one per row of width values, with float32 values";
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto done;
+    }
+    Block b = {xb.buf, cbb.buf, codesb.buf, scaled ? sb.buf : NULL, x_itemsize == 8, c_itemsize == 2, width};
+    double error = 0., total = 0.;
+    Py_BEGIN_ALLOW_THREADS
+    if (stop > first) pair_sums(&b, first, stop - first, &error, &total);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("dd", 0. + error, 0. + total);
+done:
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&cbb);
+    PyBuffer_Release(&codesb);
+    if (scaled) PyBuffer_Release(&sb);
+    return result;
+}
 
 static inline int64_t lower_bound(const double *x, int64_t lo, int64_t hi, double v) {
     while (lo < hi) {
@@ -133,6 +247,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"lloyd", py_lloyd, METH_VARARGS, lloyd_doc},
+    {"sq_sums", py_sq_sums, METH_VARARGS, sq_sums_doc},
     {NULL, NULL, 0, NULL},
 };
 

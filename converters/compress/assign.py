@@ -99,7 +99,9 @@ def lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     uint8 or uint16 ``index``, without numpy's index array of 8 bytes per element."""
     out = np.empty(index.size, dtype=table.dtype)
     if native() and table.size == 1 << (8 * index.itemsize):
-        _native.lookup(np.ascontiguousarray(table), table.itemsize, np.ascontiguousarray(index), index.itemsize, out)
+        _native.lookup(
+            np.ascontiguousarray(table), table.itemsize, np.ascontiguousarray(index), index.itemsize, out
+        )
         return out
     for first in range(0, index.size, BLOCK):
         out[first : first + BLOCK] = table[index[first : first + BLOCK]]

@@ -7,10 +7,19 @@ memory a conversion takes is a few bytes per element of the largest tensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+try:
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # numpy 1.x
+    try:
+        from numpy.core.multiarray import _set_madvise_hugepage
+    except ImportError:
+        _set_madvise_hugepage = None
 
 from dcformat import EncodedTensor, dtypes
 from dcformat import dcnn_pb2 as pb
@@ -18,11 +27,17 @@ from dcformat import dcnn_pb2 as pb
 from ..errors import ConvertError
 from ..weight import Weight, float_values
 from . import fidelity, share
+from .assign import native
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
 from .report import TensorReport, sparse_may_win, stage_bytes
 from .share import SharedTensor, share_weights
+
+try:
+    from . import _kmeans as _kernels
+except ImportError:  # built without a compiler: numpy does the work
+    _kernels = None
 
 
 @dataclass(frozen=True)
@@ -144,8 +159,38 @@ def compress_planned(
     """
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
-    if plan.snr is not None and not plan.prunes and importance is None:
-        return _chosen(weight, plan, config)
+    with small_pages():
+        if plan.snr is not None and not plan.prunes and importance is None:
+            return _chosen(weight, plan, config)
+        return _shared(weight, plan, config, importance, scaled, values, clustered)
+
+
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy's large arrays without its request for transparent huge pages (``madvise``), then
+    the setting as it was. Where the kernel compacts memory to serve that request (THP defrag
+    "madvise", the common default), every fresh array of a tensor's size costs more system
+    time than its huge pages save the conversion, whose arrays are streamed once or twice."""
+    if _set_madvise_hugepage is None:
+        yield
+        return
+    was = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(was)
+
+
+def _shared(
+    weight: Weight,
+    plan: TensorPlan,
+    config: CompressionConfig,
+    importance: np.ndarray | None,
+    scaled: bool,
+    values: np.ndarray | None,
+    clustered: np.ndarray | None,
+) -> CompressedTensor:
+    """:func:`compress_planned` of a plan that needs no chooser."""
     original = values = weight.values().reshape(-1) if values is None else values
     if not np.isfinite(values).all():
         raise ConvertError(
@@ -293,9 +338,41 @@ def _relative_rms(
     """‖values − decoded‖ / ‖values‖, in blocks (float64 sums)."""
     error = total = 0.0
     block = share.BLOCK
+    sums = _native_sums(values, codebook, codes, scales)
+    if sums is not None:  # the same sums in C (_kmeans.c), without the blocks' work arrays
+        for first in range(0, values.size, block):
+            block_error, block_total = sums(first, min(values.size, first + block))
+            error += block_error
+            total += block_total
+        return (error / total) ** 0.5 if total else 0.0
     for first in range(0, values.size, block):
         v = values[first : first + block].astype(np.float64)
         diff = v - _decode(codebook, codes, scales, first, min(values.size, first + block))
         error += float(np.sum(np.square(diff, out=diff)))
         total += float(np.sum(np.square(v, out=v)))
     return (error / total) ** 0.5 if total else 0.0
+
+
+def _native_sums(
+    values: np.ndarray, codebook: np.ndarray, codes: np.ndarray, scales: np.ndarray | None
+) -> Callable[[int, int], tuple[float, float]] | None:
+    """``sums(first, stop)``: the squared errors and squared values of a block, as
+    :func:`_relative_rms` sums them, by the C kernel; None where numpy must do it."""
+    if _kernels is None or not native() or codes.dtype not in (np.uint8, np.uint16):
+        return None
+    if values.dtype not in (np.float32, np.float64) or codebook.dtype != values.dtype:
+        return None
+    if scales is not None and (values.dtype != np.float32 or scales.dtype != np.float32):
+        return None
+    table = np.zeros(1 << (8 * codes.itemsize), dtype=values.dtype)  # an entry for every code
+    table[: codebook.size] = codebook
+    flat, code_values = np.ascontiguousarray(values).reshape(-1), np.ascontiguousarray(codes).reshape(-1)
+    row_scales = None if scales is None else np.ascontiguousarray(scales)
+    width = 1 if scales is None else codes.size // scales.size
+
+    def sums(first: int, stop: int) -> tuple[float, float]:
+        return _kernels.sq_sums(
+            flat, flat.itemsize, table, code_values, code_values.itemsize, row_scales, width, first, stop
+        )
+
+    return sums
