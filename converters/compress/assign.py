@@ -83,15 +83,20 @@ def stored_codes(
     float16, or uint16 holding bfloat16 bits): the code of each of the 65536 values, once, then
     a table lookup per element. A code depends on the value alone, so these are the codes of
     the values widened to float32."""
-    every = np.arange(1 << 16, dtype=np.uint16)
-    if stored.dtype == np.float16:
-        table_values = every.view(np.float16).astype(np.float32)
-    elif stored.dtype == np.uint16:
-        table_values = (every.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    else:
-        raise ValueError(f"stored values must be float16 or bfloat16 bits (uint16), got {stored.dtype}")
+    table_values = every_value(stored.dtype)
     table_values[~np.isfinite(table_values)] = 0  # NaN and infinities: never looked up (finite weights)
     return lookup(nearest_codes(boundaries, table_values, dtype, zero_symbol), stored.view(np.uint16))
+
+
+def every_value(stored: np.dtype) -> np.ndarray:
+    """The float32 value of each of the 65536 bit patterns of a 16-bit float stored as
+    ``stored`` (float16, or uint16 holding bfloat16 bits), indexed by the pattern."""
+    every = np.arange(1 << 16, dtype=np.uint16)
+    if stored == np.float16:
+        return every.view(np.float16).astype(np.float32)
+    if stored == np.uint16:
+        return (every.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    raise ValueError(f"stored values must be float16 or bfloat16 bits (uint16), got {stored}")
 
 
 def lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -23,11 +23,12 @@ except ImportError:  # numpy 1.x
 
 from dcformat import EncodedTensor, dtypes
 from dcformat import dcnn_pb2 as pb
+from dcformat.codec.huffman import frequencies
 
 from ..errors import ConvertError
 from ..weight import Weight, float_values
 from . import fidelity, share
-from .assign import native
+from .assign import every_value, native
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
@@ -199,6 +200,8 @@ def _shared(
     scales = None
     if scaled and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
         scales = row_scales(values, weight.array.shape[0])
+    if clustered is None and importance is None and scales is None and not plan.prunes and _widened(weight):
+        clustered = share.kmeans_input(sorted_values(weight, values))  # what share_weights would sort
     try:
         if plan.prunes:
             from .prune import prune_array  # imports torch, which pruning alone needs
@@ -224,6 +227,21 @@ def _shared(
     return encode_shared(weight, shared, plan.bits, original, scales)
 
 
+def sorted_values(weight: Weight, values: np.ndarray) -> np.ndarray:
+    """``np.sort`` of the weight's flat finite float ``values``. For 16-bit floats (bfloat16,
+    float16) a counting sort of their 65536 bit patterns, several times faster: the same
+    array but for where -0.0 and +0.0 fall among the zeros, which np.sort leaves open too
+    (they compare equal, so every later comparison and sum treats them alike)."""
+    if not _widened(weight) or values.size < 1 << 16:
+        return np.sort(values)
+    stored = weight.array.reshape(-1)
+    counts = frequencies(stored.view(np.uint16), 1 << 16)
+    every = every_value(stored.dtype)
+    present = np.flatnonzero(counts)
+    order = present[np.argsort(every[present], kind="stable")]
+    return np.repeat(every[order], counts[order])
+
+
 def _widened(weight: Weight) -> bool:
     """Whether the weight's float values are its 16-bit stored values widened (bfloat16, float16)."""
     return weight.dtype in ("bfloat16", "float16") and weight.array.itemsize == 2
@@ -239,7 +257,7 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
     floor = plan.snr
-    ordered = np.sort(values)  # for the search's sample and the k-means sample alike
+    ordered = sorted_values(weight, values)  # for the search's sample and the k-means sample alike
     shape = weight.array.shape
     choice = fidelity.choose(values.reshape(shape), snr_db=floor, seed=config.seed, ordered=ordered)
     clustered = share.kmeans_input(ordered)  # what the k-means sorts (a sample of large tensors)

@@ -202,3 +202,28 @@ def test_native_error_sums_are_numpys(monkeypatch, rng, dtype, scaled: bool, siz
     monkeypatch.setenv("DCNN_NO_NATIVE", "0")
     assert tensor_module._native_sums(values, codebook, codes, scales) is not None
     assert tensor_module._relative_rms(values, codebook, codes, scales) == want
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_counting_sort_of_16_bit_values_is_nps(monkeypatch, rng, dtype: str) -> None:
+    from converters.compress import tensor as tensor_module
+
+    values = (rng.laplace(size=(300, 400)) * 0.02).astype(np.float32)
+    values.reshape(-1)[:700] = 0.0
+    values.reshape(-1)[700:900] = -0.0
+    array = dtypes.convert_floats(values, dtype)
+    weight = Weight("layer.weight", array, dtype)
+    flat = weight.values().reshape(-1)
+    got, want = tensor_module.sorted_values(weight, flat), np.sort(flat)
+    assert got.dtype == want.dtype and np.array_equal(got, want)  # -0.0 == 0.0
+    nonzero = want != 0
+    assert got[nonzero].tobytes() == want[nonzero].tobytes()
+    # and the files: the chooser and fixed bits write np.sort's bytes
+    monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 14)
+    for options in ((), [("bits", "4")]):
+        counted = run(array, dtype, options)
+        monkeypatch.setattr(tensor_module, "sorted_values", lambda weight, values: np.sort(values))
+        sorted_ = run(array, dtype, options)
+        monkeypatch.undo()
+        monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 14)
+        assert counted.encoded.to_bytes() == sorted_.encoded.to_bytes()
