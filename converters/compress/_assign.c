@@ -4,7 +4,8 @@
  * codes(boundaries, values, itemsize, out, out_itemsize, zero_symbol): for each float32 or
  * float64 value, the number of boundaries <= the value (np.searchsorted(boundaries, value,
  * side="right"), the value widened to float64; NaN after every boundary, as numpy sorts it).
- * A table over TABLE_BINS equal bins between the first and the last boundary gives the codes a
+ * A table over up to TABLE_BINS equal bins (fewer for fewer values: a table is not built for
+ * more bins than a quarter of the values, nor fewer than 16 per boundary) between the first and the last boundary gives the codes a
  * value's bin can hold (fine enough that most bins hold at most one boundary, so the code is
  * the bin's first code or the next); the code found is checked against its two boundaries
  * (so float rounding in the bin can never make a code wrong), else a binary search finds it.
@@ -38,27 +39,31 @@ typedef struct {
     int64_t k;
     double first, scale;
     int use_table;
+    int64_t bins;
     int32_t table[TABLE_BINS + 2]; /* table[i]: boundaries <= the start of bin i */
 } Search;
 
-static void build(Search *s, const double *b, int64_t k, int use_table) {
+static void build(Search *s, const double *b, int64_t k, int use_table, int64_t n) {
+    int64_t bins = 1024;
+    while (bins < TABLE_BINS && (bins < n / 4 || bins < 16 * k)) bins *= 2;
+    s->bins = bins;
     s->b = b;
     s->k = k;
     s->use_table = use_table && k >= 2 && b[k - 1] > b[0] && isfinite(b[0]) && isfinite(b[k - 1]);
     if (!s->use_table) return;
     s->first = b[0];
-    s->scale = TABLE_BINS / (b[k - 1] - b[0]);
+    s->scale = bins / (b[k - 1] - b[0]);
     if (!isfinite(s->scale)) {
         s->use_table = 0;
         return;
     }
     int64_t j = 0;
-    for (int64_t i = 0; i <= TABLE_BINS; i++) { /* a merge of the bin starts with the boundaries */
+    for (int64_t i = 0; i <= bins; i++) { /* a merge of the bin starts with the boundaries */
         double start = s->first + i / s->scale;
         while (j < k && b[j] <= start) j++;
         s->table[i] = (int32_t)j;
     }
-    s->table[TABLE_BINS + 1] = (int32_t)k;
+    s->table[bins + 1] = (int32_t)k;
 }
 
 static inline int64_t code_of(const Search *s, double v) {
@@ -67,7 +72,7 @@ static inline int64_t code_of(const Search *s, double v) {
     if (v != v) return k;
     if (!s->use_table) return upper_bound(b, 0, k, v);
     double t = (v - s->first) * s->scale;
-    int64_t bin = t >= 0 ? (t < TABLE_BINS ? (int64_t)t : TABLE_BINS) : 0;
+    int64_t bin = t >= 0 ? (t < s->bins ? (int64_t)t : s->bins) : 0;
     int64_t lo = s->table[bin], hi = s->table[bin + 1];
     int64_t c = hi - lo <= 1 ? lo + (lo < k && b[lo] <= v) : upper_bound(b, lo, hi, v);
     if ((c > 0 && !(b[c - 1] <= v)) || (c < k && !(b[c] > v))) return upper_bound(b, 0, k, v);
@@ -117,7 +122,7 @@ static PyObject *py_codes(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    build(s, bounds.buf, k, n >= MIN_TABLE_VALUES);
+    build(s, bounds.buf, k, n >= MIN_TABLE_VALUES, n);
     if (itemsize == 4) {
         if (out_itemsize == 1) LOOP(float, uint8_t);
         else if (out_itemsize == 2) LOOP(float, uint16_t);
