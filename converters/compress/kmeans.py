@@ -121,7 +121,9 @@ def kmeans_1d(
         distortions = np.empty(max_iter)
         iterations, converged = _native.lloyd(xs, float(xs.mean()), centroids, max_iter, distortions)
         boundaries = (centroids[:-1] + centroids[1:]) / 2
-        codes = assign(boundaries, values) if labels else np.zeros(0, dtype=np.intp)
+        codes = (
+            _labels(boundaries, values, xs if ordered is values else None) if labels else np.zeros(0, np.intp)
+        )
         return KMeansResult(centroids, codes, distortions[:iterations], bool(converged))
     # Prefix sums of the centred values keep the per-cluster sums and SSE well conditioned
     # (built in place: three float64 arrays of n in all, four with importance).
@@ -164,5 +166,15 @@ def kmeans_1d(
     # side="right" on the boundaries puts values equal to a boundary in the upper cluster,
     # exactly like side="left" on the sorted values above.
     # np.searchsorted(boundaries, values, side="right"), faster
-    codes = assign(boundaries, values) if labels else np.zeros(0, dtype=np.intp)
+    sorted_input = xs if order is None and ordered is values else None
+    codes = _labels(boundaries, values, sorted_input) if labels else np.zeros(0, dtype=np.intp)
     return KMeansResult(centroids, codes, np.asarray(distortions), converged)
+
+
+def _labels(boundaries: np.ndarray, values: np.ndarray, xs: np.ndarray | None) -> np.ndarray:
+    """``assign(boundaries, values)``; where the values came sorted (``xs``, them as float64),
+    as runs: the values from the first >= a boundary on are in the next cluster."""
+    if xs is None:
+        return assign(boundaries, values)
+    edges = np.searchsorted(xs, boundaries, side="left")
+    return np.repeat(np.arange(boundaries.size + 1), np.diff(edges, prepend=0, append=xs.size))

@@ -170,3 +170,7 @@ def test_native_lloyd_equals_numpy_bit_for_bit(monkeypatch: pytest.MonkeyPatch) 
             assert numpy_result.distortions.tobytes() == native_result.distortions.tobytes(), name
             assert numpy_result.converged == native_result.converged
             np.testing.assert_array_equal(numpy_result.labels, native_result.labels)
+            # sorted input takes its labels as runs: each value's nearest centroid all the same
+            c = native_result.centroids
+            want = np.searchsorted((c[:-1] + c[1:]) / 2, np.sort(x).astype(np.float64), side="right")
+            np.testing.assert_array_equal(native_result.labels, want)
