@@ -4,8 +4,8 @@
  * codes(boundaries, values, itemsize, out, out_itemsize, zero_symbol): for each float32 or
  * float64 value, the number of boundaries <= the value (np.searchsorted(boundaries, value,
  * side="right"), the value widened to float64; NaN after every boundary, as numpy sorts it).
- * A table over up to TABLE_BINS equal bins (fewer for fewer values: a table is not built for
- * more bins than a quarter of the values, nor fewer than 16 per boundary) between the first and the last boundary gives the codes a
+ * A table over up to TABLE_BINS equal bins (16 per boundary, at least 1024, at most half as
+ * many as the values) between the first and the last boundary gives the codes a
  * value's bin can hold (fine enough that most bins hold at most one boundary, so the code is
  * the bin's first code or the next); the code found is checked against its two boundaries
  * (so float rounding in the bin can never make a code wrong), else a binary search finds it.
@@ -45,7 +45,7 @@ typedef struct {
 
 static void build(Search *s, const double *b, int64_t k, int use_table, int64_t n) {
     int64_t bins = 1024;
-    while (bins < TABLE_BINS && (bins < n / 4 || bins < 16 * k)) bins *= 2;
+    while (bins < TABLE_BINS && bins < 16 * k && bins < n / 2) bins *= 2;
     s->bins = bins;
     s->b = b;
     s->k = k;
