@@ -270,8 +270,14 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
         if tensor.codes is None:  # exact storage was smaller
             return tensor
 
-        def decoded(first: int, stop: int, tensor: CompressedTensor = tensor) -> np.ndarray:
-            return _decode(tensor.codebook, tensor.codes, tensor.scales, first, stop)
+        wide = tensor.codebook.astype(np.float64)  # float64 as fidelity_db takes it: one gather
+
+        def decoded(
+            first: int, stop: int, tensor: CompressedTensor = tensor, wide: np.ndarray = wide
+        ) -> np.ndarray:
+            if tensor.scales is not None:
+                return _decode(tensor.codebook, tensor.codes, tensor.scales, first, stop)
+            return np.take(wide, tensor.codes[first:stop])
 
         if fidelity.fidelity_db(values.reshape(weight.array.shape), decoded) >= floor:
             return tensor
