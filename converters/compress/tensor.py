@@ -301,7 +301,8 @@ def encode_shared(
     shared = shared.compact()
     shape = tuple(weight.array.shape)
     encoded = cheapest(weight.name, coded(shared, shape, weight.dtype, scales))
-    if weight.array.nbytes <= encoded.stored_bytes:
+    stored_bytes = encoded.stored_bytes  # packs the record's codebook and tables: once
+    if weight.array.nbytes <= stored_bytes:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     if scales is None:
         codebook = float_values(dtypes.convert_floats(shared.codebook, weight.dtype), weight.dtype)
@@ -321,6 +322,7 @@ def encode_shared(
         pruned_bytes=stage_bytes(survivors, values.size, 8 * weight.array.itemsize),
         quantized_bytes=stage_bytes(survivors, values.size, bits) + 4 * len(shared.codebook),
         error=error,
+        stored_bytes=stored_bytes,
     )
     return CompressedTensor(encoded, error, row, codebook, shared.codes, row_scale)
 
@@ -339,6 +341,7 @@ def _row(
     pruned_bytes: int,
     quantized_bytes: int,
     error: float,
+    stored_bytes: int | None = None,
 ) -> TensorReport:
     return TensorReport(
         name=weight.name,
@@ -351,7 +354,7 @@ def _row(
         original_bytes=weight.array.nbytes,
         pruned_bytes=pruned_bytes,
         quantized_bytes=quantized_bytes,
-        stored_bytes=encoded.stored_bytes,
+        stored_bytes=encoded.stored_bytes if stored_bytes is None else stored_bytes,
         error=error,
     )
 
