@@ -227,3 +227,21 @@ def test_counting_sort_of_16_bit_values_is_nps(monkeypatch, rng, dtype: str) -> 
         monkeypatch.undo()
         monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 14)
         assert counted.encoded.to_bytes() == sorted_.encoded.to_bytes()
+
+
+def test_huge_page_requests_are_restored_after_a_tensor(rng) -> None:
+    from converters.compress import tensor as tensor_module
+
+    toggle = tensor_module._set_madvise_hugepage
+    if toggle is None:
+        pytest.skip("this numpy has no huge-page switch")
+    seen = []
+    was = toggle(True)
+    try:
+        with tensor_module.small_pages():
+            seen.append(toggle(False))  # off inside
+        run(rng.standard_normal((64, 64)).astype(np.float32), "float32")
+        seen.append(toggle(True))  # on again after a tensor
+    finally:
+        toggle(was)
+    assert seen == [False, True]
