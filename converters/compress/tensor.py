@@ -193,7 +193,7 @@ def _shared(
 ) -> CompressedTensor:
     """:func:`compress_planned` of a plan that needs no chooser."""
     original = values = weight.values().reshape(-1) if values is None else values
-    if not np.isfinite(values).all():
+    if not all_finite(values):
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
@@ -242,6 +242,12 @@ def sorted_values(weight: Weight, values: np.ndarray) -> np.ndarray:
     return np.repeat(every[order], counts[order])
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """Whether float ``values`` hold no NaN or infinity: their least and largest are finite
+    (NaN propagates through both), two passes without an array of the values' size."""
+    return values.size == 0 or bool(np.isfinite(np.min(values)) and np.isfinite(np.max(values)))
+
+
 def _widened(weight: Weight) -> bool:
     """Whether the weight's float values are its 16-bit stored values widened (bfloat16, float16)."""
     return weight.dtype in ("bfloat16", "float16") and weight.array.itemsize == 2
@@ -252,7 +258,7 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
     sample, coded on the full tensor, measured, and given more bits while it misses the floor;
     or exact storage."""
     values = weight.values().reshape(-1)
-    if not np.isfinite(values).all():
+    if not all_finite(values):
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
