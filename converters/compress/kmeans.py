@@ -98,14 +98,14 @@ def kmeans_1d(
     values = np.asarray(x).ravel()
     if values.size == 0:
         raise ValueError("cannot initialize centroids from no data")
-    if not np.isfinite(values).all():
+    if not (np.isfinite(np.min(values)) and np.isfinite(np.max(values))):  # NaN reaches both
         raise ValueError("k-means input contains NaN or infinity")
     if importance is None:
         order = None
         if ordered is None:  # samples come sorted
             ascending = values.size < 2 or bool(np.all(values[1:] >= values[:-1]))
             ordered = values if ascending else np.sort(values)
-        xs = ordered.astype(np.float64)
+        xs = np.asarray(ordered, dtype=np.float64)  # read only: float64 input is not copied
         ws = None
     else:
         ws = np.asarray(importance, dtype=np.float64).ravel()
