@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # examples/, after PYTHONPATH's trees
 
 from converters.compress.config import SAFE, CompressionConfig
 from converters.compress.tensor import compress_weight, floors
