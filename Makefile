@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint install bench zoo clean
 
 $(STAMP): pyproject.toml setup.py dcformat/codec/_native.c dcformat/codec/_matvec.c \
-		dcformat/codec/_encode.c converters/compress/_assign.c
+		dcformat/codec/_encode.c converters/compress/_assign.c \
+		converters/compress/_kmeans.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned here (a CPU wheel); the library metadata keeps a range.

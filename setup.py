@@ -22,6 +22,14 @@ setup(
             optional=True,
             extra_compile_args=["-O3"],
         ),
+        # Lloyd iterations (converters/compress/kmeans.py falls back to numpy without it); no FMA
+        # contraction, so its float64 sums are numpy's, bit for bit.
+        Extension(
+            "converters.compress._kmeans",
+            ["converters/compress/_kmeans.c"],
+            optional=True,
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+        ),
         # Products on the compressed form (dcformat/codec/matvec.py falls back to numpy without it).
         Extension(
             "dcformat.codec._matvec", ["dcformat/codec/_matvec.c"], optional=True, extra_compile_args=["-O3"]

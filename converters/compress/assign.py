@@ -76,6 +76,43 @@ def nearest_codes(
     return codes
 
 
+def stored_codes(
+    boundaries: np.ndarray, stored: np.ndarray, dtype: type[np.unsignedinteger], zero_symbol: bool
+) -> np.ndarray:
+    """:func:`nearest_codes` of the values of 16-bit floats given in their stored form (flat:
+    float16, or uint16 holding bfloat16 bits): the code of each of the 65536 values, once, then
+    a table lookup per element. A code depends on the value alone, so these are the codes of
+    the values widened to float32."""
+    table_values = every_value(stored.dtype)
+    table_values[~np.isfinite(table_values)] = 0  # NaN and infinities: never looked up (finite weights)
+    return lookup(nearest_codes(boundaries, table_values, dtype, zero_symbol), stored.view(np.uint16))
+
+
+def every_value(stored: np.dtype) -> np.ndarray:
+    """The float32 value of each of the 65536 bit patterns of a 16-bit float stored as
+    ``stored`` (float16, or uint16 holding bfloat16 bits), indexed by the pattern."""
+    every = np.arange(1 << 16, dtype=np.uint16)
+    if stored == np.float16:
+        return every.view(np.float16).astype(np.float32)
+    if stored == np.uint16:
+        return (every.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    raise ValueError(f"stored values must be float16 or bfloat16 bits (uint16), got {stored}")
+
+
+def lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` for a uint8 or uint16 ``table`` with an entry for every value of the flat
+    uint8 or uint16 ``index``, without numpy's index array of 8 bytes per element."""
+    out = np.empty(index.size, dtype=table.dtype)
+    if native() and table.size == 1 << (8 * index.itemsize):
+        _native.lookup(
+            np.ascontiguousarray(table), table.itemsize, np.ascontiguousarray(index), index.itemsize, out
+        )
+        return out
+    for first in range(0, index.size, BLOCK):
+        out[first : first + BLOCK] = table[index[first : first + BLOCK]]
+    return out
+
+
 def assign_numpy(boundaries: np.ndarray, values: np.ndarray) -> np.ndarray:
     """:func:`assign` in numpy (the fallback of the C kernel)."""
     k = boundaries.size

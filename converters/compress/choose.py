@@ -55,12 +55,19 @@ def cheapest(name: str, options: Sequence[Raw | Quantized]) -> EncodedTensor:
     Options that cannot beat the best so far are not encoded.
     """
     best: EncodedTensor | None = None
+    best_bytes = 0  # best.stored_bytes (packing the record's tables: computed once each)
     for option in sorted(options, key=_lower_bound):
-        if best is not None and _lower_bound(option) >= best.stored_bytes:
+        if best is not None and _lower_bound(option) >= best_bytes:
             continue
         encoded = dcformat.encode(name, option)
-        if best is None or encoded.stored_bytes < best.stored_bytes:
+        if best is None:
             best = encoded
+            if len(options) > 1:
+                best_bytes = encoded.stored_bytes
+            continue
+        stored_bytes = encoded.stored_bytes
+        if stored_bytes < best_bytes:
+            best, best_bytes = encoded, stored_bytes
     if best is None:
         raise ValueError("no encoding to choose from")
     return best

@@ -31,9 +31,14 @@ from typing import Any
 import numpy as np
 
 from ..weight import Role
-from .assign import assign
+from .assign import assign, native
 from .config import DEFAULT_SNR_DB, Init
 from .share import SharedTensor, share_weights
+
+try:
+    from . import _kmeans as _kernels
+except ImportError:  # built without a compiler: numpy does the work
+    _kernels = None
 
 MAX_BITS = 12  # codebooks of up to 4096 values (the uniform grid); exact storage beyond
 LLOYD_MAX_BITS = 8  # k-means to convergence up to 256 centroids (the search sample has 65536 values)
@@ -264,7 +269,7 @@ def choose(
     def meets(bits: int, init: Init, iters: int) -> bool:
         nonlocal best_snr
         shared = share_weights(sample, bits, init=init, max_iter=iters, seed=seed)
-        snr = min(sqnr_db(sample, shared.decode()), fidelity_db(rows, _assign(shared, rows)))
+        snr = min(_shared_sqnr_db(sample, shared), fidelity_db(rows, _assign(shared, rows)))
         best_snr = max(best_snr, snr)
         if snr >= snr_db:
             entropy = _entropy(shared.codes)
@@ -296,6 +301,28 @@ def _uniform_start(sample: np.ndarray, snr_db: float, max_bits: int) -> int:
     rms = float(np.sqrt(np.mean(sample**2)))
     levels = (sample[-1] - sample[0]) / (rms * np.sqrt(12)) * 10 ** (snr_db / 20) if rms else 1.0
     return int(np.clip(np.floor(np.log2(levels + 1)) - 2, 1, max_bits))
+
+
+def _shared_sqnr_db(sample: np.ndarray, shared: SharedTensor) -> float:
+    """``sqnr_db(sample, shared.decode())`` for a float64 ``sample``: the C kernel's sums
+    (numpy's, bit for bit) where it is built, without the decoded array."""
+    codes = shared.codes
+    if (
+        _kernels is None
+        or not native()
+        or sample.dtype != np.float64
+        or codes.dtype not in (np.uint8, np.uint16)
+    ):
+        return sqnr_db(sample, shared.decode())
+    table = np.zeros(1 << (8 * codes.itemsize))  # float64: the codebook widened, as sqnr_db does
+    table[: shared.codebook.size] = shared.codebook
+    flat = np.ascontiguousarray(sample).reshape(-1)
+    noise, signal = _kernels.sq_sums(
+        flat, 8, table, np.ascontiguousarray(codes), codes.itemsize, None, 1, 0, flat.size
+    )
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(signal / noise) if signal else float("-inf")
 
 
 def _entropy(codes: np.ndarray) -> float:

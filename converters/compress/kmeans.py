@@ -11,8 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.compress import assign as _assign_module
 from converters.compress.assign import assign
 from converters.compress.config import INITS, Init
+
+try:
+    from converters.compress import _kmeans as _native
+except ImportError:  # built without a compiler: numpy does the work
+    _native = None
 
 
 @dataclass(frozen=True)
@@ -92,14 +98,14 @@ def kmeans_1d(
     values = np.asarray(x).ravel()
     if values.size == 0:
         raise ValueError("cannot initialize centroids from no data")
-    if not np.isfinite(values).all():
+    if not (np.isfinite(np.min(values)) and np.isfinite(np.max(values))):  # NaN reaches both
         raise ValueError("k-means input contains NaN or infinity")
     if importance is None:
         order = None
         if ordered is None:  # samples come sorted
             ascending = values.size < 2 or bool(np.all(values[1:] >= values[:-1]))
             ordered = values if ascending else np.sort(values)
-        xs = ordered.astype(np.float64)
+        xs = np.asarray(ordered, dtype=np.float64)  # read only: float64 input is not copied
         ws = None
     else:
         ws = np.asarray(importance, dtype=np.float64).ravel()
@@ -109,6 +115,16 @@ def kmeans_1d(
         xs = values[order].astype(np.float64)
         ws = ws[order]
     n = len(xs)
+    if ws is None and _native is not None and _assign_module.native():
+        # the same iterations in C (_kmeans.c: the same float64 operations in the same order)
+        centroids = np.array(init_centroids(xs, k, init, seed), dtype=np.float64)
+        distortions = np.empty(max_iter)
+        iterations, converged = _native.lloyd(xs, float(xs.mean()), centroids, max_iter, distortions)
+        boundaries = (centroids[:-1] + centroids[1:]) / 2
+        codes = (
+            _labels(boundaries, values, xs if ordered is values else None) if labels else np.zeros(0, np.intp)
+        )
+        return KMeansResult(centroids, codes, distortions[:iterations], bool(converged))
     # Prefix sums of the centred values keep the per-cluster sums and SSE well conditioned
     # (built in place: three float64 arrays of n in all, four with importance).
     shift = xs.mean() if ws is None or ws.sum() == 0 else float(np.average(xs, weights=ws))
@@ -150,5 +166,15 @@ def kmeans_1d(
     # side="right" on the boundaries puts values equal to a boundary in the upper cluster,
     # exactly like side="left" on the sorted values above.
     # np.searchsorted(boundaries, values, side="right"), faster
-    codes = assign(boundaries, values) if labels else np.zeros(0, dtype=np.intp)
+    sorted_input = xs if order is None and ordered is values else None
+    codes = _labels(boundaries, values, sorted_input) if labels else np.zeros(0, dtype=np.intp)
     return KMeansResult(centroids, codes, np.asarray(distortions), converged)
+
+
+def _labels(boundaries: np.ndarray, values: np.ndarray, xs: np.ndarray | None) -> np.ndarray:
+    """``assign(boundaries, values)``; where the values came sorted (``xs``, them as float64),
+    as runs: the values from the first >= a boundary on are in the next cluster."""
+    if xs is None:
+        return assign(boundaries, values)
+    edges = np.searchsorted(xs, boundaries, side="left")
+    return np.repeat(np.arange(boundaries.size + 1), np.diff(edges, prepend=0, append=xs.size))

@@ -7,22 +7,38 @@ memory a conversion takes is a few bytes per element of the largest tensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+try:
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # numpy 1.x
+    try:
+        from numpy.core.multiarray import _set_madvise_hugepage
+    except ImportError:
+        _set_madvise_hugepage = None
+
 from dcformat import EncodedTensor, dtypes
 from dcformat import dcnn_pb2 as pb
+from dcformat.codec.huffman import frequencies
 
 from ..errors import ConvertError
 from ..weight import Weight, float_values
 from . import fidelity, share
+from .assign import every_value, native
 from .choose import cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
 from .report import TensorReport, stage_bytes
 from .share import SharedTensor, share_weights
+
+try:
+    from . import _kmeans as _kernels
+except ImportError:  # built without a compiler: numpy does the work
+    _kernels = None
 
 
 @dataclass(frozen=True)
@@ -144,16 +160,48 @@ def compress_planned(
     """
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
-    if plan.snr is not None and not plan.prunes and importance is None:
-        return _chosen(weight, plan, config)
+    with small_pages():
+        if plan.snr is not None and not plan.prunes and importance is None:
+            return _chosen(weight, plan, config)
+        return _shared(weight, plan, config, importance, scaled, values, clustered)
+
+
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy's large arrays without its request for transparent huge pages (``madvise``), then
+    the setting as it was. Where the kernel compacts memory to serve that request (THP defrag
+    "madvise", the common default), every fresh array of a tensor's size costs more system
+    time than its huge pages save the conversion, whose arrays are streamed once or twice."""
+    if _set_madvise_hugepage is None:
+        yield
+        return
+    was = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(was)
+
+
+def _shared(
+    weight: Weight,
+    plan: TensorPlan,
+    config: CompressionConfig,
+    importance: np.ndarray | None,
+    scaled: bool,
+    values: np.ndarray | None,
+    clustered: np.ndarray | None,
+) -> CompressedTensor:
+    """:func:`compress_planned` of a plan that needs no chooser."""
     original = values = weight.values().reshape(-1) if values is None else values
-    if not np.isfinite(values).all():
+    if not all_finite(values):
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
     scales = None
     if scaled and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
         scales = row_scales(values, weight.array.shape[0])
+    if clustered is None and importance is None and scales is None and not plan.prunes and _widened(weight):
+        clustered = share.kmeans_input(sorted_values(weight, values))  # what share_weights would sort
     try:
         if plan.prunes:
             from .prune import prune_array  # imports torch, which pruning alone needs
@@ -172,10 +220,37 @@ def compress_planned(
             seed=config.seed,
             importance=importance,
             clustered=clustered if scales is None and not plan.prunes else None,  # of these values
+            stored=weight.array if _widened(weight) and scales is None and not plan.prunes else None,
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
     return encode_shared(weight, shared, plan.bits, original, scales)
+
+
+def sorted_values(weight: Weight, values: np.ndarray) -> np.ndarray:
+    """``np.sort`` of the weight's flat finite float ``values``. For 16-bit floats (bfloat16,
+    float16) a counting sort of their 65536 bit patterns, several times faster: the same
+    array but for where -0.0 and +0.0 fall among the zeros, which np.sort leaves open too
+    (they compare equal, so every later comparison and sum treats them alike)."""
+    if not _widened(weight) or values.size < 1 << 16:
+        return np.sort(values)
+    stored = weight.array.reshape(-1)
+    counts = frequencies(stored.view(np.uint16), 1 << 16)
+    every = every_value(stored.dtype)
+    present = np.flatnonzero(counts)
+    order = present[np.argsort(every[present], kind="stable")]
+    return np.repeat(every[order], counts[order])
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether float ``values`` hold no NaN or infinity: their least and largest are finite
+    (NaN propagates through both), two passes without an array of the values' size."""
+    return values.size == 0 or bool(np.isfinite(np.min(values)) and np.isfinite(np.max(values)))
+
+
+def _widened(weight: Weight) -> bool:
+    """Whether the weight's float values are its 16-bit stored values widened (bfloat16, float16)."""
+    return weight.dtype in ("bfloat16", "float16") and weight.array.itemsize == 2
 
 
 def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> CompressedTensor:
@@ -183,12 +258,12 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
     sample, coded on the full tensor, measured, and given more bits while it misses the floor;
     or exact storage."""
     values = weight.values().reshape(-1)
-    if not np.isfinite(values).all():
+    if not all_finite(values):
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
     floor = plan.snr
-    ordered = np.sort(values)  # for the search's sample and the k-means sample alike
+    ordered = sorted_values(weight, values)  # for the search's sample and the k-means sample alike
     shape = weight.array.shape
     choice = fidelity.choose(values.reshape(shape), snr_db=floor, seed=config.seed, ordered=ordered)
     clustered = share.kmeans_input(ordered)  # what the k-means sorts (a sample of large tensors)
@@ -201,8 +276,14 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
         if tensor.codes is None:  # exact storage was smaller
             return tensor
 
-        def decoded(first: int, stop: int, tensor: CompressedTensor = tensor) -> np.ndarray:
-            return _decode(tensor.codebook, tensor.codes, tensor.scales, first, stop)
+        wide = tensor.codebook.astype(np.float64)  # float64 as fidelity_db takes it: one gather
+
+        def decoded(
+            first: int, stop: int, tensor: CompressedTensor = tensor, wide: np.ndarray = wide
+        ) -> np.ndarray:
+            if tensor.scales is not None:
+                return _decode(tensor.codebook, tensor.codes, tensor.scales, first, stop)
+            return np.take(wide, tensor.codes[first:stop])
 
         if fidelity.fidelity_db(values.reshape(weight.array.shape), decoded) >= floor:
             return tensor
@@ -226,7 +307,8 @@ def encode_shared(
     shared = shared.compact()
     shape = tuple(weight.array.shape)
     encoded = cheapest(weight.name, coded(shared, shape, weight.dtype, scales))
-    if weight.array.nbytes <= encoded.stored_bytes:
+    stored_bytes = encoded.stored_bytes  # packs the record's codebook and tables: once
+    if weight.array.nbytes <= stored_bytes:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     if scales is None:
         codebook = float_values(dtypes.convert_floats(shared.codebook, weight.dtype), weight.dtype)
@@ -243,6 +325,7 @@ def encode_shared(
         pruned_bytes=stage_bytes(survivors, values.size, 8 * weight.array.itemsize),
         quantized_bytes=stage_bytes(survivors, values.size, bits) + 4 * len(shared.codebook),
         error=error,
+        stored_bytes=stored_bytes,
     )
     return CompressedTensor(encoded, error, row, codebook, shared.codes, row_scale)
 
@@ -261,6 +344,7 @@ def _row(
     pruned_bytes: int,
     quantized_bytes: int,
     error: float,
+    stored_bytes: int | None = None,
 ) -> TensorReport:
     return TensorReport(
         name=weight.name,
@@ -273,7 +357,7 @@ def _row(
         original_bytes=weight.array.nbytes,
         pruned_bytes=pruned_bytes,
         quantized_bytes=quantized_bytes,
-        stored_bytes=encoded.stored_bytes,
+        stored_bytes=encoded.stored_bytes if stored_bytes is None else stored_bytes,
         error=error,
     )
 
@@ -284,9 +368,41 @@ def _relative_rms(
     """‖values − decoded‖ / ‖values‖, in blocks (float64 sums)."""
     error = total = 0.0
     block = share.BLOCK
+    sums = _native_sums(values, codebook, codes, scales)
+    if sums is not None:  # the same sums in C (_kmeans.c), without the blocks' work arrays
+        for first in range(0, values.size, block):
+            block_error, block_total = sums(first, min(values.size, first + block))
+            error += block_error
+            total += block_total
+        return (error / total) ** 0.5 if total else 0.0
     for first in range(0, values.size, block):
         v = values[first : first + block].astype(np.float64)
         diff = v - _decode(codebook, codes, scales, first, min(values.size, first + block))
         error += float(np.sum(np.square(diff, out=diff)))
         total += float(np.sum(np.square(v, out=v)))
     return (error / total) ** 0.5 if total else 0.0
+
+
+def _native_sums(
+    values: np.ndarray, codebook: np.ndarray, codes: np.ndarray, scales: np.ndarray | None
+) -> Callable[[int, int], tuple[float, float]] | None:
+    """``sums(first, stop)``: the squared errors and squared values of a block, as
+    :func:`_relative_rms` sums them, by the C kernel; None where numpy must do it."""
+    if _kernels is None or not native() or codes.dtype not in (np.uint8, np.uint16):
+        return None
+    if values.dtype not in (np.float32, np.float64) or codebook.dtype != values.dtype:
+        return None
+    if scales is not None and (values.dtype != np.float32 or scales.dtype != np.float32):
+        return None
+    table = np.zeros(1 << (8 * codes.itemsize), dtype=values.dtype)  # an entry for every code
+    table[: codebook.size] = codebook
+    flat, code_values = np.ascontiguousarray(values).reshape(-1), np.ascontiguousarray(codes).reshape(-1)
+    row_scales = None if scales is None else np.ascontiguousarray(scales)
+    width = 1 if scales is None else codes.size // scales.size
+
+    def sums(first: int, stop: int) -> tuple[float, float]:
+        return _kernels.sq_sums(
+            flat, flat.itemsize, table, code_values, code_values.itemsize, row_scales, width, first, stop
+        )
+
+    return sums

@@ -112,3 +112,38 @@ def test_any_shape_on_both_paths(monkeypatch) -> None:
         got = assign(boundaries, values)
         assert got.shape == values.shape
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("stored_dtype", [np.float16, np.uint16])
+@pytest.mark.parametrize("zero_symbol", [False, True])
+def test_codes_of_16_bit_values_through_their_table(stored_dtype, zero_symbol: bool) -> None:
+    from converters.compress.assign import stored_codes
+
+    rng = np.random.default_rng(5)
+    every = np.arange(1 << 16, dtype=np.uint16)  # every bit pattern once, then random weights
+    if stored_dtype == np.float16:
+        widened = every.view(np.float16).astype(np.float32)
+    else:
+        widened = (every.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    finite = every[np.isfinite(widened)]
+    stored = np.concatenate([finite, rng.choice(finite, 50000)]).view(stored_dtype)
+    values = widened[stored.view(np.uint16)]
+    centroids = np.sort(rng.standard_normal(200) * 0.1)
+    boundaries = (centroids[:-1] + centroids[1:]) / 2
+    want = nearest_codes(boundaries, values, np.uint8, zero_symbol)
+    np.testing.assert_array_equal(stored_codes(boundaries, stored, np.uint8, zero_symbol), want)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        stored_codes(boundaries, values, np.uint8, zero_symbol)
+
+
+@pytest.mark.parametrize("no_native", ["0", "1"])
+def test_lookup_is_fancy_indexing(monkeypatch, no_native: str) -> None:
+    from converters.compress.assign import lookup
+
+    monkeypatch.setenv("DCNN_NO_NATIVE", no_native)
+    rng = np.random.default_rng(6)
+    for table_dtype, index_dtype in ((np.uint8, np.uint8), (np.uint16, np.uint16), (np.uint8, np.uint16)):
+        table = rng.integers(0, np.iinfo(table_dtype).max, 1 << (8 * np.dtype(index_dtype).itemsize))
+        table = table.astype(table_dtype)
+        index = rng.integers(0, table.size, 70000).astype(index_dtype)
+        np.testing.assert_array_equal(lookup(table, index), table[index])

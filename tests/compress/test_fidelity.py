@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import dcformat
+from converters.compress import fidelity as fidelity_module
 from converters.compress.config import PAPER, SAFE, apply_options
 from converters.compress.fidelity import (
     allocate,
@@ -20,6 +21,7 @@ from converters.compress.fidelity import (
     with_channel_scales,
     with_outliers,
 )
+from converters.compress.share import share_weights
 from converters.compress.tensor import CompressedTensor, compress_weight
 from converters.weight import EXACT_ROLES, Weight
 
@@ -175,3 +177,17 @@ def test_the_snr_flag_moves_the_floor_and_turns_the_chooser_off(tmp_path, capsys
         convert_main([str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "x.dcnn"), "--snr", "loud"]) == 2
     )
     assert "--snr loud" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8, 12])
+def test_sample_sqnr_of_the_native_sums_is_numpys(monkeypatch, bits: int) -> None:
+    # the chooser's sample SQNR through the C error sums: sqnr_db's value to the bit
+    rng = np.random.default_rng(bits)
+    values = rng.laplace(size=70001) * 0.02
+    values[:300] = 0.0  # a zero symbol
+    sample = fidelity_module.search_sample(values)
+    shared = share_weights(sample, bits, init="linear", max_iter=1)
+    want = fidelity_module.sqnr_db(sample, shared.decode())
+    for flag in ("0", "1"):
+        monkeypatch.setenv("DCNN_NO_NATIVE", flag)
+        assert fidelity_module._shared_sqnr_db(sample, shared) == want

@@ -131,3 +131,34 @@ def test_sharing_without_zeros_uses_every_code() -> None:
     assert len(shared.codebook) == 16
     assert set(np.unique(shared.codes)) == set(range(16))
     assert np.abs(shared.decode() - w.reshape(-1)).max() < 0.05
+
+
+def test_native_lloyd_equals_numpy_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The C loop (_kmeans.c) must give numpy's centroids, distortions and stop, to the bit:
+    # they decide the codes written into files.
+    from converters.compress import kmeans as kmeans_module
+
+    if kmeans_module._native is None:
+        pytest.skip("the native k-means is not built (DCNN_NO_NATIVE builds run the numpy path)")
+    rng = np.random.default_rng(7)
+    samples = {
+        "normal": rng.standard_normal(20000),
+        "ties": rng.integers(-5, 5, 3000).astype(np.float64),
+        "float32": (rng.standard_normal(9000) * 0.02).astype(np.float32),
+        "few": rng.laplace(size=5) * 1e-3,
+    }
+    for name, x in samples.items():
+        for k, init, iters in ((1, "linear", 3), (3, "random", 40), (16, "density", 30), (300, "linear", 25)):
+            results = []
+            for flag in ("1", "0"):
+                monkeypatch.setenv("DCNN_NO_NATIVE", flag)
+                results.append(kmeans_1d(np.sort(x), k, init=init, max_iter=iters, seed=k))
+            numpy_result, native_result = results
+            assert numpy_result.centroids.tobytes() == native_result.centroids.tobytes(), name
+            assert numpy_result.distortions.tobytes() == native_result.distortions.tobytes(), name
+            assert numpy_result.converged == native_result.converged
+            np.testing.assert_array_equal(numpy_result.labels, native_result.labels)
+            # sorted input takes its labels as runs: each value's nearest centroid all the same
+            c = native_result.centroids
+            want = np.searchsorted((c[:-1] + c[1:]) / 2, np.sort(x).astype(np.float64), side="right")
+            np.testing.assert_array_equal(native_result.labels, want)

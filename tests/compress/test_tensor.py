@@ -162,3 +162,86 @@ def test_row_scales_serve_rows_of_very_different_ranges(rng, tmp_path) -> None:
     _, _, decoded = written(scaled, tmp_path)
     assert np.array_equal(decoded, scaled.values(weight))  # the reader decodes what was measured
     assert scaled.error == pytest.approx(np.linalg.norm(decoded - array) / np.linalg.norm(array), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("options", [(), [("bits", "4")]])
+def test_native_kernels_write_numpys_bytes(monkeypatch, rng, dtype: str, options) -> None:
+    # C kernels (assignment, tables of 16-bit values, Lloyd, error sums, packing) against the
+    # numpy code: the same bytes and the same error, bit for bit. A small KMEANS_SAMPLE sends
+    # the tensor through the sampled path and its code table; zeros give a zero symbol.
+    monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 14)
+    monkeypatch.setattr(share_module, "BLOCK", 3000)  # error sums over several blocks
+    values = (rng.standard_normal((96, 512)) * 0.02).astype(np.float32)
+    values.reshape(-1)[rng.choice(values.size, 500, replace=False)] = 0.0
+    array = dtypes.convert_floats(values, dtype)
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("DCNN_NO_NATIVE", flag)
+        results[flag] = run(array, dtype, options)
+    numpy_tensor, native_tensor = results["1"], results["0"]
+    assert numpy_tensor.codes is not None  # coded, not stored exactly
+    assert numpy_tensor.encoded.to_bytes() == native_tensor.encoded.to_bytes()
+    assert numpy_tensor.error == native_tensor.error
+
+
+@pytest.mark.parametrize(("dtype", "scaled"), [(np.float32, False), (np.float32, True), (np.float64, False)])
+@pytest.mark.parametrize("size", [5, 8, 129, 3000, 70001])
+def test_native_error_sums_are_numpys(monkeypatch, rng, dtype, scaled: bool, size: int) -> None:
+    from converters.compress import tensor as tensor_module
+
+    if tensor_module._kernels is None:
+        pytest.skip("the native kernels are not built")
+    monkeypatch.setattr(share_module, "BLOCK", 4096)
+    values = (rng.standard_normal(size) * 0.02).astype(dtype)
+    codebook = np.sort(rng.standard_normal(300) * 0.02).astype(dtype)
+    codes = rng.integers(0, 300, size).astype(np.uint16)
+    scales = (rng.random(size // 5 if size % 5 == 0 else 1) + 0.5).astype(np.float32) if scaled else None
+    monkeypatch.setenv("DCNN_NO_NATIVE", "1")
+    want = tensor_module._relative_rms(values, codebook, codes, scales)
+    monkeypatch.setenv("DCNN_NO_NATIVE", "0")
+    assert tensor_module._native_sums(values, codebook, codes, scales) is not None
+    assert tensor_module._relative_rms(values, codebook, codes, scales) == want
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_counting_sort_of_16_bit_values_is_nps(monkeypatch, rng, dtype: str) -> None:
+    from converters.compress import tensor as tensor_module
+
+    values = (rng.laplace(size=(300, 400)) * 0.02).astype(np.float32)
+    values.reshape(-1)[:700] = 0.0
+    values.reshape(-1)[700:900] = -0.0
+    array = dtypes.convert_floats(values, dtype)
+    weight = Weight("layer.weight", array, dtype)
+    flat = weight.values().reshape(-1)
+    got, want = tensor_module.sorted_values(weight, flat), np.sort(flat)
+    assert got.dtype == want.dtype and np.array_equal(got, want)  # -0.0 == 0.0
+    nonzero = want != 0
+    assert got[nonzero].tobytes() == want[nonzero].tobytes()
+    # and the files: the chooser and fixed bits write np.sort's bytes
+    monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 14)
+    for options in ((), [("bits", "4")]):
+        counted = run(array, dtype, options)
+        monkeypatch.setattr(tensor_module, "sorted_values", lambda weight, values: np.sort(values))
+        sorted_ = run(array, dtype, options)
+        monkeypatch.undo()
+        monkeypatch.setattr(share_module, "KMEANS_SAMPLE", 1 << 14)
+        assert counted.encoded.to_bytes() == sorted_.encoded.to_bytes()
+
+
+def test_huge_page_requests_are_restored_after_a_tensor(rng) -> None:
+    from converters.compress import tensor as tensor_module
+
+    toggle = tensor_module._set_madvise_hugepage
+    if toggle is None:
+        pytest.skip("this numpy has no huge-page switch")
+    seen = []
+    was = toggle(True)
+    try:
+        with tensor_module.small_pages():
+            seen.append(toggle(False))  # off inside
+        run(rng.standard_normal((64, 64)).astype(np.float32), "float32")
+        seen.append(toggle(True))  # on again after a tensor
+    finally:
+        toggle(was)
+    assert seen == [False, True]
