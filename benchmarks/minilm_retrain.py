@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, default=4, help="encoder and other layers (4)")
     parser.add_argument("--embedding-bits", type=int, default=3, help="word embedding table (3)")
     parser.add_argument("--ffn-out-bits", type=int, help="feed-forward output layers (default: --bits)")
-    parser.add_argument("--prune-steps", type=int, default=100, help="optimizer steps per pruning round")
-    parser.add_argument("--quantize-steps", type=int, default=200, help="trained quantization steps")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--prune-steps", type=int, default=300, help="optimizer steps per pruning round")
+    parser.add_argument("--quantize-steps", type=int, default=300, help="trained quantization steps")
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam rate of the pruning rounds")
     parser.add_argument("--quantize-lr", type=float, default=1e-4, help="Adam rate of fine-tuning")
     parser.add_argument(
