@@ -97,6 +97,11 @@ def convert_main(argv: list[str] | None = None) -> int:
         ("--include", "INCLUDE", "compress tensors matching PATTERN that would be stored exactly"),
         ("--exclude", "EXCLUDE", "store tensors matching PATTERN exactly"),
         ("--snr", "DB", "the default's fidelity floor per tensor in dB (36; 'off': fixed bits)"),
+        (
+            "--extras",
+            "LIST",
+            "what the default may use where it pays: 'scales,outliers' (default), one, or 'none'",
+        ),
     ):
         rules.add_argument(flag, action=_Ordered, dest="options", default=[], metavar=metavar, help=text)
     rules.add_argument("--init", choices=("linear", "density", "random"), help="centroid initialization")

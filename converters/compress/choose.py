@@ -21,14 +21,19 @@ def exact(array: np.ndarray, dtype: str) -> Raw:
 
 
 def coded(
-    shared: SharedTensor, shape: tuple[int, ...], dtype: str, scales: np.ndarray | None = None
+    shared: SharedTensor,
+    shape: tuple[int, ...],
+    dtype: str,
+    scales: np.ndarray | None = None,
+    outliers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Quantized]:
-    """Dense codes, and sparse codes where zeros abound (``scales``: one per row, format 1.1).
+    """Dense codes, and sparse codes where zeros abound (format 1.1: ``scales``, one per row;
+    ``outliers``, positions and stored values kept exactly over the codes).
 
     Sparse codes can win only when most codes are the zero symbol: with fewer, a zero symbol
     of about a bit keeps dense codes smaller (measured at 30%, 50% and 60% zeros, 3 to 8 bits).
     """
-    options = [Quantized(shared.codebook, shared.codes, shape, dtype=dtype, scales=scales)]
+    options = [Quantized(shared.codebook, shared.codes, shape, dtype=dtype, scales=scales, outliers=outliers)]
     if shared.zero_symbol and 2 * np.count_nonzero(shared.codes) <= shared.codes.size:
         positions = np.flatnonzero(shared.codes)
         options.append(
@@ -39,6 +44,7 @@ def coded(
                 positions=positions,
                 dtype=dtype,
                 scales=scales,
+                outliers=outliers,
             )
         )
     return options

@@ -29,6 +29,7 @@ Init = Literal["linear", "density", "random"]
 INITS: tuple[Init, ...] = ("linear", "density", "random")
 # how a graph of several outputs is measured against --max-output-error (see CompressionConfig)
 OUTPUT_ERRORS = ("concat", "per-output")
+EXTRAS = ("scales", "outliers")  # the format 1.1 features the chooser may use
 
 
 def _check_bits(bits: int, where: str) -> None:
@@ -128,7 +129,10 @@ class CompressionConfig:
     compressed tensor gets the fewest bytes (bits, centroids) that keep its fidelity at or
     above its floor, or is stored exactly; a rule that sets a tensor's bits takes it out of
     the chooser. Floors are ``snr`` for a tensor of the model's mean size, lower for larger
-    tensors and higher for smaller, within ``snr_spread`` dB (0: ``snr`` for all).
+    tensors and higher for smaller, within ``snr_spread`` dB (0: ``snr`` for all). ``extras``
+    are the format 1.1 features the chooser may use where they make a tensor's file smaller
+    at its floor: "scales" (a float16 scale per row, float32 tensors) and "outliers" (the
+    largest |w| stored exactly).
     """
 
     conv_bits: int = 8
@@ -142,6 +146,7 @@ class CompressionConfig:
     output_error: str = "concat"
     snr: float | None = None
     snr_spread: float = 10.0
+    extras: tuple[str, ...] = EXTRAS
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -169,6 +174,9 @@ class CompressionConfig:
         spread = self.snr_spread
         if isinstance(spread, bool) or not isinstance(spread, int | float) or not 0 <= spread <= 60:
             raise ValueError(f"snr_spread must be a number of dB in [0, 60], got {spread!r}")
+        if isinstance(self.extras, str) or not all(extra in EXTRAS for extra in self.extras):
+            raise ValueError(f"extras must be a list of {', '.join(EXTRAS)}, got {self.extras!r}")
+        object.__setattr__(self, "extras", tuple(dict.fromkeys(self.extras)))
         if not all(isinstance(rule, LayerRule) for rule in self.rules):
             raise ValueError("rules must be LayerRule instances")
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -200,7 +208,9 @@ class CompressionConfig:
             if f.name != "rules" and getattr(self, f.name) is not None
         }
         if self.snr is None:  # configs without the chooser record as before
-            del out["snr_spread"]
+            del out["snr_spread"], out["extras"]
+        else:
+            out["extras"] = list(self.extras)
         out["rules"] = [
             {f.name: getattr(r, f.name) for f in fields(r) if getattr(r, f.name) is not None}
             for r in self.rules
@@ -307,7 +317,8 @@ def apply_options(
     ``include``/``exclude`` a PATTERN to compress or store exactly;
     ``max-output-error`` "E", the output-error target of a calibrated conversion;
     ``output-error`` "concat" or "per-output", how a graph's several outputs are measured;
-    ``snr`` "DB", the error-bounded chooser's floor (0 or "off": no chooser). ``bits`` N for
+    ``snr`` "DB", the error-bounded chooser's floor (0 or "off": no chooser);
+    ``extras`` "scales,outliers" (a comma list, or "none"), what the chooser may use. ``bits`` N for
     every tensor, or ``init``, turn the chooser off: the bits given are used.
     """
     config, rules = base, list(base.rules)
@@ -337,6 +348,9 @@ def apply_options(
                         raise ConvertError(
                             f"--snr {text}: expected a number of dB in (0, 200), or 'off'", rule="usage"
                         ) from None
+            elif option == "extras":
+                words = [] if text.strip().lower() == "none" else [w.strip() for w in text.split(",")]
+                config = replace(config, extras=tuple(words))
             elif option == "max-output-error":
                 config = replace(config, max_output_error=_number(float, value, text))
             elif option == "output-error":

@@ -79,12 +79,42 @@ FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 @dataclass(frozen=True)
+class Form:
+    """How a tensor's values are prepared for weight sharing (format 1.1, spec 5.6 and 5.7):
+    ``scaled``, every row (axis 0) divided by a float16 scale, its largest |w| among the
+    values shared; ``outliers``, the fraction of largest |w| kept exact and left out of the
+    clustering. The plain form has neither."""
+
+    scaled: bool = False
+    outliers: float = 0.0
+
+    def describe(self) -> str:
+        """A few words for reports: "plain", "row scales", "0.5% outliers", or both."""
+        parts = (["row scales"] if self.scaled else []) + (
+            [f"{100 * self.outliers:g}% outliers"] if self.outliers else []
+        )
+        return " + ".join(parts) or "plain"
+
+
+PLAIN = Form()
+# the forms the chooser tries besides plain; scales only where the file can store them
+OUTLIER_FRACTIONS = (0.001,)
+EXTRA_FORMS = (
+    Form(scaled=True),
+    *(Form(outliers=f) for f in OUTLIER_FRACTIONS),
+    *(Form(scaled=True, outliers=f) for f in OUTLIER_FRACTIONS),
+)
+
+
+@dataclass(frozen=True)
 class Choice:
     """A tensor's weight sharing: ``bits`` (codebook of up to 2**bits values), the centroid
     ``init`` and the number of k-means ``iters`` (1: a uniform grid with its centroids moved
-    once to their cluster means); ``bits`` None when the tensor is stored exactly.
-    ``snr_db`` is the floor it was chosen for, ``bits_per_weight`` the codes' estimated
-    entropy, ``reason`` a few words on why."""
+    once to their cluster means), the ``form`` of the values shared; ``bits`` None when the
+    tensor is stored exactly. ``snr_db`` is the floor it was chosen for, ``bits_per_weight``
+    the estimated bytes per weight in bits (codes' entropy, codebook, scales and outliers),
+    ``reason`` a few words on why; ``sample_db`` the fidelity it measured on the search's
+    samples."""
 
     bits: int | None
     init: Init | None
@@ -92,6 +122,8 @@ class Choice:
     snr_db: float
     bits_per_weight: float
     reason: str
+    form: Form = PLAIN
+    sample_db: float = float("inf")
 
 
 def role_of(name: str, shape: tuple[int, ...], dtype: str, graph_role: str | None = None) -> str:
@@ -238,42 +270,175 @@ def choose(
     lloyd_max_bits: int = LLOYD_MAX_BITS,
     seed: int = 0,
     ordered: np.ndarray | None = None,
+    forms: tuple[Form, ...] = (PLAIN,),
+    value_bytes: int = 4,
 ) -> Choice:
-    """The weight sharing of a float tensor's ``values`` that meets ``snr_db`` (:func:`fidelity_db`
-    on search samples) in the fewest coded bytes, or ``bits`` None when nothing up to
-    ``max_bits`` meets it.
+    """The weight sharing of a float tensor's ``values`` that meets ``snr_db`` in the fewest
+    estimated bytes: the first of :func:`choices`."""
+    return choices(
+        values,
+        snr_db=snr_db,
+        max_bits=max_bits,
+        lloyd_max_bits=lloyd_max_bits,
+        seed=seed,
+        ordered=ordered,
+        forms=forms,
+        value_bytes=value_bytes,
+    )[0]
 
-    Candidates: uniform grids over [min, max] with one centroid update (``iters`` 1;
+
+def choices(
+    values: np.ndarray,
+    *,
+    snr_db: float = DEFAULT_SNR_DB,
+    max_bits: int = MAX_BITS,
+    lloyd_max_bits: int = LLOYD_MAX_BITS,
+    seed: int = 0,
+    ordered: np.ndarray | None = None,
+    forms: tuple[Form, ...] = (PLAIN,),
+    value_bytes: int = 4,
+    lloyd: bool = True,
+) -> list[Choice]:
+    """For each of ``forms`` that applies, the weight sharing of a float tensor's ``values``
+    that meets ``snr_db`` (:func:`fidelity_db` on search samples) in the fewest estimated
+    bytes, cheapest first; one Choice with ``bits`` None when no form meets it up to
+    ``max_bits``.
+
+    Candidates: uniform grids over the range shared with one centroid update (``iters`` 1;
     entropy-coded, they need the fewest bytes for smooth distributions), tried from 1 bit up
     to the first that meets the floor (finer ones only cost more); and k-means run to
     convergence from linear and from density initialization (best for few bits and clustered
     values), from that many bits (at most ``lloyd_max_bits``) down while it still meets the
     floor. The size estimate is the codes' entropy (what Huffman coding pays, within a few
-    percent) plus the codebook.
+    percent), the codebook, and the form's extras: 2 bytes per row scale; per outlier its
+    value (``value_bytes``) and its position (the entropy of a geometric gap).
 
-    ``ordered``, ``np.sort`` of the flat values, saves sorting them when the caller has it.
-    Raises ValueError for an empty tensor or non-finite values.
+    ``lloyd`` False tries the uniform grids only (a quicker search). Forms that do not apply
+    are skipped: scales need rows (axis 0 of at least 2, each of
+    at least ``MIN_CHANNEL`` values) that float16 can scale; outliers need at least
+    ``1 / fraction`` values. ``ordered``, ``np.sort`` of the flat values, saves sorting them
+    when the caller has it. Raises ValueError for an empty tensor or non-finite values.
     """
+    values = np.asarray(values)
+    ordered = np.sort(values.ravel()) if ordered is None else ordered
     sample = search_sample(values, ordered=ordered)
     if sample.size == 0:
         raise ValueError("cannot choose a setting for an empty tensor")
     if not np.isfinite(sample[[0, -1]]).all():
         raise ValueError("the tensor holds NaN or infinite values")
     if not np.any(sample):
-        return Choice(1, "linear", 1, float("inf"), 0.0, "all zeros")
-    numel = int(np.size(values))
-    rows = row_sample(values)
+        return [Choice(1, "linear", 1, float("inf"), 0.0, "all zeros")]
+    numel = int(values.size)
+    found: list[tuple[float, int, Init, int, float, Form]] = []
     best_snr = float("-inf")
-    met: list[tuple[float, int, float, Init, int]] = []
+    for form in forms:
+        view = _view(values, ordered, form, value_bytes)
+        if view is None:
+            continue
+        best, snr = _search(view, snr_db, max_bits, lloyd_max_bits if lloyd else 0, seed, numel)
+        best_snr = max(best_snr, snr)
+        if best is not None:
+            found.append((*best, form))
+    if not found:
+        return [Choice(None, None, 0, float("inf"), 0.0, f"best {best_snr:.1f} dB < {snr_db:g} dB")]
+    out = []
+    for size, bits, init, iters, snr, form in sorted(found, key=lambda f: f[0]):
+        how = "uniform grid" if iters == 1 else f"k-means from {init}"
+        per_weight = 8 * size / numel
+        reason = f"{how}, {bits} bits, {form.describe()}, ~{per_weight:.2f} bits/weight"
+        out.append(Choice(bits, init, iters, snr_db, per_weight, reason, form, snr))
+    return out
+
+
+@dataclass(frozen=True)
+class _View:
+    """A form's search material: the sorted values it clusters (``fit``), whole sampled rows
+    in the tensor's units (``rows``), how a clustering decodes them (``decode``), and the
+    bytes the form adds (scales, outliers)."""
+
+    fit: np.ndarray
+    rows: np.ndarray
+    decode: Callable[[SharedTensor], np.ndarray]
+    extra_bytes: float
+    plain: bool
+
+
+def _view(values: np.ndarray, ordered: np.ndarray, form: Form, value_bytes: int) -> _View | None:
+    """The search material of ``form`` (see :class:`_View`), or None where it does not apply."""
+    numel = values.size
+    threshold = float("inf")
+    extra = 0.0
+    if form.outliers:
+        count = round(form.outliers * numel)
+        if count < 1 or 2 * count > numel:
+            return None
+        ends = np.abs(np.concatenate((ordered[:count], ordered[-count:])).astype(np.float64))
+        threshold = float(np.partition(ends, ends.size - count)[ends.size - count])  # count-th largest
+        if threshold == 0:
+            return None
+        first = np.searchsorted(ordered, ordered.dtype.type(-threshold), side="right")
+        stop = np.searchsorted(ordered, ordered.dtype.type(threshold), side="left")
+        inliers = ordered[first:stop]
+        kept = numel - inliers.size
+        extra += kept * (value_bytes + np.log2(np.e * numel / kept) / 8)
+    else:
+        inliers = ordered
+    if not form.scaled:
+        rows = row_sample(values)
+        exact = np.abs(rows) >= threshold
+
+        def decode(shared: SharedTensor) -> np.ndarray:
+            decoded = _assign(shared, rows)
+            decoded[exact] = rows[exact]
+            return decoded
+
+        return _View(search_sample(values, ordered=inliers), rows, decode, extra, not form.outliers)
+    if values.ndim < 2 or values.shape[0] < 2 or channel_rows(values).shape[0] != values.shape[0]:
+        return None
+    picked = row_sample(values)  # whole rows (or a part of each, for very wide rows)
+    full = np.asarray(values).reshape(values.shape[0], -1)
+    step = max(1, -(-full.size // SEARCH_SAMPLE))
+    chosen = full[::step] if full.shape[1] <= SEARCH_SAMPLE else full[: 1 + full.shape[0] // step]
+    magnitudes = np.abs(chosen.astype(np.float64))
+    with np.errstate(over="ignore"):
+        scales = np.where(magnitudes < threshold, magnitudes, 0).max(axis=1).astype(np.float16)
+    if not np.isfinite(scales).all():
+        return None
+    scales = np.where(scales == 0, 1, scales).astype(np.float64)[:, None]
+    rows = picked
+    exact = np.abs(rows) >= threshold
+    scaled = rows / scales
+    fit = np.sort(scaled[~exact])
+
+    def decode_scaled(shared: SharedTensor) -> np.ndarray:
+        decoded = _assign(shared, scaled) * scales
+        decoded[exact] = rows[exact]
+        return decoded
+
+    return _View(search_sample(fit, ordered=fit), rows, decode_scaled, extra + 2 * values.shape[0], False)
+
+
+def _search(
+    view: _View, snr_db: float, max_bits: int, lloyd_max_bits: int, seed: int, numel: int
+) -> tuple[tuple[float, int, Init, int, float] | None, float]:
+    """The cheapest (estimated bytes, bits, init, iters, fidelity) of a form that meets the
+    floor (None if none does), and the best fidelity seen."""
+    sample = view.fit
+    best_snr = float("-inf")
+    met: list[tuple[float, int, Init, int, float]] = []
+    if sample.size == 0 or not np.any(sample):
+        return None, best_snr
 
     def meets(bits: int, init: Init, iters: int) -> bool:
         nonlocal best_snr
         shared = share_weights(sample, bits, init=init, max_iter=iters, seed=seed)
-        snr = min(_shared_sqnr_db(sample, shared), fidelity_db(rows, _assign(shared, rows)))
+        snr = fidelity_db(view.rows, view.decode(shared))
+        if view.plain:  # the ranked sample holds the extremes the sampled rows may miss
+            snr = min(snr, _shared_sqnr_db(sample, shared))
         best_snr = max(best_snr, snr)
         if snr >= snr_db:
-            entropy = _entropy(shared.codes)
-            met.append((numel * entropy / 8 + 4 * shared.codebook.size, bits, entropy, init, iters))
+            size = numel * _entropy(shared.codes) / 8 + 4 * shared.codebook.size + view.extra_bytes
+            met.append((size, bits, init, iters, snr))
         return snr >= snr_db
 
     # uniform grids: the fewest bits that meet the floor (finer ones cost more), searched from
@@ -288,11 +453,7 @@ def choose(
     for bits in range(min(uniform, lloyd_max_bits), 0, -1):
         if not [init for init in SEARCH_INITS if meets(bits, init, SEARCH_ITERS)]:
             break
-    if not met:
-        return Choice(None, None, 0, float("inf"), 0.0, f"best {best_snr:.1f} dB < {snr_db:g} dB")
-    _, bits, entropy, init, iters = min(met)
-    how = "uniform grid" if iters == 1 else f"k-means from {init}"
-    return Choice(bits, init, iters, snr_db, entropy, f"{how}, {bits} bits, ~{entropy:.2f} bits/weight")
+    return (min(met) if met else None), best_snr
 
 
 def _uniform_start(sample: np.ndarray, snr_db: float, max_bits: int) -> int:
@@ -329,42 +490,6 @@ def _entropy(codes: np.ndarray) -> float:
     counts = np.bincount(np.asarray(codes).ravel())
     p = counts[counts > 0] / codes.size
     return float(-(p * np.log2(p)).sum())
-
-
-# ---- simulations of what format 1.1 could store (evidence only; not written to files) ----
-
-
-def with_outliers(
-    values: np.ndarray, bits: int, init: Init, iters: int = SEARCH_ITERS, fraction: float = 0.005
-) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` weight-shared at ``bits`` with the top ``fraction`` of |w| kept exact and the
-    rest clustered alone: the decoded values, and the shared (coded) values among them."""
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    keep = max(1, round(fraction * flat.size))
-    outliers = np.argpartition(np.abs(flat), flat.size - keep)[flat.size - keep :]
-    rest = np.ones(flat.size, dtype=bool)
-    rest[outliers] = False
-    out = flat.copy()
-    out[rest] = shared = shared_values(flat[rest], bits, init, iters)
-    return out.reshape(np.shape(values)), shared
-
-
-def with_channel_scales(
-    values: np.ndarray, bits: int, init: Init, iters: int = SEARCH_ITERS
-) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` divided by a float16 scale per channel (:func:`channel_rows`; the channel's
-    max |w|), weight-shared at ``bits`` with one codebook, multiplied back: the decoded values,
-    and the shared (coded, unscaled) values."""
-    rows = channel_rows(np.asarray(values, dtype=np.float64))
-    scale = np.abs(rows).max(axis=1).astype(np.float16).astype(np.float64)
-    scale[scale == 0] = 1.0
-    shared = shared_values((rows / scale[:, None]).ravel(), bits, init, iters)
-    return (shared.reshape(rows.shape) * scale[:, None]).reshape(np.shape(values)), shared
-
-
-def shared_values(flat: np.ndarray, bits: int, init: Init, iters: int = SEARCH_ITERS) -> np.ndarray:
-    """Flat values clustered on a search sample, every value given its nearest centroid."""
-    return _assign(share_weights(search_sample(flat, 1 << 18), bits, init=init, max_iter=iters), flat)
 
 
 def _assign(fitted: SharedTensor, values: np.ndarray) -> np.ndarray:

@@ -53,32 +53,57 @@ class CompressedTensor:
     codebook: np.ndarray | None = None
     codes: np.ndarray | None = None
     scales: np.ndarray | None = None  # float32, one per row (axis 0)
+    outliers: Outliers | None = None
 
     def values(self, weight: Weight) -> np.ndarray:
         """The float values the file decodes to, in the weight's shape (``weight`` is the
         tensor this was compressed from)."""
         if self.codes is None:
             return weight.values()
-        return _decode(self.codebook, self.codes, self.scales, 0, self.codes.size).reshape(weight.array.shape)
+        return self.decoded(0, self.codes.size).reshape(weight.array.shape)
+
+    def decoded(self, first: int, stop: int) -> np.ndarray:
+        """Flat decoded values ``first:stop`` of a coded tensor."""
+        return _decode(self.codebook, self.codes, self.scales, first, stop, self.outliers)
+
+
+# exact elements written over the decoded codes: flat positions (int64, increasing) and
+# their values as the file decodes them (the codebook's dtype)
+Outliers = tuple[np.ndarray, np.ndarray]
 
 
 def _decode(
-    codebook: np.ndarray, codes: np.ndarray, scales: np.ndarray | None, first: int, stop: int
+    codebook: np.ndarray,
+    codes: np.ndarray,
+    scales: np.ndarray | None,
+    first: int,
+    stop: int,
+    outliers: Outliers | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Flat decoded values ``first:stop``: codebook values, times their row's scale."""
-    values = codebook[codes[first:stop]]
-    if scales is None:
-        return values
-    width = codes.size // scales.size
-    rows = np.arange(first, stop) // width
-    return (values * scales[rows]).astype(values.dtype, copy=False)
+    """Flat decoded values ``first:stop`` (or at ``positions``): codebook values, times their
+    row's scale, with the outliers written over them."""
+    flat = np.arange(first, stop) if positions is None else positions
+    values = codebook[codes[first:stop] if positions is None else codes[positions]]
+    if scales is not None:
+        width = codes.size // scales.size
+        rows = flat // width
+        values = (values * scales[rows]).astype(values.dtype, copy=False)
+    if outliers is not None:
+        at, exact = outliers
+        low, high = np.searchsorted(at, [first, stop])
+        values[at[low:high] - first] = exact[low:high]
+    return values
 
 
-def row_scales(values: np.ndarray, rows: int) -> np.ndarray | None:
-    """Per-row float16 scales (each row's largest |w|) of flat float values, or None where
-    float16 cannot hold them (a row of zeros gets 1)."""
+def row_scales(values: np.ndarray, rows: int, exact: np.ndarray | None = None) -> np.ndarray | None:
+    """Per-row float16 scales (each row's largest |w|, the ``exact`` positions left out) of
+    flat float values, or None where float16 cannot hold them (a row of zeros gets 1)."""
+    magnitudes = np.abs(values.reshape(rows, -1))
+    if exact is not None:
+        magnitudes.reshape(-1)[exact] = 0
     with np.errstate(over="ignore"):
-        scales = np.abs(values.reshape(rows, -1)).max(axis=1).astype(np.float16)
+        scales = magnitudes.max(axis=1).astype(np.float16)
     if not np.isfinite(scales).all():
         return None
     scales[scales == 0] = 1
@@ -147,6 +172,7 @@ def compress_planned(
     importance: np.ndarray | None = None,
     scaled: bool = False,
     *,
+    outliers: float = 0.0,
     values: np.ndarray | None = None,
     clustered: np.ndarray | None = None,
 ) -> CompressedTensor:
@@ -154,16 +180,18 @@ def compress_planned(
 
     ``scaled`` (float32 tensors): every row (axis 0) is divided by a float16 scale, its
     largest |w|, before weight sharing, and the file stores the scales (format 1.1): one
-    codebook then serves rows of very different ranges. ``values`` (the weight's flat float
-    values) and ``clustered`` (:func:`share.kmeans_input` of them) save computing them again
-    when the caller has them.
+    codebook then serves rows of very different ranges. ``outliers``: that fraction of the
+    largest |w| is stored exactly over the codes (format 1.1) and left out of the clustering
+    and of the row scales. ``values`` (the weight's flat float values) and ``clustered``
+    (:func:`share.kmeans_input` of them, or of the values shared when outliers are left
+    out) save computing them again when the caller has them.
     """
     if plan is None:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
     with small_pages():
         if plan.snr is not None and not plan.prunes and importance is None:
             return _chosen(weight, plan, config)
-        return _shared(weight, plan, config, importance, scaled, values, clustered)
+        return _shared(weight, plan, config, importance, scaled, outliers, values, clustered)
 
 
 @contextmanager
@@ -188,6 +216,7 @@ def _shared(
     config: CompressionConfig,
     importance: np.ndarray | None,
     scaled: bool,
+    outliers: float,
     values: np.ndarray | None,
     clustered: np.ndarray | None,
 ) -> CompressedTensor:
@@ -197,10 +226,17 @@ def _shared(
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
+    exact = None
+    if outliers:
+        inlier_edge = None
+        if clustered is not None and not scaled and clustered.size:  # the inliers' extremes
+            inlier_edge = max(-float(clustered[0]), float(clustered[-1]))
+        exact = outlier_positions(values, outliers, inlier_edge)
     scales = None
     if scaled and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
-        scales = row_scales(values, weight.array.shape[0])
-    if clustered is None and importance is None and scales is None and not plan.prunes and _widened(weight):
+        scales = row_scales(values, weight.array.shape[0], exact)
+    plain = scales is None and not plan.prunes and exact is None
+    if clustered is None and importance is None and plain and _widened(weight):
         clustered = share.kmeans_input(sorted_values(weight, values))  # what share_weights would sort
     try:
         if plan.prunes:
@@ -212,6 +248,11 @@ def _shared(
             values = (values.reshape(rows.shape[0], -1) / rows).reshape(-1)
             if importance is not None:
                 importance = (np.asarray(importance).reshape(rows.shape[0], -1) * rows**2).reshape(-1)
+        if exact is not None and importance is not None:  # the outliers weigh nothing
+            importance = np.array(importance, dtype=np.float32).reshape(-1)
+            importance[exact] = 0
+        elif (exact is not None or scales is not None) and (clustered is None or scales is not None):
+            clustered = None if plan.prunes else share.kmeans_input(_fit_sample(values, exact))
         shared = share_weights(
             values,
             plan.bits,
@@ -219,12 +260,67 @@ def _shared(
             max_iter=config.kmeans_iters,
             seed=config.seed,
             importance=importance,
-            clustered=clustered if scales is None and not plan.prunes else None,  # of these values
-            stored=weight.array if _widened(weight) and scales is None and not plan.prunes else None,
+            clustered=clustered if not plan.prunes else None,  # of these values (inliers)
+            stored=weight.array if _widened(weight) and plain else None,
         )
     except ValueError as exc:
         raise ConvertError(f"tensor {weight.name!r}: {exc}") from None
-    return encode_shared(weight, shared, plan.bits, original, scales)
+    if exact is not None:
+        shared = _with_outlier_codes(shared, exact)
+    return encode_shared(weight, shared, plan.bits, original, scales, exact)
+
+
+def outlier_positions(
+    values: np.ndarray, fraction: float, inlier_edge: float | None = None
+) -> np.ndarray | None:
+    """The flat positions (increasing, int64) of the ``fraction`` of largest |values| (at least
+    one; ties at the threshold left out past that count), or None where that would be over
+    half of them. ``inlier_edge``, the largest |w| the outliers leave, saves finding it.
+    Memory: a copy of the magnitudes without ``inlier_edge``, else blocks."""
+    count = max(1, round(fraction * values.size))
+    if 2 * count > values.size:
+        return None
+    if inlier_edge is None:
+        magnitudes = np.abs(values)
+        magnitudes.partition(values.size - count)
+        threshold = magnitudes[values.size - count]
+        del magnitudes
+        found = _positions_where(values, lambda m: m >= threshold)
+        ties = found[np.abs(values[found]) == threshold]
+        excess = found.size - count
+        if excess > 0:  # the last ties go back to the codes
+            found = np.setdiff1d(found, ties[ties.size - excess :], assume_unique=True)
+    else:
+        found = _positions_where(values, lambda m: m > inlier_edge)
+    return found if found.size else None
+
+
+def _positions_where(values: np.ndarray, test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Flat positions whose |value| passes ``test``, a block at a time (int64)."""
+    block = share.BLOCK
+    parts = [
+        np.flatnonzero(test(np.abs(values[first : first + block]))) + first
+        for first in range(0, values.size, block)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def _fit_sample(values: np.ndarray, exact: np.ndarray | None) -> np.ndarray:
+    """The values k-means fits, sorted: all but the ``exact`` positions; for tensors over
+    ``share.KMEANS_SAMPLE`` values an even stride of them (a sample of about that many)."""
+    stride = -(-values.size // share.KMEANS_SAMPLE)
+    picked = np.arange(0, values.size, stride)
+    if exact is not None:
+        picked = picked[~np.isin(picked, exact, assume_unique=True)]
+    return np.sort(values[picked] if stride > 1 or exact is not None else values)
+
+
+def _with_outlier_codes(shared: SharedTensor, exact: np.ndarray) -> SharedTensor:
+    """The outlier positions (which the file overwrites) given the most frequent code, which
+    costs the fewest Huffman bits."""
+    codes = shared.codes
+    codes[exact] = np.argmax(frequencies(codes, shared.codebook.size))
+    return SharedTensor(shared.codebook, codes, shared.zero_symbol)
 
 
 def sorted_values(weight: Weight, values: np.ndarray) -> np.ndarray:
@@ -254,9 +350,12 @@ def _widened(weight: Weight) -> bool:
 
 
 def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> CompressedTensor:
-    """The error-bounded chooser's coding: the setting :func:`fidelity.choose` finds on a
-    sample, coded on the full tensor, measured, and given more bits while it misses the floor;
-    or exact storage."""
+    """The error-bounded chooser's coding: the plain setting :func:`fidelity.choices` estimates
+    cheapest on a sample, coded on the full tensor, measured, and given more bits while it
+    misses the floor. Where a form with row scales or outliers (``config.extras``, uniform
+    grids) is estimated cheaper at the fidelity the plain setting reached on the sample (the
+    floor, where no plain setting meets it), it is coded too, held to the fidelity the plain
+    coding measured, and taken if its file is smaller. Or exact storage."""
     values = weight.values().reshape(-1)
     if not all_finite(values):
         raise ConvertError(
@@ -264,31 +363,92 @@ def _chosen(weight: Weight, plan: TensorPlan, config: CompressionConfig) -> Comp
         )
     floor = plan.snr
     ordered = sorted_values(weight, values)  # for the search's sample and the k-means sample alike
-    shape = weight.array.shape
-    choice = fidelity.choose(values.reshape(shape), snr_db=floor, seed=config.seed, ordered=ordered)
+
+    def search(
+        ordered: np.ndarray, snr_db: float, forms: tuple[fidelity.Form, ...], lloyd: bool = True
+    ) -> fidelity.Choice:
+        return fidelity.choices(
+            values.reshape(weight.array.shape),
+            snr_db=snr_db,
+            seed=config.seed,
+            ordered=ordered,
+            forms=forms,
+            value_bytes=weight.array.itemsize,
+            lloyd=lloyd,
+        )[0]
+
+    plain = search(ordered, floor, (fidelity.PLAIN,))
+    extras = chooser_forms(config, weight)[1:]
+    extra = None
+    target = max(floor, plain.sample_db) if plain.bits else floor
+    if extras and np.isfinite(target) and np.any(ordered):  # inf: nothing codes closer
+        extra = search(ordered, target, extras, lloyd=False)
     clustered = share.kmeans_input(ordered)  # what the k-means sorts (a sample of large tensors)
-    del ordered
-    plain = replace(config, kmeans_iters=choice.iters or config.kmeans_iters)
-    bits = choice.bits
-    while bits is not None and bits <= fidelity.MAX_BITS:
+    del ordered  # extras make their own samples: a copy at a time
+    best: tuple[CompressedTensor, float] | None = None
+    if plain.bits is not None:
+        best = _within_floor(weight, plan, config, plain, values, clustered, floor)
+    del clustered
+    if extra is not None and extra.bits is not None:
+        coded = best is not None and best[0].codes is not None
+        if not coded or extra.bits_per_weight * values.size / 8 < best[0].encoded.stored_bytes:
+            other = _within_floor(weight, plan, config, extra, values, None, best[1] if coded else floor)
+            if other is not None and (
+                best is None or other[0].encoded.stored_bytes < best[0].encoded.stored_bytes
+            ):
+                best = other
+    if best is None:
+        return compress_planned(weight, None, config)
+    return best[0]
+
+
+def chooser_forms(config: CompressionConfig, weight: Weight) -> tuple[fidelity.Form, ...]:
+    """The forms the chooser tries for a weight: plain, and those of ``config.extras`` the file
+    can store for it (row scales: float32 tensors)."""
+    scales = "scales" in config.extras and weight.dtype == "float32"
+    outliers = "outliers" in config.extras
+    extra = [f for f in fidelity.EXTRA_FORMS if (scales or not f.scaled) and (outliers or not f.outliers)]
+    return (fidelity.PLAIN, *extra)
+
+
+def _within_floor(
+    weight: Weight,
+    plan: TensorPlan,
+    config: CompressionConfig,
+    choice: fidelity.Choice,
+    values: np.ndarray,
+    clustered: np.ndarray | None,
+    floor: float,
+) -> tuple[CompressedTensor, float] | None:
+    """The full tensor coded as ``choice`` says, with bits added while its measured fidelity
+    misses ``floor``, and that fidelity (exact storage, inf, where that was smaller); None if
+    nothing up to ``fidelity.MAX_BITS`` meets it."""
+    iterated = replace(config, kmeans_iters=choice.iters or config.kmeans_iters)
+    for bits in range(choice.bits, fidelity.MAX_BITS + 1):
         setting = replace(plan, bits=bits, init=choice.init or plan.init, snr=None)
-        tensor = compress_planned(weight, setting, plain, values=values, clustered=clustered)
+        tensor = compress_planned(
+            weight,
+            setting,
+            iterated,
+            scaled=choice.form.scaled,
+            outliers=choice.form.outliers,
+            values=values,
+            clustered=clustered,
+        )
         if tensor.codes is None:  # exact storage was smaller
-            return tensor
+            return tensor, float("inf")
+        measured = fidelity.fidelity_db(values.reshape(weight.array.shape), _decoder(tensor))
+        if measured >= floor:
+            return tensor, measured
+    return None
 
-        wide = tensor.codebook.astype(np.float64)  # float64 as fidelity_db takes it: one gather
 
-        def decoded(
-            first: int, stop: int, tensor: CompressedTensor = tensor, wide: np.ndarray = wide
-        ) -> np.ndarray:
-            if tensor.scales is not None:
-                return _decode(tensor.codebook, tensor.codes, tensor.scales, first, stop)
-            return np.take(wide, tensor.codes[first:stop])
-
-        if fidelity.fidelity_db(values.reshape(weight.array.shape), decoded) >= floor:
-            return tensor
-        bits += 1
-    return compress_planned(weight, None, config)
+def _decoder(tensor: CompressedTensor) -> Callable[[int, int], np.ndarray]:
+    """``decoded(first, stop)`` of a coded tensor, float64 as fidelity_db takes it."""
+    if tensor.scales is not None or tensor.outliers is not None:
+        return tensor.decoded
+    wide = tensor.codebook.astype(np.float64)  # one gather
+    return lambda first, stop: np.take(wide, tensor.codes[first:stop])
 
 
 def encode_shared(
@@ -297,16 +457,21 @@ def encode_shared(
     bits: int,
     values: np.ndarray | None = None,
     scales: np.ndarray | None = None,
+    outliers: np.ndarray | None = None,
 ) -> CompressedTensor:
     """The cheapest of the shared tensor's codes, or the weight stored exactly where its
     plain bytes cost no more than the codes.
 
     ``values`` are the weight's float values, flat, when the caller has them already;
-    ``scales`` the float16 row scales the codes were shared under.
+    ``scales`` the float16 row scales the codes were shared under; ``outliers`` the flat
+    positions whose stored values the file keeps exactly over the codes.
     """
     shared = shared.compact()
     shape = tuple(weight.array.shape)
-    encoded = cheapest(weight.name, coded(shared, shape, weight.dtype, scales))
+    stored_outliers = None
+    if outliers is not None:
+        stored_outliers = (outliers, weight.array.reshape(-1)[outliers])
+    encoded = cheapest(weight.name, coded(shared, shape, weight.dtype, scales, stored_outliers))
     stored_bytes = encoded.stored_bytes  # packs the record's codebook and tables: once
     if weight.array.nbytes <= stored_bytes:
         return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
@@ -316,7 +481,8 @@ def encode_shared(
     else:  # float32 tensors only: codebook value times scale, in float32, as the reader does
         codebook, row_scale = shared.codebook.astype(np.float32), scales.astype(np.float32)
     values = weight.values().reshape(-1) if values is None else values
-    error = _relative_rms(values, codebook, shared.codes, row_scale)
+    kept = None if outliers is None else (outliers, values[outliers].astype(codebook.dtype))
+    error = _relative_rms(values, codebook, shared.codes, row_scale, kept)
     survivors = shared.codes != 0 if shared.zero_symbol else None  # a report stage's sparse layout
     row = _row(
         weight,
@@ -327,7 +493,7 @@ def encode_shared(
         error=error,
         stored_bytes=stored_bytes,
     )
-    return CompressedTensor(encoded, error, row, codebook, shared.codes, row_scale)
+    return CompressedTensor(encoded, error, row, codebook, shared.codes, row_scale, kept)
 
 
 def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:
@@ -363,23 +529,33 @@ def _row(
 
 
 def _relative_rms(
-    values: np.ndarray, codebook: np.ndarray, codes: np.ndarray, scales: np.ndarray | None = None
+    values: np.ndarray,
+    codebook: np.ndarray,
+    codes: np.ndarray,
+    scales: np.ndarray | None = None,
+    outliers: Outliers | None = None,
 ) -> float:
     """‖values − decoded‖ / ‖values‖, in blocks (float64 sums)."""
     error = total = 0.0
     block = share.BLOCK
     sums = _native_sums(values, codebook, codes, scales)
-    if sums is not None:  # the same sums in C (_kmeans.c), without the blocks' work arrays
-        for first in range(0, values.size, block):
-            block_error, block_total = sums(first, min(values.size, first + block))
-            error += block_error
-            total += block_total
-        return (error / total) ** 0.5 if total else 0.0
     for first in range(0, values.size, block):
-        v = values[first : first + block].astype(np.float64)
-        diff = v - _decode(codebook, codes, scales, first, min(values.size, first + block))
-        error += float(np.sum(np.square(diff, out=diff)))
-        total += float(np.sum(np.square(v, out=v)))
+        stop = min(values.size, first + block)
+        if sums is not None:  # the same sums in C (_kmeans.c), without the blocks' work arrays
+            block_error, block_total = sums(first, stop)
+        else:
+            v = values[first:stop].astype(np.float64)
+            diff = v - _decode(codebook, codes, scales, first, stop)
+            block_error = float(np.sum(np.square(diff, out=diff)))
+            block_total = float(np.sum(np.square(v, out=v)))
+        error += block_error
+        total += block_total
+    if outliers is not None:  # the codes' errors there give way to the exact values'
+        positions, exact = outliers
+        wanted = values[positions].astype(np.float64)
+        error += float(np.sum((wanted - exact) ** 2))
+        error -= float(np.sum((wanted - _decode(codebook, codes, scales, 0, 0, positions=positions)) ** 2))
+        error = max(error, 0.0)
     return (error / total) ** 0.5 if total else 0.0
 
 

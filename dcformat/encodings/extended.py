@@ -54,8 +54,7 @@ class Extended:
         payloads = list(encoded.payloads)
         if tensor.outliers is not None:
             payloads += _outlier_sections(record.outliers, *tensor.outliers)
-        decoded = _reference_decode(tensor)
-        record.nonzeros = int(np.count_nonzero(dtypes.is_nonzero(decoded, tensor.dtype)))
+        record.nonzeros = _reference_nonzeros(tensor)
         if not expansion_ok(coded.decoded_bytes_of(tensor), sum(len(d) for _, d in payloads)):
             raise EncodeError(f"tensor {name!r} would decode to over {MAX_EXPANSION}x its stored size")
         return EncodedTensor(record, payloads)
@@ -194,23 +193,38 @@ def _unzstd(data: np.ndarray, low: int, high: int) -> np.ndarray:
     return np.frombuffer(out, dtype=np.uint8)
 
 
-def _reference_decode(tensor: Quantized) -> np.ndarray:
-    """The flat decoded tensor, stored form (for nonzeros); the decoder's rules in numpy."""
+BLOCK = 1 << 20  # elements decoded at a time to count the nonzeros
+
+
+def _reference_nonzeros(tensor: Quantized) -> int:
+    """The decoded tensor's nonzeros, by the decoder's rules in numpy, a block at a time."""
     numel = int(np.prod(tensor.shape, dtype=np.int64))
     book = tensor.codebook.astype(np.float32)
     if tensor.scales is None:
         book = dtypes.convert_floats(tensor.codebook, tensor.dtype)
-    out = np.zeros(numel, dtype=book.dtype)
-    if tensor.sparse:
-        out[tensor.positions] = book[tensor.codes]
-    else:
-        out[:] = book[tensor.codes]
-    if tensor.scales is not None:
+    codes = np.zeros(0, np.uint8) if tensor.sparse else tensor.codes
+    if tensor.sparse:  # the entries' codes at their positions; every other element is zero
+        where = np.searchsorted(tensor.positions, np.arange(0, numel, BLOCK))
+    row_scales, width = None, 1
+    if tensor.scales is not None and numel:
         rows = tensor.shape[0]
         row_scales = np.repeat(tensor.scales.astype(np.float32), tensor.rows_per_scale)[:rows]
-        if out.size:
-            out.reshape(rows, -1)[...] *= row_scales[:, None]
-        out = dtypes.convert_floats(out, tensor.dtype)
-    if tensor.outliers is not None:
-        out[tensor.outliers[0]] = tensor.outliers[1]
-    return out
+        width = numel // rows
+    outliers = tensor.outliers
+    nonzeros = 0
+    for block, first in enumerate(range(0, numel, BLOCK)):
+        stop = min(numel, first + BLOCK)
+        if tensor.sparse:
+            out = np.zeros(stop - first, dtype=book.dtype)
+            low, high = where[block], where[block + 1] if block + 1 < where.size else tensor.positions.size
+            out[tensor.positions[low:high] - first] = book[tensor.codes[low:high]]
+        else:
+            out = book[codes[first:stop]]
+        if row_scales is not None:
+            out *= row_scales[np.arange(first, stop) // width]
+            out = dtypes.convert_floats(out, tensor.dtype)
+        if outliers is not None:
+            low, high = np.searchsorted(outliers[0], [first, stop])
+            out[outliers[0][low:high] - first] = outliers[1][low:high]
+        nonzeros += int(np.count_nonzero(dtypes.is_nonzero(out, tensor.dtype)))
+    return nonzeros
