@@ -6,13 +6,15 @@ noise ratio, ``SQNR = 10 log10(sum w^2 / sum (w - q)^2)`` (``q`` the decoded val
 the same ratio taken per output channel and averaged (so channels of small weights, which a
 following BatchNorm or LayerNorm scales up, keep their share of the error budget).
 
-For each tensor :func:`choose` codes a sample at 1, 2, ... bits (uniform grids, and k-means
+For each tensor :func:`choices` codes a sample at 1, 2, ... bits (uniform grids, and k-means
 from linear and density initialization) and takes the setting of least estimated size (code
 entropy, what Huffman coding pays) that meets the floor; the converter then codes the full
-tensor once, measures its fidelity, and adds bits while it misses the floor. A tensor that
-nothing up to ``MAX_BITS`` codes within the floor, or codes smaller than its exact bytes, or
-whose role must stay exact (biases, norms, scales, zero points, integer tensors), is stored
-exactly.
+tensor once, measures its fidelity, and adds bits while it misses the floor. The same search
+prices the forms of format 1.1 (:class:`Form`: a float16 scale per row, the largest |w| kept
+exact), which the converter takes only where the file is smaller at the fidelity the plain
+coding reached (``converters.compress.tensor``). A tensor that nothing up to ``MAX_BITS``
+codes within the floor, or codes smaller than its exact bytes, or whose role must stay exact
+(biases, norms, scales, zero points, integer tensors), is stored exactly.
 
 Roles come from the graph or module where it says so (``converters.formats``: the operator
 input slot or the layer type that uses the tensor), else from the name and shape
@@ -260,31 +262,6 @@ def search_sample(
     if zero < flat.size and flat[zero] == 0:
         parts.append(np.zeros(1))
     return np.sort(np.concatenate(parts))
-
-
-def choose(
-    values: np.ndarray,
-    *,
-    snr_db: float = DEFAULT_SNR_DB,
-    max_bits: int = MAX_BITS,
-    lloyd_max_bits: int = LLOYD_MAX_BITS,
-    seed: int = 0,
-    ordered: np.ndarray | None = None,
-    forms: tuple[Form, ...] = (PLAIN,),
-    value_bytes: int = 4,
-) -> Choice:
-    """The weight sharing of a float tensor's ``values`` that meets ``snr_db`` in the fewest
-    estimated bytes: the first of :func:`choices`."""
-    return choices(
-        values,
-        snr_db=snr_db,
-        max_bits=max_bits,
-        lloyd_max_bits=lloyd_max_bits,
-        seed=seed,
-        ordered=ordered,
-        forms=forms,
-        value_bytes=value_bytes,
-    )[0]
 
 
 def choices(

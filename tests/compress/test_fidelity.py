@@ -13,7 +13,7 @@ from converters.compress import fidelity as fidelity_module
 from converters.compress.config import PAPER, SAFE, apply_options
 from converters.compress.fidelity import (
     allocate,
-    choose,
+    choices,
     fidelity_db,
     role_of,
     sqnr_db,
@@ -53,12 +53,12 @@ def test_floor_met_on_heavy_tailed_tensor(floor: float) -> None:
 def test_fewer_bits_when_tensor_allows() -> None:
     rng = np.random.default_rng(1)
     gaussian = rng.standard_normal(20_000)
-    low, high = choose(gaussian, snr_db=20.0), choose(gaussian, snr_db=35.0)
+    low, high = choices(gaussian, snr_db=20.0)[0], choices(gaussian, snr_db=35.0)[0]
     assert low.bits is not None and high.bits is not None
     assert low.bits < high.bits <= 8
     # a tensor of 3 distinct values needs 2 bits whatever the floor below exactness
     levels = rng.choice([-0.5, 0.25, 1.0], size=5000)
-    assert choose(levels, snr_db=60.0).bits == 2
+    assert choices(levels, snr_db=60.0)[0].bits == 2
 
 
 def test_unreachable_floor_is_stored_exactly() -> None:
