@@ -174,8 +174,11 @@ class CompressionConfig:
         spread = self.snr_spread
         if isinstance(spread, bool) or not isinstance(spread, int | float) or not 0 <= spread <= 60:
             raise ValueError(f"snr_spread must be a number of dB in [0, 60], got {spread!r}")
-        if isinstance(self.extras, str) or not all(extra in EXTRAS for extra in self.extras):
-            raise ValueError(f"extras must be a list of {', '.join(EXTRAS)}, got {self.extras!r}")
+        if isinstance(self.extras, str):
+            raise ValueError(f"extras must be a list of {', '.join(EXTRAS)}, not a string")
+        unknown = [extra for extra in self.extras if extra not in EXTRAS]
+        if unknown:
+            raise ValueError(f"unknown extras {unknown}; choose from {', '.join(EXTRAS)} (or none)")
         object.__setattr__(self, "extras", tuple(dict.fromkeys(self.extras)))
         if not all(isinstance(rule, LayerRule) for rule in self.rules):
             raise ValueError("rules must be LayerRule instances")
