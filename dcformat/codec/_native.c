@@ -458,10 +458,201 @@ done:
     return result;
 }
 
+/* Packed header tables (format 1.2, spec 5.8 and 7.6; dcformat/codec/packed.py). These are the
+ * fast path of a check the numpy code makes: any input they do not accept in full (every rule of
+ * packed.py) returns an error text, and the caller runs the numpy code for the error it raises. */
+
+#define MINI_MAX_LEN 7
+
+/* A minimal LEB128 varint of at most 3 bytes at *pos. */
+static int mini_varint(const uint8_t *d, uint64_t n, uint64_t *pos, uint64_t *value) {
+    uint64_t v = 0;
+    for (unsigned k = 0; k < 3 && *pos + k < n; k++) {
+        uint8_t byte = d[*pos + k];
+        v |= (uint64_t)(byte & 0x7F) << (7 * k);
+        if (byte < 0x80) {
+            if (byte == 0 && k) return -1;
+            *pos += k + 1;
+            *value = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The symbols of the mini stream at the start of d[0..n): returns NULL and sets *syms (malloc'd,
+ * for the caller to free), *count and *end, or an error text. */
+static const char *mini_stream(const uint8_t *d, uint64_t n, unsigned alphabet, uint64_t max_count,
+                               uint16_t **syms, uint64_t *count, uint64_t *end) {
+    uint64_t pos = 0, cnt, bits;
+    *syms = NULL;
+    if (mini_varint(d, n, &pos, &cnt) || mini_varint(d, n, &pos, &bits)) return "bad varint";
+    if (cnt < 1 || cnt > max_count) return "bad count";
+    if (pos >= n || d[pos] < 1 || d[pos] > alphabet) return "bad listed";
+    unsigned listed = d[pos];
+    uint64_t table_end = pos + 1 + (3 * (uint64_t)listed + 7) / 8;
+    if (table_end > n) return "table cut short";
+    uint8_t lengths[64] = {0};
+    const uint8_t *f = d + pos + 1;
+    uint64_t nbits = (table_end - pos - 1) * 8;
+    for (uint64_t b = 0; b < nbits; b++) {
+        unsigned bit = (f[b >> 3] >> (b & 7)) & 1;
+        if (b < 3 * (uint64_t)listed) lengths[b / 3] |= (uint8_t)(bit << (b % 3));
+        else if (bit) return "padding bits";
+    }
+    unsigned used = 0, only = 0, lo = MINI_MAX_LEN, hi = 0;
+    for (unsigned s = 0; s < listed; s++) {
+        if (!lengths[s]) continue;
+        used++;
+        only = s;
+        if (lengths[s] < lo) lo = lengths[s];
+        if (lengths[s] > hi) hi = lengths[s];
+    }
+    if (!used) return "empty table";
+    if (bits < cnt * lo || bits > cnt * hi) return "bit length";
+    *end = table_end + (bits + 7) / 8;
+    if (*end > n) return "symbols cut short";
+    Stream s = {d + table_end, *end - table_end, bits, NULL, cnt, cnt, 1};
+    if ((bits & 7) && (s.data[s.size - 1] >> (bits & 7))) return "stream padding";
+    if (used == 1) {
+        if (lengths[only] != 1 || bits != cnt) return "one-symbol table";
+        for (uint64_t i = 0; i < s.size; i++)
+            if (s.data[i]) return "one-symbol stream";
+    }
+    uint16_t *out = malloc(cnt * sizeof(uint16_t));
+    if (!out) return "out of memory";
+    *syms = out;
+    *count = cnt;
+    if (used == 1) {
+        for (uint64_t i = 0; i < cnt; i++) out[i] = (uint16_t)only;
+        return NULL;
+    }
+    Lut *t = malloc(sizeof(Lut));
+    if (!t) return "out of memory";
+    const char *err = build_lut(lengths, alphabet, t);
+    uint64_t at = 0;
+    for (uint64_t i = 0; !err && i < cnt; i++) {
+        uint32_t e = lookup(t, peek_safe(&s, at));
+        at += e & 63;
+        out[i] = (uint16_t)((e >> 8) & 0xFFFFu);
+    }
+    free(t->sub); /* none: mini codes are shorter than the root table's bits */
+    free(t);
+    return err ? err : at == bits ? NULL : "stream does not end at its bit length";
+}
+
+/* The code-length table (bytes) a packed table holds, or NULL with *err set. */
+static PyObject *unpack_table_impl(const uint8_t *d, uint64_t n, const char **err) {
+    uint64_t cnt, end, total = 0;
+    uint16_t *syms;
+    PyObject *result = NULL;
+    *err = mini_stream(d, n, 33, MAX_ALPHABET, &syms, &cnt, &end);
+    if (!*err && end != n) *err = "bytes after the table";
+    for (uint64_t i = 0; !*err && i < cnt; i++) {
+        total += syms[i] > 16 ? (uint64_t)1 << (syms[i] - 16) : 1;
+        if (total > MAX_ALPHABET) *err = "too many lengths";
+    }
+    if (!*err && (result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total))) {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+        memset(out, 0, total); /* unused symbols */
+        uint64_t at = 0, acc = 0;
+        for (uint64_t i = 0; i < cnt; i++) {
+            unsigned s = syms[i];
+            if (s >= 1 && s <= 16) {
+                acc += s - 1;
+                out[at] = (uint8_t)((acc + 15) % 16 + 1);
+            }
+            at += s > 16 ? (uint64_t)1 << (s - 16) : 1;
+        }
+    }
+    free(syms);
+    return result;
+}
+
+/* The little-endian values (bytes) a packed codebook holds, or NULL with *err set. */
+static PyObject *unpack_codebook_impl(const uint8_t *d, uint64_t n, unsigned itemsize, const char **err) {
+    uint64_t cnt, end, k = 0, total = 0;
+    uint16_t *syms;
+    PyObject *result = NULL;
+    *err = mini_stream(d, n, 34, 2 * (uint64_t)MAX_ALPHABET, &syms, &cnt, &end);
+    for (uint64_t i = 0; !*err && i < cnt; i++) {
+        if (syms[i] == 33) {
+            if (i + 1 == cnt || syms[i + 1] == 0 || syms[i + 1] == 33) *err = "bad negation";
+            continue;
+        }
+        k++;
+        total += syms[i] ? syms[i] - 1 : 0;
+    }
+    if (!*err && k > MAX_ALPHABET) *err = "too many values";
+    if (!*err && n - end != (total + 7) / 8) *err = "extra-bit bytes";
+    const uint8_t *area = d + end;
+    if (!*err && (total & 7) && (area[n - end - 1] >> (total & 7))) *err = "extra-bit padding";
+    if (!*err && (result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(k * itemsize)))) {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+        const unsigned width = itemsize * 8;
+        const int64_t top = (int64_t)1 << (width - 1), limit = (int64_t)1 << width;
+        int64_t key = top;
+        uint64_t bit = 0, v = 0;
+        int negate = 0;
+        for (uint64_t i = 0; !*err && i < cnt; i++) {
+            unsigned s = syms[i];
+            if (s == 33) {
+                negate = 1;
+                continue;
+            }
+            int64_t magnitude = 0;
+            if (s) {
+                unsigned w = s - 1;
+                uint64_t extra = 0;
+                for (unsigned b = 0; b < w; b++, bit++) extra |= (uint64_t)((area[bit >> 3] >> (bit & 7)) & 1) << b;
+                magnitude = (int64_t)(((uint64_t)1 << w) | extra);
+            }
+            key += negate ? -magnitude : magnitude;
+            negate = 0;
+            if (key < 0 || key >= limit) {
+                *err = "value out of range";
+                break;
+            }
+            uint64_t pattern = key < top ? (uint64_t)key ^ (uint64_t)(limit - 1) : (uint64_t)key ^ (uint64_t)top;
+            for (unsigned b = 0; b < itemsize; b++) out[v * itemsize + b] = (uint8_t)(pattern >> (8 * b));
+            v++;
+        }
+        if (*err) Py_CLEAR(result);
+    }
+    free(syms);
+    return result;
+}
+
+PyDoc_STRVAR(unpack_doc,
+"unpack(data, itemsize)\n"
+"--\n\n"
+"A packed header table (itemsize 0: the code-length table, bytes) or codebook (itemsize 4 or 2:\n"
+"its little-endian values, bytes) that follows every rule of spec 5.8 / 7.6, or None for any\n"
+"input that breaks one (dcformat.codec.packed then raises the error).");
+
+static PyObject *py_unpack(PyObject *self, PyObject *args) {
+    Py_buffer data = {0};
+    Py_ssize_t itemsize;
+    PyObject *result = NULL;
+    const char *err = NULL;
+    if (!PyArg_ParseTuple(args, "y*n", &data, &itemsize)) return NULL;
+    if (itemsize != 0 && itemsize != 2 && itemsize != 4) PyErr_SetString(PyExc_ValueError, "itemsize must be 0, 2 or 4");
+    else if (itemsize) result = unpack_codebook_impl(data.buf, (uint64_t)data.len, (unsigned)itemsize, &err);
+    else result = unpack_table_impl(data.buf, (uint64_t)data.len, &err);
+    if (err && !PyErr_Occurred()) {
+        Py_XDECREF(result);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, decode_doc},
     {"scatter", py_scatter, METH_VARARGS, scatter_doc},
     {"scale_rows", py_scale_rows, METH_VARARGS, scale_rows_doc},
+    {"unpack", py_unpack, METH_VARARGS, unpack_doc},
     {NULL, NULL, 0, NULL},
 };
 
