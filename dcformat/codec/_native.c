@@ -20,7 +20,8 @@
 
 #define MAX_LEN 16
 #define ROOT_BITS 11
-#define SUB_FLAG 0x80000000u
+#define SUB_FLAG 0x40u /* bit 6: a root entry that points to a subtable */
+#define NZ_FLAG 0x80u  /* bit 7: the symbol's value is nonzero */
 #ifndef GROUP
 #define GROUP 4 /* chunks decoded interleaved */
 #endif
@@ -36,8 +37,10 @@
 #endif
 
 typedef struct {
-    uint32_t root[1 << ROOT_BITS]; /* length | symbol << 8, or SUB_FLAG | subtable base << 8 */
-    uint32_t *sub;
+    /* length | NZ_FLAG | symbol << 8 | value << 32 (values of up to 4 bytes), or
+     * SUB_FLAG | subtable base << 8 */
+    uint64_t root[1 << ROOT_BITS];
+    uint64_t *sub;
     unsigned root_bits;
     uint64_t root_mask, sub_mask;
 } Lut;
@@ -50,8 +53,27 @@ typedef struct {
     uint64_t count, chunk_size, n_chunks;
 } Stream;
 
-/* Build the lookup tables of a complete canonical code. Returns NULL or an error text. */
-static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t) {
+/* A table entry for symbol s of code length len: its value (vsize bytes, of up to 4) and nonzero
+ * flag come with it, so decoding reads them from the entry it looked up. */
+INLINE uint64_t entry_of(unsigned len, Py_ssize_t s, const uint8_t *values, int vsize, const uint8_t *nonzero) {
+    uint64_t e = (uint64_t)len | (uint64_t)s << 8 | (nonzero && nonzero[s] ? NZ_FLAG : 0);
+    if (vsize == 4) {
+        uint32_t v;
+        memcpy(&v, values + 4 * s, 4);
+        e |= (uint64_t)v << 32;
+    } else if (vsize == 2) {
+        uint16_t v;
+        memcpy(&v, values + 2 * s, 2);
+        e |= (uint64_t)v << 32;
+    }
+    return e;
+}
+
+/* Build the lookup tables of a complete canonical code, each entry with its symbol's value and
+ * nonzero flag (`values` NULL or `nonzero` NULL: none). Returns NULL or an error text. */
+static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t, const uint8_t *values, int vsize,
+                             const uint8_t *nonzero) {
+    if (!values) vsize = 0;
     uint64_t bl_count[MAX_LEN + 1] = {0}, next_code[MAX_LEN + 1] = {0}, kraft = 0, code = 0;
     unsigned max_len = 0;
     Py_ssize_t used = 0;
@@ -89,14 +111,14 @@ static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t) {
         for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
         if (len <= root_bits) {
             for (uint64_t f = 0; f < (uint64_t)1 << (root_bits - len); f++)
-                t->root[r | (f << len)] = (uint32_t)len | (uint32_t)s << 8;
+                t->root[r | (f << len)] = entry_of(len, s, values, vsize, nonzero);
         } else if (!(t->root[r & t->root_mask] & SUB_FLAG)) {
-            t->root[r & t->root_mask] = SUB_FLAG | (uint32_t)n_sub << 8;
+            t->root[r & t->root_mask] = SUB_FLAG | n_sub << 8;
             n_sub += (uint64_t)1 << sub_bits;
         }
     }
     if (!n_sub) return NULL;
-    t->sub = malloc(n_sub * sizeof(uint32_t));
+    t->sub = malloc(n_sub * sizeof(uint64_t));
     if (!t->sub) return "out of memory";
     /* Pass 2: long codes into their subtables. */
     memcpy(codes_next, next_code, sizeof(codes_next));
@@ -108,14 +130,14 @@ static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t) {
         for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
         uint64_t base = (t->root[r & t->root_mask] >> 8) & 0xFFFFu, rest = r >> root_bits;
         for (uint64_t f = 0; f < (uint64_t)1 << (max_len - len); f++)
-            t->sub[base + (rest | (f << (len - root_bits)))] = (uint32_t)len | (uint32_t)s << 8;
+            t->sub[base + (rest | (f << (len - root_bits)))] = entry_of(len, s, values, vsize, nonzero);
     }
     return NULL;
 }
 
-INLINE uint32_t lookup(const Lut *t, uint64_t w) {
-    uint32_t e = t->root[w & t->root_mask];
-    if (e & SUB_FLAG) e = t->sub[((e >> 8) & 0xFFFFu) + ((w >> t->root_bits) & t->sub_mask)];
+INLINE uint64_t lookup(const Lut *t, uint64_t w) {
+    uint64_t e = t->root[w & t->root_mask];
+    if (e & SUB_FLAG) e = t->sub[((e >> 8) & 0xFFFFFFu) + ((w >> t->root_bits) & t->sub_mask)];
     return e;
 }
 
@@ -155,20 +177,46 @@ typedef struct {
     int64_t bad_chunk;     /* first chunk that does not end where it must, or -1 */
 } Sink;
 
+#define COUNT_NZ 1 /* what a decode adds up besides writing values (the `what` of the kernels) */
+#define SUM 2
+
 #define EMIT(j, i, e)                                                                           \
     do {                                                                                        \
-        uint32_t sym_ = ((e) >> 8) & 0xFFFFu;                                                     \
-        memcpy(o[j] + (i) * vsize, sink->values + (uint64_t)sym_ * vsize, vsize);               \
-        nz += sink->nonzero[sym_];                                                              \
-        sum += sym_;                                                                            \
+        const uint64_t e_ = (e);                                                                \
+        if (vsize == 4) {                                                                       \
+            uint32_t v_ = (uint32_t)(e_ >> 32);                                                 \
+            memcpy(o[j] + (i) * 4, &v_, 4);                                                     \
+        } else if (vsize == 2) {                                                                \
+            uint16_t v_ = (uint16_t)(e_ >> 32);                                                 \
+            memcpy(o[j] + (i) * 2, &v_, 2);                                                     \
+        } else {                                                                                \
+            memcpy(o[j] + (i) * vsize, vals + ((e_ >> 8) & 0xFFFFu) * vsize, vsize);            \
+        }                                                                                       \
+        if (what & COUNT_NZ) nz += (e_ >> 7) & 1;                                               \
+        if (what & SUM) sum += (e_ >> 8) & 0xFFFFu;                                             \
     } while (0)
+
+/* lookup() on the tables' fields held in locals: stores into the output (bytes, which may alias
+ * anything) then do not make the compiler reload them. */
+#define LOOKUP(w) lookup_in(root, sub, root_mask, root_bits, sub_mask, (w))
+
+INLINE uint64_t lookup_in(const uint64_t *root, const uint64_t *sub, uint64_t root_mask, unsigned root_bits,
+                          uint64_t sub_mask, uint64_t w) {
+    uint64_t e = root[w & root_mask];
+    if (e & SUB_FLAG) e = sub[((e >> 8) & 0xFFFFFFu) + ((w >> root_bits) & sub_mask)];
+    return e;
+}
 
 /* Decode chunks c .. c+g-1, all holding n symbols; returns 0, or 1 when one ends badly. */
 INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, const int g, uint64_t n,
-                        const int vsize) {
+                        const int vsize, const int what) {
     uint64_t pos[GROUP];
     uint8_t *o[GROUP];
     uint64_t nz = 0, sum = 0, i = 0;
+    const uint8_t *const data = s->data, *const vals = sink->values;
+    const uint64_t *const root = t->root, *const sub = t->sub;
+    const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
+    const unsigned root_bits = t->root_bits;
     const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
     for (int j = 0; j < g; j++) {
         pos[j] = chunk_start(s, c + j);
@@ -179,15 +227,18 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
         for (int j = 0; j < g; j++) near_end |= pos[j] > fast_limit || fast_limit - pos[j] < 48 * STEPS;
         if (near_end) break;
         for (int step = 0; step < STEPS; step++) {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 4
+#endif
             for (int j = 0; j < g; j++) {
-                uint64_t w = load64(s->data + (pos[j] >> 3)) >> (pos[j] & 7);
-                uint32_t e0 = lookup(t, w);
+                uint64_t w = load64(data + (pos[j] >> 3)) >> (pos[j] & 7);
+                uint64_t e0 = LOOKUP(w);
                 unsigned l0 = e0 & 63; /* the length is the low bits: a shift count as it is */
                 w >>= l0;
-                uint32_t e1 = lookup(t, w);
+                uint64_t e1 = LOOKUP(w);
                 unsigned l1 = e1 & 63;
                 w >>= l1;
-                uint32_t e2 = lookup(t, w);
+                uint64_t e2 = LOOKUP(w);
                 pos[j] += l0 + l1 + (e2 & 63);
                 uint64_t at = i + 3 * step;
                 EMIT(j, at, e0);
@@ -198,12 +249,12 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
     }
     for (int j = 0; j < g; j++) {
         for (uint64_t k = i; k < n; k++) {
-            uint32_t e = lookup(t, peek_safe(s, pos[j]));
+            uint64_t e = lookup(t, peek_safe(s, pos[j]));
             pos[j] += e & 63;
             EMIT(j, k, e);
         }
     }
-    sink->nonzeros += nz;
+    sink->nonzeros += what & COUNT_NZ ? nz : (uint64_t)g * n;
     sink->symbol_sum += sum;
     for (int j = 0; j < g; j++) {
         if (pos[j] != chunk_end(s, c + j)) {
@@ -215,23 +266,30 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
 }
 
 INLINE void decode_range(const Lut *t, const Stream *s, Sink *sink, uint64_t first, uint64_t last,
-                         const int vsize) {
+                         const int vsize, const int what) {
     uint64_t c = first;
     for (; c + GROUP <= last && c + GROUP < s->n_chunks; c += GROUP)
-        if (decode_group(t, s, sink, c, GROUP, s->chunk_size, vsize)) return;
+        if (decode_group(t, s, sink, c, GROUP, s->chunk_size, vsize, what)) return;
     for (; c < last; c++)
-        if (decode_group(t, s, sink, c, 1, chunk_count(s, c), vsize)) return;
+        if (decode_group(t, s, sink, c, 1, chunk_count(s, c), vsize, what)) return;
 }
 
-static void decode_range_2(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) {
-    decode_range(t, s, k, a, b, 2);
-}
-static void decode_range_4(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) {
-    decode_range(t, s, k, a, b, 4);
-}
-static void decode_range_8(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) {
-    decode_range(t, s, k, a, b, 8);
-}
+/* One kernel per value size and per `what`: nonzeros are counted only where some used symbol's
+ * value is zero (else each decoded symbol counts), symbol sums only when asked for. */
+#define RANGE(v, w)                                                                              \
+    static void decode_range_##v##_##w(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) { \
+        decode_range(t, s, k, a, b, v, w);                                                       \
+    }
+#define RANGES(v) RANGE(v, 0) RANGE(v, 1) RANGE(v, 2) RANGE(v, 3)
+RANGES(2)
+RANGES(4)
+RANGES(8)
+typedef void (*RangeFn)(const Lut *, const Stream *, Sink *, uint64_t, uint64_t);
+static const RangeFn RANGE_FNS[3][4] = {
+    {decode_range_2_0, decode_range_2_1, decode_range_2_2, decode_range_2_3},
+    {decode_range_4_0, decode_range_4_1, decode_range_4_2, decode_range_4_3},
+    {decode_range_8_0, decode_range_8_1, decode_range_8_2, decode_range_8_3},
+};
 
 static const uint8_t ZEROS[MAX_ALPHABET];
 
@@ -242,22 +300,24 @@ static int check_vsize(Py_ssize_t vsize) {
 }
 
 PyDoc_STRVAR(decode_doc,
-"decode(data, bit_length, lengths, chunk_size, offsets, count, first, last, values, vsize, nonzero, out)\n"
+"decode(data, bit_length, lengths, chunk_size, offsets, count, first, last, values, vsize, nonzero, out,\n"
+"       sums=True)\n"
 "--\n\n"
 "Decode chunks first..last-1 of a Huffman stream of `count` symbols, writing values[symbol]\n"
 "(vsize bytes each) at out[index]. `offsets` holds the uint64 bit offsets of chunks 1..n-1,\n"
 "`nonzero` (or None) one byte per symbol, counted over the decoded symbols.\n"
 "Returns (bad_chunk, nonzeros, symbol_sum): bad_chunk is -1, or the first chunk in the\n"
 "range that does not end at the next chunk's offset (bit_length for the last); symbol_sum\n"
-"is the sum of the symbols decoded.");
+"is the sum of the symbols decoded (0 when `sums` is false).");
 
 static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_buffer data = {0}, lengths = {0}, offsets = {0}, values = {0}, nonzero = {0}, out = {0};
     unsigned long long bit_length, chunk_size, count, first, last;
     Py_ssize_t vsize;
     PyObject *nonzero_obj, *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*Ky*Ky*KKKy*nOw*", &data, &bit_length, &lengths, &chunk_size, &offsets,
-                          &count, &first, &last, &values, &vsize, &nonzero_obj, &out))
+    int sums = 1;
+    if (!PyArg_ParseTuple(args, "y*Ky*Ky*KKKy*nOw*|p", &data, &bit_length, &lengths, &chunk_size, &offsets,
+                          &count, &first, &last, &values, &vsize, &nonzero_obj, &out, &sums))
         return NULL;
     if (nonzero_obj != Py_None && PyObject_GetBuffer(nonzero_obj, &nonzero, PyBUF_SIMPLE) < 0) goto done;
     if (check_vsize(vsize) < 0) goto done;
@@ -289,11 +349,14 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
     Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1};
     Py_BEGIN_ALLOW_THREADS
-    err = build_lut(lengths.buf, k, t);
+    err = build_lut(lengths.buf, k, t, values.buf, (int)vsize, nonzero.buf);
     if (!err) {
-        if (vsize == 2) decode_range_2(t, &s, &sink, first, last);
-        else if (vsize == 4) decode_range_4(t, &s, &sink, first, last);
-        else decode_range_8(t, &s, &sink, first, last);
+        int what = sums ? SUM : 0;
+        const uint8_t *len = lengths.buf;
+        for (Py_ssize_t i = 0; i < k && !(what & COUNT_NZ); i++)
+            if (len[i] && !sink.nonzero[i]) what |= COUNT_NZ;
+        RANGE_FNS[vsize == 2 ? 0 : vsize == 4 ? 1 : 2][what](t, &s, &sink, first, last);
+        if (!nonzero.buf) sink.nonzeros = 0;
     }
     free(t->sub);
     Py_END_ALLOW_THREADS
@@ -529,10 +592,10 @@ static const char *mini_stream(const uint8_t *d, uint64_t n, unsigned alphabet, 
     }
     Lut *t = malloc(sizeof(Lut));
     if (!t) return "out of memory";
-    const char *err = build_lut(lengths, alphabet, t);
+    const char *err = build_lut(lengths, alphabet, t, NULL, 0, NULL);
     uint64_t at = 0;
     for (uint64_t i = 0; !err && i < cnt; i++) {
-        uint32_t e = lookup(t, peek_safe(&s, at));
+        uint64_t e = lookup(t, peek_safe(&s, at));
         at += e & 63;
         out[i] = (uint16_t)((e >> 8) & 0xFFFFu);
     }

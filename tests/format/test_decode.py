@@ -142,6 +142,36 @@ def test_decode_values_of_each_width(path_mode, value_dtype: str) -> None:
         )
 
 
+@pytest.mark.parametrize("zero", ["used", "unused", "none"])
+def test_nonzeros_counted_whichever_values_are_zero(path_mode, zero: str) -> None:
+    """The native kernel counts per symbol only where a used symbol's value is zero; otherwise
+    every decoded symbol counts. A zero value of a symbol the stream never uses changes nothing."""
+    rng = np.random.default_rng(3)
+    symbols = skewed_symbols(rng, 40, 50000, 0.2)
+    symbols[symbols == 7] = 8  # symbol 7 is not in the stream
+    stream = make_stream(symbols, np.bincount(symbols, minlength=40), 1000)
+    values = rng.uniform(1, 2, 40).astype(np.float32)
+    if zero != "none":
+        values[5 if zero == "used" else 7] = 0.0
+    flags = (values != 0).astype(np.uint8)
+    for path in PATHS:
+        out, nonzeros = path_mode(path, lambda: codec.decode_values(stream, values, flags))
+        np.testing.assert_array_equal(out, values[symbols])
+        assert nonzeros == int(np.count_nonzero(values[symbols]))
+        assert path_mode(path, lambda: codec.decode_values(stream, values, None))[1] == 0
+
+
+@pytest.mark.parametrize("count", [10, (codec.HUGE_PAGE >> 2) - 1, codec.HUGE_PAGE >> 2, 1_000_003])
+def test_outputs_of_two_mib_or_more_start_on_a_two_mib_boundary(count: int) -> None:
+    out = codec.output(count, np.dtype(np.float32))
+    assert out.shape == (count,) and out.dtype == np.float32 and out.flags.writeable
+    assert out.flags.c_contiguous
+    if out.nbytes >= codec.HUGE_PAGE:  # small ones go wherever numpy puts them
+        assert out.ctypes.data % codec.HUGE_PAGE == 0
+    out[:] = 1.5  # the whole view is usable
+    assert float(out.sum()) == 1.5 * count
+
+
 def test_one_symbol_stream(path_mode) -> None:
     freqs = np.zeros(8, dtype=np.int64)
     freqs[5] = 1
