@@ -711,11 +711,134 @@ static PyObject *py_unpack(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* CRC-32 (zlib's) of section data: on x86-64 with PCLMULQDQ, 64-byte blocks folded four at a
+ * time by carry-less multiplication (Intel, "Fast CRC Computation for Generic Polynomials Using
+ * PCLMULQDQ", 2009; the bit-reflected constants as in zlib-ng and Chromium), the rest a byte at
+ * a time from a table; several times zlib's speed. */
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+static uint32_t crc_bytes(const uint8_t *buf, size_t len, uint32_t crc) {
+    crc = ~crc;
+    while (len--) crc = crc_table[(crc ^ *buf++) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_FOLD 1
+/* The CRC of buf[0..len), len >= 64 and a multiple of 16, continuing from crc. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc_fold(const uint8_t *buf, size_t len, uint32_t crc) {
+    static const uint64_t __attribute__((aligned(16))) k1k2[] = {0x0154442bd4, 0x01c6e41596};
+    static const uint64_t __attribute__((aligned(16))) k3k4[] = {0x01751997d0, 0x00ccaa009e};
+    static const uint64_t __attribute__((aligned(16))) k5k0[] = {0x0163cd6124, 0x0000000000};
+    static const uint64_t __attribute__((aligned(16))) poly[] = {0x01db710641, 0x01f7011641};
+    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8, y5, y6, y7, y8;
+    crc = ~crc;
+    x1 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
+    x2 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
+    x3 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
+    x4 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    x0 = _mm_load_si128((const __m128i *)k1k2);
+    buf += 64; len -= 64;
+    while (len >= 64) {
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        y5 = _mm_loadu_si128((const __m128i *)(buf + 0x00));
+        y6 = _mm_loadu_si128((const __m128i *)(buf + 0x10));
+        y7 = _mm_loadu_si128((const __m128i *)(buf + 0x20));
+        y8 = _mm_loadu_si128((const __m128i *)(buf + 0x30));
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), y5);
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), y6);
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), y7);
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), y8);
+        buf += 64; len -= 64;
+    }
+    x0 = _mm_load_si128((const __m128i *)k3k4);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+    while (len >= 16) {
+        x2 = _mm_loadu_si128((const __m128i *)buf);
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00); x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+        buf += 16; len -= 16;
+    }
+    x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+    x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x1 = _mm_srli_si128(x1, 8);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = _mm_loadl_epi64((const __m128i *)k5k0);
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, x3);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = _mm_load_si128((const __m128i *)poly);
+    x2 = _mm_and_si128(x1, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+    x2 = _mm_and_si128(x2, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return ~(uint32_t)_mm_extract_epi32(x1, 1);
+}
+
+static int fold_ok(void) { return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1"); }
+#else
+#define HAVE_FOLD 0
+static uint32_t crc_fold(const uint8_t *buf, size_t len, uint32_t crc) { return crc_bytes(buf, len, crc); }
+static int fold_ok(void) { return 0; }
+#endif
+
+static int use_fold;
+
+PyDoc_STRVAR(crc32_doc,
+"crc32(data, crc=0)\n"
+"--\n\n"
+"zlib.crc32(data, crc), fast where the CPU folds (see FAST_CRC32); the GIL is released.");
+
+static PyObject *py_crc32(PyObject *self, PyObject *args) {
+    Py_buffer data = {0};
+    unsigned long crc_in = 0;
+    if (!PyArg_ParseTuple(args, "y*|k", &data, &crc_in)) return NULL;
+    uint32_t crc = (uint32_t)crc_in;
+    const uint8_t *buf = data.buf;
+    size_t len = (size_t)data.len;
+    Py_BEGIN_ALLOW_THREADS
+    if (use_fold && len >= 64) {
+        size_t head = len & ~(size_t)15;
+        crc = crc_fold(buf, head, crc);
+        buf += head;
+        len -= head;
+    }
+    crc = crc_bytes(buf, len, crc);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
 static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, decode_doc},
     {"scatter", py_scatter, METH_VARARGS, scatter_doc},
     {"scale_rows", py_scale_rows, METH_VARARGS, scale_rows_doc},
     {"unpack", py_unpack, METH_VARARGS, unpack_doc},
+    {"crc32", py_crc32, METH_VARARGS, crc32_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -723,4 +846,10 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "dcformat.codec._native", "Native Huffman decode and scatter kernels.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    crc_init();
+    use_fold = HAVE_FOLD && fold_ok();
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "FAST_CRC32", use_fold) < 0) Py_CLEAR(m);
+    return m;
+}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,14 @@ HUGE_PAGE = 1 << 21  # outputs of at least this many bytes start on a multiple o
 def enabled() -> bool:
     """Whether decoding goes through the native kernels (built, and not DCNN_NO_NATIVE=1)."""
     return _native is not None and os.environ.get("DCNN_NO_NATIVE", "") in ("", "0")
+
+
+def crc32(data: Any) -> int:
+    """``zlib.crc32(data)``, by the native kernel where it folds with the CPU's carry-less multiply
+    (several times zlib's speed) and is enabled."""
+    if enabled() and _native.FAST_CRC32:
+        return _native.crc32(data)
+    return zlib.crc32(data)
 
 
 def check_threads(threads: Any) -> int:

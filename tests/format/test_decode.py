@@ -523,3 +523,12 @@ def test_data_size_must_match_bit_length(path_mode) -> None:
     assert results[0][:3] == ("error", "FormatError", "huffman-data")
     for r in results[1:]:
         assert_same(results[0], r)
+
+
+def test_crc32_is_zlibs(path_mode) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, 70000, dtype=np.uint8)
+    for path in PATHS:
+        for start, stop in [(0, 0), (0, 1), (3, 66), (1, 64), (5, 1029), (0, 70000), (7, 69999)]:
+            view = data[start:stop]
+            assert path_mode(path, lambda v=view: codec.crc32(v)) == zlib.crc32(view)
