@@ -833,12 +833,59 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(crc);
 }
 
+PyDoc_STRVAR(stream_ok_doc,
+"stream_ok(lengths, count, chunk_size, bit_length, offsets, data_length, alphabet, max_chunk)\n"
+"--\n\n"
+"Whether a Huffman stream record follows every rule of dcformat.encodings.coded.check_stream\n"
+"(table, chunking, sizes; `offsets` the uint64 chunk offsets). False for any record that breaks\n"
+"one, and for sizes near 2^62 it leaves to that code, which then raises the error.");
+
+static PyObject *py_stream_ok(PyObject *self, PyObject *args) {
+    Py_buffer lengths = {0}, offsets = {0};
+    unsigned long long count, chunk, bits, data_length, alphabet, max_chunk;
+    if (!PyArg_ParseTuple(args, "y*KKKy*KKK", &lengths, &count, &chunk, &bits, &offsets, &data_length, &alphabet,
+                          &max_chunk))
+        return NULL;
+    int ok = 0;
+    const uint8_t *len = lengths.buf;
+    const uint64_t *offs = offsets.buf;
+    uint64_t m = (uint64_t)offsets.len / 8, used = 0, kraft = 0;
+    unsigned lo = MAX_LEN + 1, hi = 0;
+    if ((uint64_t)lengths.len != alphabet || offsets.len % 8 || count >= (1ULL << 58) || bits >= (1ULL << 62))
+        goto done;
+    for (Py_ssize_t i = 0; i < lengths.len; i++) {
+        if (!len[i]) continue;
+        if (len[i] > MAX_LEN) goto done;
+        used++;
+        kraft += (uint64_t)1 << (MAX_LEN - len[i]);
+        if (len[i] < lo) lo = len[i];
+        if (len[i] > hi) hi = len[i];
+    }
+    if (used == 0 ? count != 0 : used == 1 ? hi != 1 : kraft != (uint64_t)1 << MAX_LEN) goto done;
+    if (chunk < 1 || chunk > max_chunk) goto done;
+    uint64_t n_chunks = (count + chunk - 1) / chunk;
+    if (m != (n_chunks ? n_chunks - 1 : 0)) goto done;
+    if (count ? bits < count * lo || bits > count * hi : bits != 0) goto done;
+    for (uint64_t j = 0; j < m; j++) { /* chunk j+1 starts in [b*lo, b*hi], b its symbols before */
+        uint64_t start = offs[j], before = (j + 1) * chunk, after = bits - start;
+        if (start == 0 || (j && start <= offs[j - 1]) || start >= bits) goto done;
+        if (start < before * lo || start > before * hi) goto done;
+        if (after < (count - before) * lo || after > (count - before) * hi) goto done;
+    }
+    ok = data_length == (bits + 7) / 8;
+done:
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&offsets);
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, decode_doc},
     {"scatter", py_scatter, METH_VARARGS, scatter_doc},
     {"scale_rows", py_scale_rows, METH_VARARGS, scale_rows_doc},
     {"unpack", py_unpack, METH_VARARGS, unpack_doc},
     {"crc32", py_crc32, METH_VARARGS, crc32_doc},
+    {"stream_ok", py_stream_ok, METH_VARARGS, stream_ok_doc},
     {NULL, NULL, 0, NULL},
 };
 

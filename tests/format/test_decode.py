@@ -532,3 +532,78 @@ def test_crc32_is_zlibs(path_mode) -> None:
         for start, stop in [(0, 0), (0, 1), (3, 66), (1, 64), (5, 1029), (0, 70000), (7, 69999)]:
             view = data[start:stop]
             assert path_mode(path, lambda v=view: codec.crc32(v)) == zlib.crc32(view)
+
+
+@pytest.mark.skipif(not NATIVE_WANTED, reason="the native extension is switched off")
+def test_native_stream_check_accepts_exactly_what_numpy_accepts(monkeypatch) -> None:
+    """coded.check_stream's one-call native fast path, on a valid record and on copies with one
+    field changed: True exactly where the numpy checks pass."""
+    from dcformat.encodings import coded
+    from dcformat.layout import MAX_CHUNK_SIZE
+
+    rng = np.random.default_rng(12)
+    symbols = skewed_symbols(rng, 50, 20000, 0.3)
+    stream = make_stream(symbols, np.bincount(symbols, minlength=50), 900)
+    base = pb.HuffmanStream(
+        code_lengths=stream.lengths.tobytes(),
+        count=stream.count,
+        chunk_size=stream.chunk_size,
+        bit_length=stream.bit_length,
+        chunk_offsets=stream.offsets.tolist(),
+    )
+    base.data.length = stream.data.size
+    offsets = list(base.chunk_offsets)
+    lengths = bytearray(base.code_lengths)
+    changes = [
+        {},
+        {"count": base.count + 1},
+        {"count": base.count - 1},
+        {"count": 0},
+        {"chunk_size": base.chunk_size + 1},
+        {"chunk_size": 0},
+        {"chunk_size": MAX_CHUNK_SIZE + 1},
+        {"bit_length": base.bit_length + 1},
+        {"bit_length": base.bit_length - 8},
+        {"chunk_offsets": offsets[:-1]},
+        {"chunk_offsets": [0, *offsets[1:]]},
+        {"chunk_offsets": [offsets[1], offsets[0], *offsets[2:]]},
+        {"chunk_offsets": [*offsets[:-1], base.bit_length]},
+        {"chunk_offsets": [1, *offsets[1:]]},
+        {"code_lengths": bytes(lengths[:-1])},
+        {"code_lengths": bytes([17]) + bytes(lengths[1:])},
+        {"code_lengths": bytes([1]) + bytes(lengths[1:])},
+        {"code_lengths": bytes(len(lengths))},
+        {"length": stream.data.size + 1},
+    ]
+    outcomes = []
+    for change in changes:
+        record = pb.HuffmanStream()
+        record.CopyFrom(base)
+        for field, value in change.items():
+            if field == "length":
+                record.data.length = value
+            elif field == "chunk_offsets":
+                del record.chunk_offsets[:]
+                record.chunk_offsets.extend(value)
+            else:
+                setattr(record, field, value)
+        with monkeypatch.context() as m:
+            m.setenv("DCNN_NO_NATIVE", "1")
+            try:
+                coded.check_stream(record, 50, "codes")
+                passes = True
+            except dcformat.FormatError:
+                passes = False
+        native = codec._native.stream_ok(
+            record.code_lengths,
+            record.count,
+            record.chunk_size,
+            record.bit_length,
+            np.asarray(record.chunk_offsets, dtype=np.uint64),
+            record.data.length,
+            50,
+            MAX_CHUNK_SIZE,
+        )
+        assert native == passes, change
+        outcomes.append(passes)
+    assert outcomes[0] and not all(outcomes[1:])
