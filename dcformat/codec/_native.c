@@ -665,9 +665,10 @@ static PyObject *unpack_codebook_impl(const uint8_t *d, uint64_t n, unsigned ite
             }
             int64_t magnitude = 0;
             if (s) {
-                unsigned w = s - 1;
-                uint64_t extra = 0;
-                for (unsigned b = 0; b < w; b++, bit++) extra |= (uint64_t)((area[bit >> 3] >> (bit & 7)) & 1) << b;
+                unsigned w = s - 1; /* at most 31 bits, inside the area (checked above) */
+                Stream extra_bits = {area, n - end, total, NULL, 0, 0, 0};
+                uint64_t extra = peek_safe(&extra_bits, bit) & (((uint64_t)1 << w) - 1);
+                bit += w;
                 magnitude = (int64_t)(((uint64_t)1 << w) | extra);
             }
             key += negate ? -magnitude : magnitude;
