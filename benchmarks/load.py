@@ -7,7 +7,8 @@ Models:
       survivors quantized by k-means to 31 values plus the padding zero (5-bit codes).
 
 Timed, for each: ``dcformat.load_file`` (open, header, CRC-32 and nonzeros checks, decode
-of every tensor) on the native path with 1 and 2 threads and on the numpy path; zstd
+of every tensor) on the native path with 1 and 2 threads and on the numpy path; opening alone
+(``safe_open``: the header and its checks, nothing decoded); zstd
 decompression (only) of one level-19 frame per tensor holding the raw bytes of the same
 dense tensors; safetensors ``load_file`` of the dense model (the original file for MiniLM;
 the file is in the page cache); copying the dense bytes (memcpy). Rounds are interleaved and
@@ -139,6 +140,8 @@ def bench(title: str, dense_file: Path, path: Path, rounds: int, original_weight
         methods["dcnn native"] = with_env(False, lambda: dcformat.load_file(path))
         methods["dcnn native, threads=2"] = with_env(False, lambda: dcformat.load_file(path, threads=2))
         timed["dcnn native"] = timed["dcnn native, threads=2"] = "load_file (verify on)"
+    methods["dcnn open"] = lambda: dcformat.safe_open(path).close()
+    timed["dcnn open"] = "safe_open: header checks only"
     methods["dcnn numpy path"] = with_env(True, lambda: dcformat.load_file(path))
     timed["dcnn numpy path"] = "load_file, DCNN_NO_NATIVE=1"
     methods["zstd -19 (decompress)"] = lambda: unzstd_all(frames, dtypes, shapes)

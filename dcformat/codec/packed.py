@@ -5,8 +5,10 @@ Both start with a *mini stream*: varint ``count``, varint ``bit_length``, one by
 first ``n`` code lengths of its alphabet at 3 bits each (LSB first), then ``bit_length`` bits of
 symbols coded as spec section 7 (one chunk). A table's symbols are delta-coded lengths and runs
 of unused symbols; a codebook's are the bit lengths of key deltas (an escape before each negative
-one), whose remaining bits follow in an extra-bits area. Decoding runs the stream decoders (native or
-numpy) on the symbols; every error is a FormatError under the caller's rule.
+one), whose remaining bits follow in an extra-bits area. Unpacking is one call into the native
+extension when it is built (it accepts only input that follows every rule here); otherwise, and for
+any input it does not accept, the numpy code below runs the stream decoders on the symbols and
+raises the error: every one a FormatError under the caller's rule.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def pack_table(lengths: np.ndarray) -> bytes:
 
 def unpack_table(data: bytes, rule: str) -> np.ndarray:
     """The code-length table (uint8) a packed table holds, after every rule of spec 7.6."""
+    fast = _native_unpack(data, 0)
+    if fast is not None:
+        return np.frombuffer(fast, dtype=np.uint8).copy()
     symbols, end = _unpack_stream(data, TABLE_ALPHABET, rule)
     if end != len(data):
         stop(FormatError(f"{len(data) - end} bytes after a packed table", rule=rule))
@@ -84,6 +89,9 @@ def pack_codebook(values: np.ndarray) -> bytes:
 def unpack_codebook(data: bytes, itemsize: int, rule: str) -> bytes:
     """The little-endian codebook values (``itemsize`` 4 or 2 bytes each) a packed codebook
     holds, after every rule of spec 5.8."""
+    fast = _native_unpack(data, itemsize)
+    if fast is not None:
+        return fast
     symbols, end = _unpack_stream(data, BOOK_ALPHABET, rule, 2 * MAX_ALPHABET)
     escape = symbols == NEGATE
     negated = np.zeros(symbols.size, dtype=bool)
@@ -116,6 +124,12 @@ def unpack_codebook(data: bytes, itemsize: int, rule: str) -> bytes:
         stop(FormatError(f"a packed codebook value leaves the {width}-bit range", rule=rule))
     bits = _keys(keys, width, inverse=True)
     return bits.astype(f"<u{itemsize}").tobytes()
+
+
+def _native_unpack(data: bytes, itemsize: int) -> bytes | None:
+    """The native unpacking of a table (``itemsize`` 0) or codebook, or None where it is not built,
+    is switched off, or does not accept the input."""
+    return codec._native.unpack(data, itemsize) if codec.enabled() else None
 
 
 def _keys(values: np.ndarray, width: int, inverse: bool = False) -> np.ndarray:

@@ -3,12 +3,14 @@ and the small helpers of its encode and decode."""
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import zstandard
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes
@@ -174,3 +176,15 @@ def cast(stored: np.ndarray, kind: str, out_kind: str) -> np.ndarray:
         return stored
     wide = dtypes.bfloat16_to_float32(stored) if kind == "bfloat16" else stored
     return dtypes.convert_floats(wide, out_kind)
+
+
+_local = threading.local()
+
+
+def zstd_decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's zstd decompressor: making one takes longer than decompressing a small
+    tensor, and one must not be used by two threads at once."""
+    found = getattr(_local, "zstd", None)
+    if found is None:
+        found = _local.zstd = zstandard.ZstdDecompressor()
+    return found

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes
+from ..codec import decode as codec
 from ..codec import huffman
 from ..errors import FormatError, fail, stop
 from ..layout import MAX_ALPHABET, MAX_CHUNK_SIZE
@@ -72,7 +73,21 @@ def check_codebook(record: pb.Tensor, dtype: str) -> int:
 
 
 def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
-    """Rules of one Huffman stream record: table, chunking, sizes."""
+    """Rules of one Huffman stream record: table, chunking, sizes. The native extension checks a
+    record in one call; the checks below run where it is off or finds a rule broken."""
+    offsets = np.asarray(stream.chunk_offsets, dtype=np.uint64)
+    length = stream.data.length if stream.HasField("data") else 0
+    if codec.enabled() and codec._native.stream_ok(
+        stream.code_lengths,
+        stream.count,
+        stream.chunk_size,
+        stream.bit_length,
+        offsets,
+        length,
+        alphabet,
+        MAX_CHUNK_SIZE,
+    ):
+        return
     lengths = np.frombuffer(stream.code_lengths, dtype=np.uint8)
     if lengths.size != alphabet:
         fail(
@@ -105,7 +120,6 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
             fail(FormatError(f"{what}: {bits} bits cannot hold {count} symbols", rule="huffman-data"))
     elif bits:
         fail(FormatError(f"{what}: an empty stream has {bits} bits", rule="huffman-data"))
-    offsets = np.asarray(stream.chunk_offsets, dtype=np.uint64)
     if offsets.size and (offsets[0] == 0 or np.any(offsets[1:] <= offsets[:-1]) or offsets[-1] >= bits):
         fail(FormatError(f"{what}: chunk offsets out of order or out of range", rule="huffman-chunks"))
     if offsets.size:  # chunk j starts in [j*C*min_len, j*C*max_len] and leaves room for the rest
@@ -130,7 +144,6 @@ def check_stream(stream: pb.HuffmanStream, alphabet: int, what: str) -> None:
                     rule="huffman-chunks",
                 )
             )
-    length = stream.data.length if stream.HasField("data") else 0
     if length != -(-bits // 8):
         fail(FormatError(f"{what}: {length} data bytes for {bits} bits", rule="huffman-data"))
 

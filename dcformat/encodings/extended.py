@@ -22,7 +22,7 @@ from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded, dense_codes, sparse_codes
-from .base import EncodedTensor, SectionSource, cast, expansion_ok, numel_of, section
+from .base import EncodedTensor, SectionSource, cast, expansion_ok, numel_of, section, zstd_decompressor
 
 ZSTD_LEVEL = 19  # outlier sections are small; the best level costs little
 
@@ -184,7 +184,7 @@ def _unzstd(data: np.ndarray, low: int, high: int) -> np.ndarray:
         size = zstandard.get_frame_parameters(data).content_size
         if not low <= size <= high:
             stop(FormatError(f"zstd frame declares {size} bytes, not {low}..{high}", rule="outliers"))
-        frame = zstandard.ZstdDecompressor().decompressobj()
+        frame = zstd_decompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
         stop(FormatError(f"outlier zstd data does not decompress: {exc}", rule="outliers"))

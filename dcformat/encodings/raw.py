@@ -9,7 +9,16 @@ from .. import dcnn_pb2 as pb
 from .. import dtypes
 from ..errors import DcnnError, FormatError, fail, stop
 from ..tensors import Codes, Quantized, Raw
-from .base import EncodedTensor, SectionSource, cast, expansion_ok, new_record, numel_of, section
+from .base import (
+    EncodedTensor,
+    SectionSource,
+    cast,
+    expansion_ok,
+    new_record,
+    numel_of,
+    section,
+    zstd_decompressor,
+)
 
 ENUM = pb.RAW
 NAME = "RAW"
@@ -94,7 +103,7 @@ def _unzstd(data: np.ndarray, expected: int) -> bytes:
                     f"zstd frame declares {params.content_size} bytes, expected {expected}", rule="zstd"
                 )
             )
-        frame = zstandard.ZstdDecompressor().decompressobj()
+        frame = zstd_decompressor().decompressobj()
         out = frame.decompress(data)
     except zstandard.ZstdError as exc:
         stop(FormatError(f"zstd data does not decompress: {exc}", rule="zstd"))

@@ -6,7 +6,6 @@ import copy
 import mmap
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -219,7 +218,7 @@ class DcnnFile:
         start = self.preamble.data_start + section.offset
         data = np.frombuffer(self._map, dtype=np.uint8, count=section.length, offset=start)
         if self.verify:
-            if zlib.crc32(data) != section.crc32:
+            if codec.crc32(data) != section.crc32:
                 fail(ChecksumError("section checksum mismatch", rule="section-crc", offset=start))
             _check_zero(
                 self._map,

@@ -7,16 +7,19 @@
   uint32) column indices and uint8 codes, the codebook looked up in the kernel's inner loop;
 * :class:`LutCodedLinear`: one uint8 code per weight (dense codes, no index);
 
-or left dense, whichever :func:`choose` predicts fastest for batches up to ``max_batch``. The
-compressed form lives in registered buffers, so ``.to()``, ``state_dict()`` and memory
-accounting see it. Inference only: the outputs carry no gradient. On CPU with float32 inputs
-the native kernels of :mod:`dcformat.matvec` compute; elsewhere a torch fallback does.
+or left dense, whichever :func:`choose` predicts fastest for batches up to ``max_batch``; where
+the prediction is too close to call (:func:`contender`), whichever runs faster when both are timed
+on this machine as the layer is built. The compressed form lives in registered buffers, so
+``.to()``, ``state_dict()`` and memory accounting see it. Inference only: the outputs carry no
+gradient. On CPU with float32 inputs the native kernels of :mod:`dcformat.matvec` compute;
+elsewhere a torch fallback does.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,18 @@ MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for
 _CALL_NS = {SPARSE: 20000.0, LUT: 20000.0, DENSE: 8000.0}
 MIN_WEIGHTS = 1 << 18  # below this a layer stays dense: cache-resident, it runs in a few us
 MARGIN = 0.85  # a compressed form must be predicted this much faster than dense to be chosen
+# Predicted compressed/dense time ratios inside this band are timed instead of trusted. The model,
+# fitted at one thread on matrices of other shapes, erred by up to 2.3x, always in dense's favour
+# (AlexNet's fc8 at 2 threads: predicted 0.57, ran 1.14 to 1.35; dense ran 0.08 ns per weight
+# against the fitted 0.2): below 0.4 the compressed form wins even so; the top keeps the layers
+# the model calls dense by a small margin.
+BAND = (0.4, 1.25)
+TIMED_BATCHES = (1, 4, 16)  # the batches (up to max_batch, and max_batch) timed for a close call
+TIMED_ROUNDS = 15  # interleaved rounds; the best of each form and batch counts
+# ... and the compressed form must time at most this fraction of dense's. On a loaded machine the
+# timings favour it (torch's dense product waits for its slowest thread; the kernels' threads take
+# blocks in turn): AlexNet's and VGG-16's fc8 timed sparse at load and then ran 0.75-0.99x dense.
+TIMED_MARGIN = 0.9
 CONV_MAX_DENSITY = 0.05  # 1x1 convolutions: sparse only at or below this density ...
 CONV_MAX_PIXELS = 256  # ... and on feature maps this small (measured: loses at 56x56)
 
@@ -75,6 +90,50 @@ def choose(rows: int, cols: int, nnz: int, *, dense_codes: bool, max_batch: int 
         if wins and (best_ns is None or ns < best_ns):
             best, best_ns = kind, ns
     return best
+
+
+def contender(rows: int, cols: int, nnz: int, *, dense_codes: bool, max_batch: int = MAX_BATCH) -> str | None:
+    """The compressed form (SPARSE or LUT) to time against dense where the cost model cannot tell:
+    one predicted within BAND of dense's time at some batch from 1 to ``max_batch`` (of two such,
+    the one predicted faster at ``max_batch``); None where :func:`choose`'s answer stands."""
+    if rows * cols < MIN_WEIGHTS:
+        return None
+    near = [
+        kind
+        for kind in [SPARSE] + ([LUT] if dense_codes else [])
+        if any(
+            BAND[0]
+            < predicted_ns(kind, rows, cols, nnz, b) / predicted_ns(DENSE, rows, cols, nnz, b)
+            < BAND[1]
+            for b in range(1, max_batch + 1)
+        )
+    ]
+    return min(near, key=lambda k: predicted_ns(k, rows, cols, nnz, max_batch)) if near else None
+
+
+def time_forms(
+    new: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, max_batch: int = MAX_BATCH
+) -> dict[int, tuple[float, float]]:
+    """Seconds per call of the compressed module ``new`` and of dense ``weight`` (float32, the same
+    layer) at each of TIMED_BATCHES up to ``max_batch``: the best of TIMED_ROUNDS interleaved
+    calls after a warm-up, on fixed random inputs. Returns {batch: (compressed, dense)}."""
+    batches = sorted({b for b in TIMED_BATCHES if b <= max_batch} | {max_batch})
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randn(b, weight.shape[1], generator=generator) for b in batches}
+    b_detached = bias.detach() if bias is not None else None
+    forms: list[Callable[[torch.Tensor], Any]] = [new, lambda x: nn.functional.linear(x, weight, b_detached)]
+    best = {b: [float("inf"), float("inf")] for b in batches}
+    with torch.inference_mode():
+        for b in batches:
+            for form in forms:
+                form(inputs[b])
+        for _ in range(TIMED_ROUNDS):
+            for b in batches:
+                for i, form in enumerate(forms):
+                    start = time.perf_counter()
+                    form(inputs[b])
+                    best[b][i] = min(best[b][i], time.perf_counter() - start)
+    return {b: (t[0], t[1]) for b, t in best.items()}
 
 
 def choose_conv(rows: int, cols: int, nnz: int, pixels: int) -> str:
@@ -337,12 +396,16 @@ def replace_coded(
     names: Collection[str],
     max_batch: int = MAX_BATCH,
     conv_pixels: int | None = None,
+    timer: Callable[..., dict[int, tuple[float, float]]] | None = None,
 ) -> set[str]:
     """Replace the eligible layers of ``module`` whose ``weight`` is among ``names`` and stored
     coded in ``f`` by compressed modules where :func:`choose` says so; return the weight names
     replaced (their other tensors, such as the bias, are still to be loaded). 1x1 convolutions
     are considered only given ``conv_pixels``, the feature map size they will run on (see
-    :func:`choose_conv`); load_into(compressed=True) leaves them dense."""
+    :func:`choose_conv`); load_into(compressed=True) leaves them dense. A linear layer that
+    :func:`contender` names is timed by ``timer`` (default :func:`time_forms`, at torch's thread
+    count) in both forms and replaced only if the compressed one takes at most TIMED_MARGIN of
+    dense's time at every batch timed."""
     params = module.state_dict(keep_vars=True)
     owners: dict[int, int] = {}
     for value in params.values():
@@ -362,12 +425,14 @@ def replace_coded(
         ):
             continue
         rows, cols = info.shape[0], info.numel // max(info.shape[0], 1)
+        rival = None
         if isinstance(layer, nn.Conv2d):
             kind = choose_conv(rows, cols, info.nonzeros, conv_pixels)
         else:
             dense_codes = info.encoding == "DENSE_CODES"
             kind = choose(rows, cols, info.nonzeros, dense_codes=dense_codes, max_batch=max_batch)
-        if kind == DENSE:
+            rival = contender(rows, cols, info.nonzeros, dense_codes=dense_codes, max_batch=max_batch)
+        if kind == DENSE and rival is None:
             continue
         codes = f.get_codes(name)
         if f.verify:
@@ -380,13 +445,27 @@ def replace_coded(
                     tensor=name,
                 )
         try:
-            new = from_codes(layer, codes, kind)
+            new = from_codes(layer, codes, rival or kind)
         except DcnnError as exc:
             raise exc.located(path=f.path, tensor=name) from None
+        if rival is not None:  # a close call: the faster on this machine, at every batch timed
+            times = (timer or time_forms)(new, _dense_weight(codes, rows, cols), layer.bias, max_batch)
+            if any(ours > TIMED_MARGIN * dense for ours, dense in times.values()):
+                continue
         new_layers[prefix] = new
     for prefix, new in new_layers.items():  # swapped in only once every weight has decoded
         _set_submodule(module, prefix, new)
     return {f"{prefix}.weight" for prefix in new_layers}
+
+
+def _dense_weight(codes: Codes, rows: int, cols: int) -> torch.Tensor:
+    """The float32 ``rows x cols`` weight that coded weight holds (for timing the dense form)."""
+    book = np.asarray(codes.codebook, dtype=np.float32)
+    if codes.positions is None:
+        return torch.from_numpy(book[codes.codes.reshape(rows, cols)])
+    flat = np.zeros(rows * cols, dtype=np.float32)
+    flat[codes.positions] = book[codes.codes]
+    return torch.from_numpy(flat.reshape(rows, cols))
 
 
 def _eligible(layer: nn.Module) -> bool:

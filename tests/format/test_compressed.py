@@ -279,6 +279,69 @@ def test_choose_follows_density_and_size():
     assert compressed.choose(384, 384, 384 * 384, dense_codes=True) != compressed.SPARSE
 
 
+def test_contender_is_named_only_where_the_model_cannot_tell():
+    """Close calls (predicted within BAND of dense) are timed; clear ones and small layers are not."""
+    fc8 = int(0.25 * 1000 * 4096)
+    assert compressed.contender(1000, 4096, fc8, dense_codes=False) == compressed.SPARSE
+    assert compressed.contender(4096, 9216, int(0.09 * 4096 * 9216), dense_codes=False) is None
+    assert compressed.contender(4096, 9216, 4096 * 9216, dense_codes=False) is None  # dense: far off
+    assert compressed.contender(10, 100, 300, dense_codes=False) is None
+    assert compressed.contender(1536, 384, 1536 * 384, dense_codes=True) == compressed.LUT
+    sparse, lut = compressed.SPARSE, compressed.LUT
+    for rows, cols, nnz, kind in [
+        (1000, 4096, fc8, sparse),
+        (512, 512, 512 * 128, sparse),
+        (1536, 384, 0, lut),
+    ]:
+        nnz = nnz or rows * cols
+        ratios = [
+            compressed.predicted_ns(kind, rows, cols, nnz, b)
+            / compressed.predicted_ns("dense", rows, cols, nnz, b)
+            for b in range(1, compressed.MAX_BATCH + 1)
+        ]
+        assert any(compressed.BAND[0] < r < compressed.BAND[1] for r in ratios)
+
+
+@pytest.mark.parametrize(("dense_ms", "kept"), [(2.0, True), (1.05, False), (0.5, False)])
+def test_close_call_goes_to_the_form_timed_faster(scratch, monkeypatch, dense_ms, kept):
+    rng = np.random.default_rng(8)
+    path = scratch / "fc.dcnn"
+    weight, bias = save_linear(path, rng, 512, 512, 0.25, 5)
+    with dcformat.safe_open(path) as f:
+        nnz = f.info("fc.weight").nonzeros
+    assert compressed.contender(512, 512, nnz, dense_codes=False) == compressed.SPARSE
+    seen = []
+
+    def timer(new, dense_weight, layer_bias, max_batch):
+        seen.append(max_batch)
+        assert isinstance(new, compressed.SparseCodedLinear)
+        np.testing.assert_array_equal(dense_weight.numpy(), weight)
+        # compressed 1 ms a call; dense 2 ms, and dense_ms at batch 16 (1.05: within TIMED_MARGIN)
+        return {1: (1e-3, 2e-3), 4: (1e-3, 2e-3), 16: (1e-3, dense_ms * 1e-3)}
+
+    monkeypatch.setattr(compressed, "time_forms", timer)
+    module = net(512, 512)
+    dcnn_torch.load_into(module, path, compressed=True)
+    assert seen == [compressed.MAX_BATCH]
+    assert isinstance(module.fc, compressed.SparseCodedLinear) == kept
+    x = torch.randn(3, 512)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module.fc(x), torch.from_numpy(x.numpy() @ weight.T + bias), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_time_forms_times_both_forms_at_each_batch():
+    rng = np.random.default_rng(2)
+    weight, positions, codes, book = sparse_weight(rng, 300, 900, 0.2, 32)
+    indptr, cols = matvec.csr_of(positions, 300, 900)
+    new = compressed.SparseCodedLinear(900, 300, indptr, cols, codes.astype(np.uint8), book)
+    for max_batch, batches in [(16, [1, 4, 16]), (2, [1, 2])]:
+        times = compressed.time_forms(new, torch.from_numpy(weight), None, max_batch)
+        assert sorted(times) == batches
+        assert all(0 < t < 1 for pair in times.values() for t in pair)
+
+
 @pytest.mark.parametrize("stream", ["codes", "gaps"])
 def test_corrupt_file_is_caught_when_loading_compressed(scratch, stream):
     rng = np.random.default_rng(5)

@@ -142,6 +142,36 @@ def test_decode_values_of_each_width(path_mode, value_dtype: str) -> None:
         )
 
 
+@pytest.mark.parametrize("zero", ["used", "unused", "none"])
+def test_nonzeros_counted_whichever_values_are_zero(path_mode, zero: str) -> None:
+    """The native kernel counts per symbol only where a used symbol's value is zero; otherwise
+    every decoded symbol counts. A zero value of a symbol the stream never uses changes nothing."""
+    rng = np.random.default_rng(3)
+    symbols = skewed_symbols(rng, 40, 50000, 0.2)
+    symbols[symbols == 7] = 8  # symbol 7 is not in the stream
+    stream = make_stream(symbols, np.bincount(symbols, minlength=40), 1000)
+    values = rng.uniform(1, 2, 40).astype(np.float32)
+    if zero != "none":
+        values[5 if zero == "used" else 7] = 0.0
+    flags = (values != 0).astype(np.uint8)
+    for path in PATHS:
+        out, nonzeros = path_mode(path, lambda: codec.decode_values(stream, values, flags))
+        np.testing.assert_array_equal(out, values[symbols])
+        assert nonzeros == int(np.count_nonzero(values[symbols]))
+        assert path_mode(path, lambda: codec.decode_values(stream, values, None))[1] == 0
+
+
+@pytest.mark.parametrize("count", [10, (codec.HUGE_PAGE >> 2) - 1, codec.HUGE_PAGE >> 2, 1_000_003])
+def test_outputs_of_two_mib_or_more_start_on_a_two_mib_boundary(count: int) -> None:
+    out = codec.output(count, np.dtype(np.float32))
+    assert out.shape == (count,) and out.dtype == np.float32 and out.flags.writeable
+    assert out.flags.c_contiguous
+    if out.nbytes >= codec.HUGE_PAGE:  # small ones go wherever numpy puts them
+        assert out.ctypes.data % codec.HUGE_PAGE == 0
+    out[:] = 1.5  # the whole view is usable
+    assert float(out.sum()) == 1.5 * count
+
+
 def test_one_symbol_stream(path_mode) -> None:
     freqs = np.zeros(8, dtype=np.int64)
     freqs[5] = 1
@@ -493,3 +523,87 @@ def test_data_size_must_match_bit_length(path_mode) -> None:
     assert results[0][:3] == ("error", "FormatError", "huffman-data")
     for r in results[1:]:
         assert_same(results[0], r)
+
+
+def test_crc32_is_zlibs(path_mode) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, 70000, dtype=np.uint8)
+    for path in PATHS:
+        for start, stop in [(0, 0), (0, 1), (3, 66), (1, 64), (5, 1029), (0, 70000), (7, 69999)]:
+            view = data[start:stop]
+            assert path_mode(path, lambda v=view: codec.crc32(v)) == zlib.crc32(view)
+
+
+@pytest.mark.skipif(not NATIVE_WANTED, reason="the native extension is switched off")
+def test_native_stream_check_accepts_exactly_what_numpy_accepts(monkeypatch) -> None:
+    """coded.check_stream's one-call native fast path, on a valid record and on copies with one
+    field changed: True exactly where the numpy checks pass."""
+    from dcformat.encodings import coded
+    from dcformat.layout import MAX_CHUNK_SIZE
+
+    rng = np.random.default_rng(12)
+    symbols = skewed_symbols(rng, 50, 20000, 0.3)
+    stream = make_stream(symbols, np.bincount(symbols, minlength=50), 900)
+    base = pb.HuffmanStream(
+        code_lengths=stream.lengths.tobytes(),
+        count=stream.count,
+        chunk_size=stream.chunk_size,
+        bit_length=stream.bit_length,
+        chunk_offsets=stream.offsets.tolist(),
+    )
+    base.data.length = stream.data.size
+    offsets = list(base.chunk_offsets)
+    lengths = bytearray(base.code_lengths)
+    changes = [
+        {},
+        {"count": base.count + 1},
+        {"count": base.count - 1},
+        {"count": 0},
+        {"chunk_size": base.chunk_size + 1},
+        {"chunk_size": 0},
+        {"chunk_size": MAX_CHUNK_SIZE + 1},
+        {"bit_length": base.bit_length + 1},
+        {"bit_length": base.bit_length - 8},
+        {"chunk_offsets": offsets[:-1]},
+        {"chunk_offsets": [0, *offsets[1:]]},
+        {"chunk_offsets": [offsets[1], offsets[0], *offsets[2:]]},
+        {"chunk_offsets": [*offsets[:-1], base.bit_length]},
+        {"chunk_offsets": [1, *offsets[1:]]},
+        {"code_lengths": bytes(lengths[:-1])},
+        {"code_lengths": bytes([17]) + bytes(lengths[1:])},
+        {"code_lengths": bytes([1]) + bytes(lengths[1:])},
+        {"code_lengths": bytes(len(lengths))},
+        {"length": stream.data.size + 1},
+    ]
+    outcomes = []
+    for change in changes:
+        record = pb.HuffmanStream()
+        record.CopyFrom(base)
+        for field, value in change.items():
+            if field == "length":
+                record.data.length = value
+            elif field == "chunk_offsets":
+                del record.chunk_offsets[:]
+                record.chunk_offsets.extend(value)
+            else:
+                setattr(record, field, value)
+        with monkeypatch.context() as m:
+            m.setenv("DCNN_NO_NATIVE", "1")
+            try:
+                coded.check_stream(record, 50, "codes")
+                passes = True
+            except dcformat.FormatError:
+                passes = False
+        native = codec._native.stream_ok(
+            record.code_lengths,
+            record.count,
+            record.chunk_size,
+            record.bit_length,
+            np.asarray(record.chunk_offsets, dtype=np.uint64),
+            record.data.length,
+            50,
+            MAX_CHUNK_SIZE,
+        )
+        assert native == passes, change
+        outcomes.append(passes)
+    assert outcomes[0] and not all(outcomes[1:])

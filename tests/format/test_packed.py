@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dcformat
-from dcformat.codec import packed
+from dcformat.codec import decode, packed
 from dcformat.errors import FormatError, LimitError
 from dcformat.file import header
 from dcformat.layout import PREAMBLE, PREAMBLE_SIZE
@@ -148,3 +148,51 @@ def test_packed_tables_of_a_file_expand_to_at_most_2_to_26(tmp_path):
             with pytest.raises(LimitError) as info:
                 header.check_tensor(copy, 2, expanded)
             assert info.value.rule == "huffman-table"
+
+
+needs_native = pytest.mark.skipif(not decode.AVAILABLE, reason="native extension not built")
+
+
+def _numpy_unpack(data: bytes, itemsize: int, monkeypatch) -> bytes | None:
+    """What the numpy path gives: the bytes, or None where it raises."""
+    with monkeypatch.context() as m:
+        m.setenv("DCNN_NO_NATIVE", "1")
+        try:
+            if itemsize:
+                return packed.unpack_codebook(data, itemsize, "codebook")
+            return packed.unpack_table(data, "huffman-table").tobytes()
+        except FormatError:
+            return None
+
+
+@needs_native
+@pytest.mark.parametrize("seed", range(6))
+def test_native_unpack_agrees_with_numpy_on_mutated_input(seed, monkeypatch):
+    """The native fast path accepts exactly what the numpy code accepts, with the same result,
+    on valid tables and codebooks and on copies with bytes changed, cut or added."""
+    rng = np.random.default_rng(seed)
+    lengths = np.where(rng.random(300) < 0.5, 0, rng.integers(1, 17, 300)).astype(np.uint8)
+    book = np.sort(rng.normal(0, 0.1, 40)).astype(np.float32)
+    cases = [
+        (packed.pack_table(lengths), 0),
+        (packed.pack_codebook(book), 4),
+        (packed.pack_codebook(book.astype(np.float16)), 2),
+    ]
+    for data, itemsize in cases:
+        variants = [data, data[:-1], data + b"\0", data[1:]]
+        for _ in range(60):
+            broken = bytearray(data)
+            at = int(rng.integers(len(broken)))
+            broken[at] ^= 1 << int(rng.integers(8))
+            variants.append(bytes(broken))
+        results = [_numpy_unpack(v, itemsize, monkeypatch) for v in variants]
+        assert [decode._native.unpack(v, itemsize) for v in variants] == results
+        assert results[0] is not None and None in results  # both outcomes are exercised
+
+
+@needs_native
+def test_native_unpack_refuses_the_broken_examples():
+    tables = test_broken_tables_raise_the_rule.pytestmark[0].args[1]
+    books = test_broken_codebooks_raise_the_rule.pytestmark[0].args[1]
+    assert all(decode._native.unpack(d, 0) is None for d in tables)
+    assert all(decode._native.unpack(d, 4) is None for d in books)

@@ -152,3 +152,17 @@ def test_newer_minor_version_is_accepted_and_unknown_fields_ignored(tmp_path):
     with dcformat.safe_open(tmp_path / "f.dcnn") as f:
         assert f.version == (1, 7)
         assert f.get_tensor("x").shape == (0,)
+
+
+def test_the_reused_zstd_decompressor_recovers_after_bad_frames():
+    """Each thread keeps one zstd decompressor: a broken or cut frame leaves nothing behind."""
+    import zstandard
+
+    from dcformat.encodings import raw
+
+    good = np.arange(1000, dtype=np.float32).tobytes()
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(good)
+    for bad in (frame[: len(frame) // 2], frame[:6] + bytes(len(frame) - 6)):
+        with pytest.raises(dcformat.FormatError):
+            raw._unzstd(np.frombuffer(bad, np.uint8), len(good))
+        assert raw._unzstd(np.frombuffer(frame, np.uint8), len(good)) == good
