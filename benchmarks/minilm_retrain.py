@@ -14,7 +14,8 @@ token states' mean squared error to the teacher's (scaled by their variance), pl
 one minus the cosine of the mean-pooled sentence embeddings.
 
 Training text is English from the docstrings of installed packages (numpy, torch and the
-standard library); the sentences scored are held out: docstrings of other standard-library
+standard library), with ``--wordnet`` also WordNet's 35,000 usage examples (everyday English;
+Debian's wordnet-base); the sentences scored are held out: docstrings of other standard-library
 modules (``zoo_models.EVAL_MODULES``, never trained on) and ``examples.minilm.SENTENCES``
 (everyday English, a different domain). The scores are those of the written file, decoded
 and loaded into sentence-transformers.
@@ -26,6 +27,7 @@ import argparse
 import copy
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -61,9 +63,29 @@ TRAIN_MODULES = (
 )  # fmt: skip
 
 
-def training_sentences(exclude: set[str]) -> list[str]:
+WORDNET = Path("/usr/share/wordnet")  # Debian's wordnet-base: glosses with usage examples
+
+
+def wordnet_examples() -> list[str]:
+    """The usage examples of WordNet's glosses (everyday English, 48,000 phrases) of four words
+    or more, capitalized. A missing wordnet-base is a one-line exit."""
+    if not (WORDNET / "data.noun").is_file():
+        raise SystemExit(f"--wordnet needs WordNet's data in {WORDNET}: apt install wordnet-base")
+    found = []
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (WORDNET / f"data.{part}").read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:  # the license header; glossless lines
+                continue
+            for example in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
+                if len(example.split()) >= 4:
+                    found.append(example[0].upper() + example[1:])
+    return found
+
+
+def training_sentences(exclude: set[str], wordnet: bool = False) -> list[str]:
     """English sentences from the docstrings of TRAIN_MODULES and from Python's reference
-    documentation (``pydoc_data``), none of them in ``exclude``."""
+    documentation (``pydoc_data``), with ``wordnet`` WordNet's usage examples too, none of
+    them in ``exclude``."""
     from pydoc_data.topics import topics
 
     assert not set(TRAIN_MODULES) & set(EVAL_MODULES + CALIBRATION_MODULES)
@@ -73,6 +95,8 @@ def training_sentences(exclude: set[str]) -> list[str]:
             found += doc_sentences((name,), 1_000_000)
         except ImportError:  # a module this Python lacks (e.g. built without sqlite3)
             continue
+    if wordnet:
+        found += wordnet_examples()
     return sorted(set(found) - exclude)
 
 
@@ -97,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize-lr", type=float, default=1e-4, help="Adam rate of fine-tuning")
     parser.add_argument(
         "--fixed-codes", action="store_true", help="train the centroids only (the paper), not reassign"
+    )
+    parser.add_argument(
+        "--wordnet", action="store_true", help="train on WordNet's usage examples too (apt wordnet-base)"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -127,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     original = {k: v.clone() for k, v in bert.state_dict().items()}
     held_out = held_out_sentences()
     reference = st.encode(held_out, normalize_embeddings=True, batch_size=64)
-    train_text = training_sentences(set(held_out))
+    train_text = training_sentences(set(held_out), args.wordnet)
     print(f"{len(train_text)} training sentences, {len(held_out)} held-out sentences")
 
     device = torch.device(args.device)
