@@ -31,8 +31,10 @@ import numpy as np
 
 from ..errors import ConvertError
 from ..weight import Weight
+from . import gptq
 from .config import CompressionConfig, TensorPlan
-from .tensor import CompressedTensor, compress_planned, compress_weight, floors, plan_for
+from .share import SharedTensor
+from .tensor import CompressedTensor, compress_planned, compress_weight, encode_shared, floors, plan_for
 
 LADDER = (8, 7, 6, 5, 4, 3)  # bits tried per tensor, besides exact storage
 INITS = ("density", "linear")  # centroid initializations tried at each bits
@@ -41,6 +43,7 @@ MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
 REFINE_EVALS = 96  # measured single-tensor moves tried after the rounds, at most
 REFINE_WINDOW = 8  # ... and they stop once this many in a row saved together
 REFINE_GAIN = 0.002  # ... less than this fraction of the tensors' bytes
+FEEDBACK_ELEMENTS = 1 << 22  # weights coded by error feedback at once (all settings of a tensor)
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
 # evaluate({name: float values, the tensor's shape}) -> mean relative output error. The search's
@@ -75,6 +78,7 @@ def calibrate(
     target: float | None = None,
     importance: Mapping[str, np.ndarray] | None = None,
     measurable: Callable[[str], bool] | None = None,
+    hessians: Mapping[str, np.ndarray] | None = None,
 ) -> Calibrated:
     """Compress ``weights`` using calibration: importance-weighted k-means where
     ``importance`` has the tensor, and with a ``target`` the per-tensor bits of the smallest
@@ -82,7 +86,10 @@ def calibrate(
 
     Without a target every tensor keeps the config's plan. Tensors that ``evaluate`` cannot
     replace (``measurable(name)`` false: an ONNX Constant, a subgraph's weight) take the
-    data-free path, which bounds their error without data. Raises ConvertError when no
+    data-free path, which bounds their error without data. ``hessians`` (a layer's input
+    XᵀX, inputs × inputs, for tensors whose flat rows are a layer's weights on those inputs)
+    add, to each such tensor's settings, the same codebooks coded by error feedback
+    (:mod:`converters.compress.gptq`). Raises ConvertError when no
     setting within the search reaches the target (with the best error it found).
     """
     importance = importance or {}
@@ -104,7 +111,7 @@ def calibrate(
     if not target > 0:
         raise ConvertError(f"the output-error target must be positive, got {target}", rule="usage")
     defaults = _data_free(weights, tuned, config)
-    ladders, probes = _ladders(tuned, plans, config, evaluate, importance, defaults)
+    ladders, probes = _ladders(tuned, plans, config, evaluate, importance, defaults, hessians or {})
     chosen, error, evaluations = _search(tuned, ladders, evaluate, target)
     if error > target:
         raise ConvertError(
@@ -130,6 +137,7 @@ def _ladders(
     evaluate: Evaluate,
     importance: Mapping[str, np.ndarray],
     defaults: Mapping[str, CompressedTensor],
+    hessians: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, list[_Option]], int]:
     """Each tensor's settings, cheapest first, with their predicted error; and the number of
     evaluations spent on probes. The first setting of each ladder that is not stored exactly
@@ -162,10 +170,70 @@ def _ladders(
         else:
             imp = np.asarray(weight_importance, dtype=np.float64).reshape(-1)
             costs = [float(np.sum(imp * (values.astype(np.float64) - d) ** 2)) for _, _, d in options]
+        if w.name in hessians and weight_importance is not None:
+            fed = _fed_back(w, [(bits, t) for bits, t, _ in options], hessians[w.name], weight_importance)
+            options += [(bits, t, np.empty(0)) for bits, t, _ in fed]
+            costs += [c for _, _, c in fed]
         ladder = [_Option(t, bits, c, t is default) for (bits, t, _), c in zip(options, costs, strict=True)]
         ladder.append(_Option(compress_planned(w, None, config), None, 0.0, default.codes is None))
         ladders[w.name] = sorted(ladder, key=lambda o: o.tensor.encoded.stored_bytes)
     return ladders, probes
+
+
+def _fed_back(
+    weight: Weight,
+    options: Sequence[tuple[int, CompressedTensor]],
+    hessian: np.ndarray,
+    importance: np.ndarray | None,
+) -> list[tuple[int, CompressedTensor, float]]:
+    """The coded ``options`` with their codebooks (and row scales) kept and their codes found
+    by error feedback on the layer's input Hessian, each with its predicted cost: Σ_r s_r ΔW_r H
+    ΔW_rᵀ, s_r the row's sensitivity that makes the importance's diagonal Σ_j s_r H_jj (the
+    importance split into a row factor and an input factor, as K-FAC splits a Hessian)."""
+    rows = weight.array.shape[0] if weight.array.ndim >= 2 else 0
+    cols = weight.array.size // rows if rows else 0
+    coded = [(bits, t) for bits, t in options if t.codes is not None]
+    if not coded or hessian.shape != (cols, cols):
+        return []
+    flat = weight.values().reshape(-1)
+    values = flat.astype(np.float64).reshape(rows, cols)
+    zeros = values == 0
+    fixed = zeros if zeros.any() else None
+    if fixed is not None:
+        coded = [(bits, t) for bits, t in coded if t.codebook[0] == 0]
+    order, factor = gptq.inverse_factor(hessian)
+    imp = (
+        np.ones((rows, cols))
+        if importance is None
+        else np.asarray(importance, np.float64).reshape(rows, cols)
+    )
+    sensitivity = imp.sum(axis=1) / max(float(np.trace(hessian)), 1e-300)
+    fed = []
+    per_chunk = max(1, FEEDBACK_ELEMENTS // values.size)
+    for first in range(0, len(coded), per_chunk):
+        chunk = coded[first : first + per_chunk]
+        scales = np.concatenate([np.ones(rows) if t.scales is None else t.scales for _, t in chunk])
+        codes, loss = gptq.quantize(
+            np.tile(values, (len(chunk), 1)),
+            [t.codebook for _, t in chunk],
+            [rows] * len(chunk),
+            order,
+            factor,
+            scales,
+            None if fixed is None else np.tile(fixed, (len(chunk), 1)),
+        )
+        loss *= scales**2
+        for g, (bits, tensor) in enumerate(chunk):
+            shared = SharedTensor(
+                tensor.codebook.astype(np.float32),
+                codes[g * rows : (g + 1) * rows].reshape(-1).astype(tensor.codes.dtype),
+                fixed is not None,
+            )
+            scale = None if tensor.scales is None else tensor.scales.astype(np.float16)
+            result = encode_shared(weight, shared, bits, flat, scale)
+            if result.codes is not None:
+                fed.append((bits, result, float(np.sum(sensitivity * loss[g * rows : (g + 1) * rows]))))
+    return fed
 
 
 def _squared_error(values: np.ndarray, approx: np.ndarray) -> float:

@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConvertError
+from . import gptq
+
+MAX_INPUTS = 4096  # inputs per output of the layers whose input Hessian is measured (its size²)
 
 
 def _relative_error(y: np.ndarray, y0: np.ndarray) -> float:
@@ -120,6 +123,71 @@ class ModuleOutputs:
                     sums[name] += grad.float() ** 2
         self.module.zero_grad(set_to_none=True)
         return {name: (total / len(self.items)).numpy().reshape(-1) for name, total in sums.items()}
+
+    def input_hessians(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """For each named weight of an ``nn.Linear`` or an ungrouped, zero-padded ``nn.Conv2d``
+        (its inputs unfolded into patches) with at most MAX_INPUTS inputs per output: the mean
+        over items of XᵀX, X the layer's inputs on the item, one row per position (float64,
+        inputs × inputs, in the order of a flat row of the weight: a conv's (channel, ky, kx)),
+        its off-diagonal shrunk by how much it varies from item to item (:func:`gptq.shrunk`)."""
+        import torch
+        from torch import nn
+
+        wanted = set(names)
+        layers: dict[str, list[Any]] = {}
+        for prefix, layer in self.module.named_modules():
+            name = f"{prefix}.weight" if prefix else "weight"
+            if name not in wanted or name not in self.params:
+                continue
+            plain_conv = (
+                isinstance(layer, nn.Conv2d)
+                and layer.groups == 1
+                and not isinstance(layer.padding, str)
+                and layer.padding_mode == "zeros"
+            )
+            if isinstance(layer, nn.Linear) or plain_conv:
+                if layer.weight[0].numel() <= MAX_INPUTS:
+                    layers.setdefault(name, []).append(layer)
+        sums = {name: 0.0 for name in layers}  # this item's XᵀX of each layer
+
+        def hook(name: str, layer: Any) -> Callable[..., None]:
+            def capture(_: Any, inputs: tuple[Any, ...]) -> None:
+                x = inputs[0].detach()
+                if isinstance(layer, nn.Conv2d):
+                    x = torch.nn.functional.unfold(
+                        x.reshape(-1, *x.shape[-3:]),
+                        layer.kernel_size,
+                        layer.dilation,
+                        layer.padding,
+                        layer.stride,
+                    ).transpose(1, 2)
+                x = x.reshape(-1, x.shape[-1]).double()
+                sums[name] = sums[name] + x.T @ x
+
+            return capture
+
+        handles = [
+            layer.register_forward_pre_hook(hook(name, layer)) for name, ls in layers.items() for layer in ls
+        ]
+        totals: dict[str, Any] = {name: 0.0 for name in layers}
+        squares = dict.fromkeys(layers, 0.0)  # Σ over items of ‖off-diagonal of XᵀX‖²
+        try:
+            with torch.no_grad():
+                for item in self.items:
+                    self._run(item)
+                    for name, gram in sums.items():
+                        if isinstance(gram, torch.Tensor):
+                            totals[name] = totals[name] + gram
+                            squares[name] += float(gram.square().sum() - gram.diagonal().square().sum())
+                        sums[name] = 0.0
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {
+            name: gptq.shrunk(total.numpy() / len(self.items), squares[name], len(self.items))
+            for name, total in totals.items()
+            if isinstance(total, torch.Tensor)
+        }
 
 
 def load_calibration(path: Path, graph_inputs: Mapping[str, tuple[str, int]]) -> list[dict[str, np.ndarray]]:
