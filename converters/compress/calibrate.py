@@ -68,6 +68,29 @@ class _Option:
     bits: int | None  # None: stored exactly
     cost: float  # predicted squared relative output error
     data_free: bool = False  # the coding a conversion without calibration data gives
+    crossed: _Crossed | None = None  # error-feedback codes fitted to each half of the items
+
+
+@dataclass(frozen=True)
+class _Crossed:
+    """Error-feedback codes of a tensor fitted to the first half of the calibration items and
+    to the second (:meth:`ModuleOutputs.half`), into one codebook: measured crossed (each
+    item with the codes fitted to the other half), they tell what the codes fitted to all
+    items do on inputs they did not see."""
+
+    codebook: np.ndarray
+    scales: np.ndarray | None  # one per row
+    codes: tuple[np.ndarray, np.ndarray]  # (rows, columns) each
+
+    def values(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded values of each half's codes, in ``shape``."""
+        decoded = []
+        for codes in self.codes:
+            v = self.codebook[codes]
+            if self.scales is not None:
+                v = v * self.scales[:, None]
+            decoded.append(v.astype(np.float32).reshape(shape))
+        return decoded[0], decoded[1]
 
 
 def calibrate(
@@ -170,11 +193,17 @@ def _ladders(
         else:
             imp = np.asarray(weight_importance, dtype=np.float64).reshape(-1)
             costs = [float(np.sum(imp * (values.astype(np.float64) - d) ** 2)) for _, _, d in options]
-        if w.name in hessians and weight_importance is not None:
-            fed = _fed_back(w, [(bits, t) for bits, t, _ in options], hessians[w.name], weight_importance)
-            options += [(bits, t, np.empty(0)) for bits, t, _ in fed]
-            costs += [c for _, _, c in fed]
         ladder = [_Option(t, bits, c, t is default) for (bits, t, _), c in zip(options, costs, strict=True)]
+        if w.name in hessians and weight_importance is not None:
+            best: dict[tuple[int, bool], _Option] = {}  # per bits and scaling: the least predicted cost
+            for o in ladder:
+                key = (o.bits, o.tensor.scales is not None)
+                if o.tensor.codes is not None and (key not in best or o.cost < best[key].cost):
+                    best[key] = o
+            fed = _fed_back(
+                w, [(o.bits, o.tensor) for o in best.values()], hessians[w.name], weight_importance
+            )
+            ladder += [_Option(t, bits, cost, crossed=crossed) for bits, t, crossed, cost in fed]
         ladder.append(_Option(compress_planned(w, None, config), None, 0.0, default.codes is None))
         ladders[w.name] = sorted(ladder, key=lambda o: o.tensor.encoded.stored_bytes)
     return ladders, probes
@@ -183,56 +212,61 @@ def _ladders(
 def _fed_back(
     weight: Weight,
     options: Sequence[tuple[int, CompressedTensor]],
-    hessian: np.ndarray,
-    importance: np.ndarray | None,
-) -> list[tuple[int, CompressedTensor, float]]:
+    hessians: np.ndarray,
+    importance: np.ndarray,
+) -> list[tuple[int, CompressedTensor, _Crossed, float]]:
     """The coded ``options`` with their codebooks (and row scales) kept and their codes found
-    by error feedback on the layer's input Hessian, each with its predicted cost: Σ_r s_r ΔW_r H
-    ΔW_rᵀ, s_r the row's sensitivity that makes the importance's diagonal Σ_j s_r H_jj (the
-    importance split into a row factor and an input factor, as K-FAC splits a Hessian)."""
+    by error feedback (:mod:`converters.compress.gptq`) on the layer's input Hessians
+    (``hessians``: of all items, of the first half, of the second). Each comes with its codes
+    fitted to each half, and its predicted cost: the crossed layer error Σ_r s_r ΔW_r H ΔW_rᵀ,
+    ΔW fitted to one half and H of the other, s_r the row's sensitivity that makes the
+    importance's diagonal s_r H_jj (the importance split into a row factor and an input
+    factor, as K-FAC splits a Hessian)."""
     rows = weight.array.shape[0] if weight.array.ndim >= 2 else 0
     cols = weight.array.size // rows if rows else 0
     coded = [(bits, t) for bits, t in options if t.codes is not None]
-    if not coded or hessian.shape != (cols, cols):
+    if not coded or hessians.shape != (3, cols, cols):
         return []
     flat = weight.values().reshape(-1)
     values = flat.astype(np.float64).reshape(rows, cols)
     zeros = values == 0
     fixed = zeros if zeros.any() else None
-    if fixed is not None:
+    if fixed is not None:  # a zero symbol: code 0 is exactly zero
         coded = [(bits, t) for bits, t in coded if t.codebook[0] == 0]
-    order, factor = gptq.inverse_factor(hessian)
-    imp = (
-        np.ones((rows, cols))
-        if importance is None
-        else np.asarray(importance, np.float64).reshape(rows, cols)
-    )
-    sensitivity = imp.sum(axis=1) / max(float(np.trace(hessian)), 1e-300)
+    factors = [gptq.inverse_factor(h) for h in hessians]
+    imp = np.asarray(importance, np.float64).reshape(rows, cols)
+    sensitivity = imp.sum(axis=1) / max(float(np.trace(hessians[0])), 1e-300)
     fed = []
     per_chunk = max(1, FEEDBACK_ELEMENTS // values.size)
     for first in range(0, len(coded), per_chunk):
         chunk = coded[first : first + per_chunk]
         scales = np.concatenate([np.ones(rows) if t.scales is None else t.scales for _, t in chunk])
-        codes, loss = gptq.quantize(
-            np.tile(values, (len(chunk), 1)),
-            [t.codebook for _, t in chunk],
-            [rows] * len(chunk),
-            order,
-            factor,
-            scales,
-            None if fixed is None else np.tile(fixed, (len(chunk), 1)),
-        )
-        loss *= scales**2
+        fits = [
+            gptq.quantize(
+                np.tile(values, (len(chunk), 1)),
+                [t.codebook for _, t in chunk],
+                [rows] * len(chunk),
+                order,
+                factor,
+                scales,
+                None if fixed is None else np.tile(fixed, (len(chunk), 1)),
+            )[0]
+            for order, factor in factors
+        ]
         for g, (bits, tensor) in enumerate(chunk):
-            shared = SharedTensor(
-                tensor.codebook.astype(np.float32),
-                codes[g * rows : (g + 1) * rows].reshape(-1).astype(tensor.codes.dtype),
-                fixed is not None,
-            )
+            part = slice(g * rows, (g + 1) * rows)
+            codes = [fit[part].astype(tensor.codes.dtype) for fit in fits]
+            shared = SharedTensor(tensor.codebook.astype(np.float32), codes[0].reshape(-1), fixed is not None)
             scale = None if tensor.scales is None else tensor.scales.astype(np.float16)
             result = encode_shared(weight, shared, bits, flat, scale)
-            if result.codes is not None:
-                fed.append((bits, result, float(np.sum(sensitivity * loss[g * rows : (g + 1) * rows]))))
+            if result.codes is None:
+                continue
+            crossed = _Crossed(tensor.codebook, tensor.scales, (codes[1], codes[2]))
+            cost = 0.0
+            for fitted, other in zip(crossed.values((rows, cols)), (hessians[2], hessians[1]), strict=True):
+                delta = values - fitted
+                cost += float(sensitivity @ np.sum((delta @ other) * delta, axis=1)) / 2
+            fed.append((bits, result, crossed, cost))
     return fed
 
 
@@ -282,11 +316,27 @@ def _search(
             decoded[name] = (option, option.tensor.values(by_name[name]))
         return decoded[name][1]
 
-    def measure(choice: Mapping[str, _Option], limit: float | None = None) -> tuple[float, int]:
+    halves: dict[str, tuple[_Option, tuple[np.ndarray, np.ndarray]]] = {}  # the same, crossed
+
+    def crossed(name: str, option: _Option) -> tuple[np.ndarray, np.ndarray]:
+        assert option.crossed is not None
+        if name not in halves or halves[name][0] is not option:
+            halves[name] = (option, option.crossed.values(by_name[name].array.shape))
+        return halves[name][1]
+
+    def measure(
+        choice: Mapping[str, _Option], limit: float | None = None, fitted: bool = False
+    ) -> tuple[float, int]:
+        """The choice's measured error (``fitted``: error-feedback codes as fitted to all the
+        items; else measured crossed) and bytes."""
         nonlocal evaluations
         evaluations += 1
-        replaced = {name: values(name, option) for name, option in choice.items() if option.bits is not None}
-        error = evaluate(replaced) if limit is None else evaluate(replaced, limit=limit)
+        coded = {name: o for name, o in choice.items() if o.bits is not None}
+        kwargs: dict[str, object] = {} if limit is None else {"limit": limit}
+        if not fitted and any(o.crossed is not None for o in coded.values()):
+            kwargs["crossed"] = {n: crossed(n, o) for n, o in coded.items() if o.crossed is not None}
+            coded = {n: o for n, o in coded.items() if o.crossed is None}
+        error = evaluate({name: values(name, option) for name, option in coded.items()}, **kwargs)
         return error, sum(o.tensor.encoded.stored_bytes for o in choice.values())
 
     start = {name: next(o for o in ladder if o.data_free) for name, ladder in ladders.items()}
@@ -311,6 +361,12 @@ def _search(
         return {n: o.tensor for n, o in closest[1].items()}, closest[0], evaluations
     size, choice, error = best
     choice, error = _refine(choice, error, ladders, measure, target)
+    if any(o.crossed is not None for o in choice.values()):  # the file's codes: fitted to all items
+        error, _ = measure(choice, fitted=True)
+        if error > target:  # not seen yet; without error feedback, the search as it was
+            plain = {n: [o for o in ladder if o.crossed is None] for n, ladder in ladders.items()}
+            chosen, error, more = _search(weights, plain, evaluate, target)
+            return chosen, error, evaluations + more
     return {n: o.tensor for n, o in choice.items()}, error, evaluations
 
 

@@ -23,24 +23,6 @@ DAMP = 0.01  # added to H's diagonal, as a fraction of its mean (the paper's 1%)
 BLOCK = 128  # columns whose updates are applied to the rest at once (the paper's lazy batches)
 
 
-def shrunk(mean: np.ndarray, squares: float, items: int) -> np.ndarray:
-    """The mean ``mean`` of ``items`` per-item Hessians with its off-diagonal shrunk toward 0
-    by the Ledoit-Wolf intensity: the estimated variance of the mean's off-diagonal (from
-    ``squares``, the sum over items of each one's squared off-diagonal Frobenius norm) over
-    its squared size, at most 1. Few items, or items that disagree, leave little of the
-    correlations that the error feedback would otherwise fit to the calibration items; with
-    one item nothing is known of the spread, and the feedback is off (only the diagonal)."""
-    off = float(np.sum(mean**2) - np.sum(np.diag(mean) ** 2))
-    if items < 2 or off <= 0:
-        intensity = 1.0
-    else:
-        variance = max(squares - items * off, 0.0) / (items * (items - 1))
-        intensity = min(1.0, variance / off)
-    out = mean * (1.0 - intensity)
-    out[np.diag_indices_from(out)] = np.diag(mean)
-    return out
-
-
 def inverse_factor(hessian: np.ndarray, damp: float = DAMP) -> tuple[np.ndarray, np.ndarray]:
     """The column order (decreasing H_ii) and the upper Cholesky factor U of the damped H⁻¹
     in that order (H⁻¹ = UᵀU), as :func:`quantize` takes them."""

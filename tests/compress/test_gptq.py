@@ -1,0 +1,101 @@
+"""Error feedback (GPTQ) into a fixed codebook: lower layer-output error than nearest-centroid
+codes on correlated inputs, codes that stay in the codebook, dead inputs left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters.compress import gptq
+
+
+def layer(seed: int = 0, rows: int = 48, cols: int = 96, samples: int = 1500):
+    """A weight, inputs with strongly correlated channels (a low-rank mix plus noise), and a
+    16-value codebook drawn from the weights."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.1, size=(rows, cols))
+    codebook = np.sort(rng.choice(w.reshape(-1), 16, replace=False))
+    return w, inputs(rng.normal(size=(12, cols)), samples, seed), codebook
+
+
+def inputs(mix: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1000)
+    return rng.normal(size=(samples, len(mix))) @ mix + 0.1 * rng.normal(size=(samples, mix.shape[1]))
+
+
+def output_error(w: np.ndarray, decoded: np.ndarray, x: np.ndarray) -> float:
+    return float(np.linalg.norm((w - decoded) @ x.T) / np.linalg.norm(w @ x.T))
+
+
+def nearest(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    return np.abs(w[..., None] - codebook).argmin(-1)
+
+
+def test_feedback_codes_beat_nearest_codes_of_the_same_codebook_on_correlated_inputs() -> None:
+    w, x, codebook = layer()
+    order, factor = gptq.inverse_factor(x.T @ x)
+    codes, loss = gptq.quantize(w, [codebook], [len(w)], order, factor)
+    assert codes.shape == w.shape and codes.min() >= 0 and codes.max() < len(codebook)
+    fed, plain = output_error(w, codebook[codes], x), output_error(w, codebook[nearest(w, codebook)], x)
+    assert fed < 0.6 * plain
+    # the loss it reports is each row's ΔW H ΔWᵀ (H damped as the factor's)
+    h = x.T @ x
+    damped = h + np.eye(len(h)) * gptq.DAMP * np.mean(np.diag(h))
+    delta = w - codebook[codes]
+    np.testing.assert_allclose(loss, np.einsum("ij,jk,ik->i", delta, damped, delta), rtol=1e-6)
+
+
+def test_on_unseen_inputs_of_the_same_kind_the_gain_holds() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, size=(48, 96))
+    codebook = np.sort(rng.choice(w.reshape(-1), 16, replace=False))
+    mix = rng.normal(size=(12, 96))
+    x, unseen = inputs(mix, 400, seed=1), inputs(mix, 1500, seed=2)  # the same mix, other samples
+    order, factor = gptq.inverse_factor(x.T @ x)
+    codes, _ = gptq.quantize(w, [codebook], [len(w)], order, factor)
+    assert output_error(w, codebook[codes], unseen) < 0.7 * output_error(
+        w, codebook[nearest(w, codebook)], unseen
+    )
+
+
+def test_several_codebooks_and_row_scales_in_one_pass_match_separate_passes() -> None:
+    w, x, codebook = layer()
+    order, factor = gptq.inverse_factor(x.T @ x)
+    scales = np.abs(w).max(axis=1)
+    second = np.linspace(-1, 1, 8)  # in units of each row's scale
+    together, _ = gptq.quantize(np.vstack([w, w]), [codebook, second], [len(w), len(w)], order, factor,
+                                np.concatenate([np.ones(len(w)), scales]))  # fmt: skip
+    alone, _ = gptq.quantize(w, [second], [len(w)], order, factor, scales)
+    np.testing.assert_array_equal(together[len(w) :], alone)
+    assert together[len(w) :].max() < len(second)
+
+
+def test_an_input_never_driven_takes_nearest_codes_and_passes_no_error_on() -> None:
+    w, x, codebook = layer()
+    x[:, 7] = 0  # a dead input: H's row and column 7 are zero
+    order, factor = gptq.inverse_factor(x.T @ x)
+    codes, _ = gptq.quantize(w, [codebook], [len(w)], order, factor)
+    np.testing.assert_array_equal(codes[:, 7], nearest(w, codebook)[:, 7])
+    assert np.isfinite(factor).all()
+    alive = np.delete(np.arange(w.shape[1]), 7)
+    fed = output_error(w[:, alive], codebook[codes][:, alive], x[:, alive])
+    assert fed < 0.6 * output_error(w[:, alive], codebook[nearest(w, codebook)][:, alive], x[:, alive])
+
+
+def test_fixed_weights_keep_code_zero_and_the_others_never_take_it() -> None:
+    w, x, codebook = layer()
+    codebook = np.concatenate(([0.0], codebook))  # a zero symbol first
+    fixed = np.zeros(w.shape, dtype=bool)
+    fixed[::3, ::5] = True
+    order, factor = gptq.inverse_factor(x.T @ x)
+    codes, _ = gptq.quantize(w, [codebook], [len(w)], order, factor, fixed=fixed)
+    assert (codes[fixed] == 0).all() and (codes[~fixed] > 0).all()
+
+
+def test_a_hessian_of_the_wrong_size_is_an_error() -> None:
+    w, x, codebook = layer()
+    order, factor = gptq.inverse_factor(x[:, :10].T @ x[:, :10])
+    with pytest.raises(ValueError, match="10 columns"):
+        gptq.quantize(w, [codebook], [len(w)], order, factor)
+    with pytest.raises(ValueError, match="square"):
+        gptq.inverse_factor(np.zeros((3, 4)))
