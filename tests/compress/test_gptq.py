@@ -99,3 +99,93 @@ def test_a_hessian_of_the_wrong_size_is_an_error() -> None:
         gptq.quantize(w, [codebook], [len(w)], order, factor)
     with pytest.raises(ValueError, match="square"):
         gptq.inverse_factor(np.zeros((3, 4)))
+
+
+def test_input_hessians_of_linear_and_unfolded_conv_layers_with_their_halves() -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from converters.compress.outputs import ModuleOutputs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+    items = [torch.randn(2, 2, 6, 6) for _ in range(5)]
+    outputs = ModuleOutputs(net, items)
+    hessians = outputs.input_hessians(["0.weight", "2.weight", "2.bias"])
+    assert sorted(hessians) == ["0.weight", "2.weight"]
+
+    def gram(x: torch.Tensor) -> np.ndarray:
+        x = x.detach().double().reshape(-1, x.shape[-1])
+        return (x.T @ x).numpy()
+
+    def patches(x: torch.Tensor) -> torch.Tensor:  # (positions, channel * ky * kx), as the weight's rows
+        return nn.functional.unfold(x, 3, padding=1, stride=2).transpose(1, 2)
+
+    conv = [gram(patches(x)) for x in items]
+    linear = [gram(net[1](net[0](x))) for x in items]
+    for name, grams in (("0.weight", conv), ("2.weight", linear)):
+        expected = np.stack((np.mean(grams, 0), np.mean(grams[:2], 0), np.mean(grams[2:], 0)))
+        np.testing.assert_allclose(hessians[name], expected, rtol=1e-9)
+    # the conv's output from its patches and its weight's flat rows: the order matches
+    weight = net[0].weight.detach().reshape(4, -1).double()
+    direct = net[0](items[0]).detach().double() - net[0].bias.detach().double()[:, None, None]
+    np.testing.assert_allclose(
+        (patches(items[0]).double() @ weight.T).numpy(), direct.flatten(2).transpose(1, 2).numpy(), atol=1e-5
+    )
+
+
+def test_crossed_measurement_runs_each_item_with_the_other_halfs_values() -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from converters.compress.outputs import ModuleOutputs
+
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2, bias=False)
+    items = [torch.randn(1, 3) for _ in range(4)]
+    outputs = ModuleOutputs(net, items)
+    w = net.weight.detach().numpy().copy()
+    for first, second in ((w * 1.5, w), (w, w * 1.5)):  # fitted to the first half, to the second
+        seen = [outputs.half(i) for i in range(4)]
+        assert seen == [0, 0, 1, 1]
+        error = outputs.error({}, crossed={"weight": (first, second)})
+        wrong = 0.5 if first is not w else 0.0  # the second half's items run with ``first``
+        assert error == pytest.approx((2 * wrong + 2 * (0.5 - wrong)) / 4)
+    np.testing.assert_array_equal(net.weight.detach().numpy(), w)  # restored
+
+
+def test_error_feedback_settings_are_chosen_and_the_target_holds_on_the_written_file(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    import dcformat
+    from converters import SAFE, apply_options, save_module
+    from converters.compress import calibrate as cal
+
+    torch.manual_seed(0)
+    mix = torch.randn(6, 48)
+    net = nn.Sequential(nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 4))
+    items = [torch.randn(16, 6) @ mix + 0.05 * torch.randn(16, 48) for _ in range(6)]
+    chosen = []
+    search = cal._search
+
+    def spy(weights, ladders, evaluate, target):
+        tensors, error, evaluations = search(weights, ladders, evaluate, target)
+        fed = {id(o.tensor) for ladder in ladders.values() for o in ladder if o.crossed is not None}
+        chosen.extend(name for name, t in tensors.items() if id(t) in fed)
+        return tensors, error, evaluations
+
+    config = apply_options(SAFE, [("max-output-error", "0.02")])
+    cal._search = spy
+    try:
+        report = save_module(net, tmp_path / "m.dcnn", config, calibration=items)
+    finally:
+        cal._search = search
+    assert "0.weight" in chosen  # the first layer's inputs are correlated: feedback pays there
+    decoded = {k: torch.from_numpy(v) for k, v in dcformat.load_file(tmp_path / "m.dcnn").items()}
+    copy = nn.Sequential(nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 4))
+    copy.load_state_dict(decoded)
+    with torch.no_grad():
+        errors = [float((copy(x) - net(x)).norm() / net(x).norm()) for x in items]
+    assert np.mean(errors) == pytest.approx(report.output_error, rel=1e-3)
+    assert report.output_error <= 0.02
