@@ -67,13 +67,14 @@ def quantize(
     the factor's, in scaled units: times scales[r]² in the weights')."""
     w = np.asarray(weights, dtype=np.float64)
     rows, cols = w.shape
+    factor = np.asarray(factor, dtype=np.float32)
     if sum(rows_of) != rows or len(rows_of) != len(codebooks):
         raise ValueError("rows_of must split the rows among the codebooks")
     if len(order) != cols or factor.shape != (cols, cols):
         raise ValueError(f"the factor is for {len(order)} columns; the weights have {cols}")
     nearest = _Nearest(codebooks, rows_of, fixed is not None)
     s = np.ones(rows) if scales is None else np.asarray(scales, dtype=np.float64).reshape(-1)
-    w = w[:, order] / s[:, None]  # coded in scaled units: the error is spread in them too
+    w = (w[:, order] / s[:, None]).astype(np.float32)  # in scaled units: the error is spread in them
     held = None if fixed is None else np.asarray(fixed, dtype=bool)[:, order]
     codes = np.zeros((rows, cols), dtype=np.int64)
     loss = np.zeros(rows)
@@ -86,10 +87,10 @@ def quantize(
             column = block[:, j]
             code, value = nearest(column, None if held is None else held[:, first + j])
             codes[:, first + j] = code
-            error = (column - value) / u[j, j]
-            block[:, j:] -= np.outer(error, u[j, j:])
+            error = ((column - value) / u[j, j]).astype(np.float32)
+            block[:, j:] -= error[:, None] * u[j, j:]
             errors[:, j] = error
-            loss += error**2
+            loss += np.square(error, dtype=np.float64)
         w[:, stop:] -= errors @ factor[first:stop, stop:]
     out = np.empty_like(codes)
     out[:, order] = codes

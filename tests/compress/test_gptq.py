@@ -42,7 +42,7 @@ def test_feedback_codes_beat_nearest_codes_of_the_same_codebook_on_correlated_in
     h = x.T @ x
     damped = h + np.eye(len(h)) * gptq.DAMP * np.mean(np.diag(h))
     delta = w - codebook[codes]
-    np.testing.assert_allclose(loss, np.einsum("ij,jk,ik->i", delta, damped, delta), rtol=1e-6)
+    np.testing.assert_allclose(loss, np.einsum("ij,jk,ik->i", delta, damped, delta), rtol=1e-4)
 
 
 def test_on_unseen_inputs_of_the_same_kind_the_gain_holds() -> None:
