@@ -236,7 +236,8 @@ def _fed_back(
     fitted to each half, and its predicted cost: the crossed layer error Σ_r s_r ΔW_r H ΔW_rᵀ,
     ΔW fitted to one half and H of the other, s_r the row's sensitivity that makes the
     importance's diagonal s_r H_jj (the importance split into a row factor and an input
-    factor, as K-FAC splits a Hessian)."""
+    factor, as K-FAC splits a Hessian); computed for one setting, and for the others, their
+    halves' own errors (which error feedback gives) times the same ratio."""
     rows = weight.array.shape[0] if weight.array.ndim >= 2 else 0
     cols = weight.array.size // rows if rows else 0
     coded = [(bits, t) for bits, t in options if t.codes is not None]
@@ -265,24 +266,32 @@ def _fed_back(
                 factor,
                 scales,
                 None if fixed is None else np.tile(fixed, (len(chunk), 1)),
-            )[0]
+            )
             for order, factor in factors
         ]
         for g, (bits, tensor) in enumerate(chunk):
             part = slice(g * rows, (g + 1) * rows)
-            codes = [fit[part].astype(tensor.codes.dtype) for fit in fits]
+            codes = [fitted[part].astype(tensor.codes.dtype) for fitted, _ in fits]
             shared = SharedTensor(tensor.codebook.astype(np.float32), codes[0].reshape(-1), fixed is not None)
             scale = None if tensor.scales is None else tensor.scales.astype(np.float16)
             result = encode_shared(weight, shared, bits, flat, scale)
             if result.codes is None:
                 continue
             crossed = _Crossed(tensor.codebook, tensor.scales, (codes[1], codes[2]))
-            cost = 0.0
-            for fitted, other in zip(crossed.values((rows, cols)), (hessians[2], hessians[1]), strict=True):
-                delta = values - fitted
-                cost += float(sensitivity @ np.sum((delta @ other) * delta, axis=1)) / 2
-            fed.append((bits, result, crossed, cost))
-    return fed
+            halves = sum(float(sensitivity @ (loss[part] * scales[part] ** 2)) for _, loss in fits[1:]) / 2
+            fed.append((bits, result, crossed, halves))
+    if not fed:
+        return []
+    # Each half's own layer error comes with the codes; the crossed one (ΔW of one half, H of
+    # the other) costs a product of size rows x inputs²: it is computed for one setting, and
+    # the others' are their own errors scaled alike.
+    bits, _, crossed, halves = fed[len(fed) // 2]
+    exact = 0.0
+    for fitted, other in zip(crossed.values((rows, cols)), (hessians[2], hessians[1]), strict=True):
+        delta = values - fitted
+        exact += float(sensitivity @ np.sum((delta @ other) * delta, axis=1)) / 2
+    ratio = exact / max(halves, 1e-300)
+    return [(bits, result, crossed, ratio * halves) for bits, result, crossed, halves in fed]
 
 
 def _squared_error(values: np.ndarray, approx: np.ndarray) -> float:
