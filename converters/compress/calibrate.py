@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -84,6 +85,11 @@ class _Option:
     cost: float  # predicted squared relative output error
     data_free: bool = False  # the coding a conversion without calibration data gives
     crossed: _Crossed | None = None  # error-feedback codes fitted to each half of the items
+
+    @cached_property
+    def size(self) -> int:
+        """The tensor's bytes in the file (packed once: the search asks for them often)."""
+        return self.tensor.encoded.stored_bytes
 
 
 @dataclass(frozen=True)
@@ -220,7 +226,7 @@ def _ladders(
             )
             ladder += [_Option(t, bits, cost, crossed=crossed) for bits, t, crossed, cost in fed]
         ladder.append(_Option(compress_planned(w, None, config), None, 0.0, default.codes is None))
-        ladders[w.name] = sorted(ladder, key=lambda o: o.tensor.encoded.stored_bytes)
+        ladders[w.name] = sorted(ladder, key=lambda o: o.size)
     return ladders, probes
 
 
@@ -304,7 +310,7 @@ def _pick(ladders: Mapping[str, list[_Option]], budget: float) -> dict[str, _Opt
 
     def choose(lam: float) -> dict[str, _Option]:
         return {
-            name: min(ladder, key=lambda o: (o.tensor.encoded.stored_bytes + lam * o.cost, o.cost))
+            name: min(ladder, key=lambda o: (o.size + lam * o.cost, o.cost))
             for name, ladder in ladders.items()
         }
 
@@ -361,7 +367,7 @@ def _search(
             kwargs["crossed"] = {n: crossed(n, o) for n, o in coded.items() if o.crossed is not None}
             coded = {n: o for n, o in coded.items() if o.crossed is None}
         error = evaluate({name: values(name, option) for name, option in coded.items()}, **kwargs)
-        return error, sum(o.tensor.encoded.stored_bytes for o in choice.values())
+        return error, sum(o.size for o in choice.values())
 
     start = {name: next(o for o in ladder if o.data_free) for name, ladder in ladders.items()}
     error, size = measure(start)
@@ -409,23 +415,22 @@ def _refine(
     REFINE_GAIN of the bytes together (a rule on what the measurements buy, never on time)."""
     current = dict(choice)
     ruled_out: dict[str, float] = {}  # tensor -> the least predicted cost of a failed move
-    sizes = [sum(o.tensor.encoded.stored_bytes for o in current.values())]  # after each measurement
+    sizes = [sum(o.size for o in current.values())]  # after each measurement
     for _ in range(REFINE_EVALS):
         if len(sizes) > REFINE_WINDOW and sizes[-1 - REFINE_WINDOW] - sizes[-1] < REFINE_GAIN * sizes[-1]:
             break
         moves = []
         for name, option in current.items():
-            size = option.tensor.encoded.stored_bytes
+            size = option.size
             limit = ruled_out.get(name, float("inf"))
-            smaller = [o for o in ladders[name] if o.tensor.encoded.stored_bytes < size and o.cost < limit]
+            smaller = [o for o in ladders[name] if o.size < size and o.cost < limit]
             if not smaller:
                 continue
             rates = [
-                (max(o.cost - option.cost, 0.0) / (size - o.tensor.encoded.stored_bytes), o.cost, i)
-                for i, o in enumerate(smaller)
+                (max(o.cost - option.cost, 0.0) / (size - o.size), o.cost, i) for i, o in enumerate(smaller)
             ]
             rate, _, i = min(rates)
-            moves.append((rate, smaller[i].tensor.encoded.stored_bytes - size, name, smaller[i]))
+            moves.append((rate, smaller[i].size - size, name, smaller[i]))
         if not moves:
             break
         _, _, name, move = min(moves, key=lambda m: m[:3])
@@ -435,5 +440,5 @@ def _refine(
             current, error = trial, measured
         else:
             ruled_out[name] = min(ruled_out.get(name, float("inf")), move.cost)
-        sizes.append(sum(o.tensor.encoded.stored_bytes for o in current.values()))
+        sizes.append(sum(o.size for o in current.values()))
     return current, error

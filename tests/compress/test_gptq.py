@@ -189,3 +189,34 @@ def test_error_feedback_settings_are_chosen_and_the_target_holds_on_the_written_
         errors = [float((copy(x) - net(x)).norm() / net(x).norm()) for x in items]
     assert np.mean(errors) == pytest.approx(report.output_error, rel=1e-3)
     assert report.output_error <= 0.02
+
+
+def test_a_fitted_file_that_misses_the_target_is_searched_again_without_feedback() -> None:
+    from converters import SAFE, apply_options
+    from converters.compress.calibrate import calibrate
+    from converters.weight import Weight
+
+    w, x, _ = layer()
+    weight = Weight("fc.weight", w.astype(np.float32), "float32", "fc", role="weight")
+    half = len(x) // 2
+    grams = [x.T @ x / len(x), x[:half].T @ x[:half] / half, x[half:].T @ x[half:] / (len(x) - half)]
+    fed_seen = []
+
+    def evaluate(replaced, limit=None, crossed=None) -> float:
+        if crossed:  # a measure that flatters every error-feedback setting...
+            fed_seen.append(True)
+            return 0.0
+        if not replaced:
+            return 0.0
+        decoded = replaced["fc.weight"]  # ...which the fitted codes' own measure then refutes
+        return float(np.linalg.norm(decoded - w) / np.linalg.norm(w))
+
+    config = apply_options(SAFE, [("max-output-error", "0.05")])
+    result = calibrate(
+        [weight], config, evaluate, target=0.05, importance={"fc.weight": np.ones(w.size)},
+        hessians={"fc.weight": np.stack(grams)},
+    )  # fmt: skip
+    assert fed_seen
+    chosen = result.tensors["fc.weight"]
+    assert result.error == pytest.approx(evaluate({"fc.weight": chosen.values(weight)}))
+    assert result.error <= 0.05
