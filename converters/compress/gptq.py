@@ -74,21 +74,19 @@ def quantize(
         raise ValueError(f"the factor is for {len(order)} columns; the weights have {cols}")
     nearest = _Nearest(codebooks, rows_of, fixed is not None)
     s = np.ones(rows) if scales is None else np.asarray(scales, dtype=np.float64).reshape(-1)
-    w = (w[:, order] / s[:, None]).astype(np.float32)  # in scaled units: the error is spread in them
+    w = np.asfortranarray(w[:, order] / s[:, None], dtype=np.float32)  # in scaled units, by column
     held = None if fixed is None else np.asarray(fixed, dtype=bool)[:, order]
     codes = np.zeros((rows, cols), dtype=np.int64)
     loss = np.zeros(rows)
     for first in range(0, cols, BLOCK):
         stop = min(first + BLOCK, cols)
-        block = w[:, first:stop].copy()
-        errors = np.zeros_like(block)
+        errors = np.zeros((rows, stop - first), dtype=np.float32, order="F")
         u = factor[first:stop, first:stop]
-        for j in range(stop - first):
-            column = block[:, j]
+        for j in range(stop - first):  # the errors of the block's earlier columns, applied lazily
+            column = w[:, first + j] - errors[:, :j] @ u[:j, j]
             code, value = nearest(column, None if held is None else held[:, first + j])
             codes[:, first + j] = code
             error = ((column - value) / u[j, j]).astype(np.float32)
-            block[:, j:] -= error[:, None] * u[j, j:]
             errors[:, j] = error
             loss += np.square(error, dtype=np.float64)
         w[:, stop:] -= errors @ factor[first:stop, stop:]
