@@ -10,9 +10,9 @@ The output error of a compressed model on calibration items is the mean over ite
   branches, depthwise filters). k-means then weighs each weight's squared error by it.
 - **error feedback**: for the weights of layers whose inputs calibration captures (a torch
   module's ``nn.Linear`` and ungrouped ``nn.Conv2d``: ``ModuleOutputs.input_hessians``), the
-  best setting of each bits, with and without scales, is offered again with the same codebook
-  and codes chosen by GPTQ-style error feedback on the layer's input Hessian XᵀX
-  (:mod:`converters.compress.gptq`). Such codes fit the calibration items much better than
+  best setting of each bits up to FEEDBACK_BITS, with and without scales, is offered again
+  with the same codebook and codes chosen by GPTQ-style error feedback on the layer's input
+  Hessian XᵀX (:mod:`converters.compress.gptq`). Such codes fit the calibration items much better than
   they fit other inputs (on 8 images, a classifier's error can drop 100x on them and 1.2x on
   held-out photos), so the search never measures them on the items they were fitted to: each
   such setting also has codes fitted to the first half of the items and to the second, every
@@ -57,6 +57,8 @@ MAX_ROUNDS = 8  # measured rounds of the search before giving up on a target
 REFINE_EVALS = 96  # measured single-tensor moves tried after the rounds, at most
 REFINE_WINDOW = 8  # ... and they stop once this many in a row saved together
 REFINE_GAIN = 0.002  # ... less than this fraction of the tensors' bytes
+FEEDBACK_BITS = 6  # settings of at most this many bits get error-feedback codes too (above, the
+# rounding error is too small for the feedback to buy bytes)
 FEEDBACK_ELEMENTS = 1 << 22  # weights coded by error feedback at once (all settings of a tensor)
 PROBE_BITS = 4  # the setting measured alone per tensor when there is no importance
 
@@ -219,7 +221,9 @@ def _ladders(
             best: dict[tuple[int, bool], _Option] = {}  # per bits and scaling: the least predicted cost
             for o in ladder:
                 key = (o.bits, o.tensor.scales is not None)
-                if o.tensor.codes is not None and (key not in best or o.cost < best[key].cost):
+                if o.tensor.codes is None or o.bits is None or o.bits > FEEDBACK_BITS:
+                    continue
+                if key not in best or o.cost < best[key].cost:
                     best[key] = o
             fed = _fed_back(
                 w, [(o.bits, o.tensor) for o in best.values()], hessians[w.name], weight_importance
