@@ -217,7 +217,7 @@ def _ladders(
             imp = np.asarray(weight_importance, dtype=np.float64).reshape(-1)
             costs = [float(np.sum(imp * (values.astype(np.float64) - d) ** 2)) for _, _, d in options]
         ladder = [_Option(t, bits, c, t is default) for (bits, t, _), c in zip(options, costs, strict=True)]
-        if w.name in hessians and weight_importance is not None:
+        if w.name in hessians and weight_importance is not None and not plan.prunes:  # pruned: zeros kept
             best: dict[tuple[int, bool], _Option] = {}  # per bits and scaling: the least predicted cost
             for o in ladder:
                 key = (o.bits, o.tensor.scales is not None)
