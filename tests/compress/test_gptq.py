@@ -176,12 +176,17 @@ def test_error_feedback_settings_are_chosen_and_the_target_holds_on_the_written_
         return tensors, error, evaluations
 
     config = apply_options(SAFE, [("max-output-error", "0.02")])
+    assert not config.error_feedback and "error_feedback" not in config.to_dict()  # off by default
     cal._search = spy
     try:
+        save_module(net, tmp_path / "off.dcnn", config, calibration=items)
+        assert chosen == []
+        config = apply_options(config, [("error-feedback", "on")])
         report = save_module(net, tmp_path / "m.dcnn", config, calibration=items)
     finally:
         cal._search = search
     assert "0.weight" in chosen  # the first layer's inputs are correlated: feedback pays there
+    assert report.config["error_feedback"] is True
     decoded = {k: torch.from_numpy(v) for k, v in dcformat.load_file(tmp_path / "m.dcnn").items()}
     copy = nn.Sequential(nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 4))
     copy.load_state_dict(decoded)
@@ -189,6 +194,14 @@ def test_error_feedback_settings_are_chosen_and_the_target_holds_on_the_written_
         errors = [float((copy(x) - net(x)).norm() / net(x).norm()) for x in items]
     assert np.mean(errors) == pytest.approx(report.output_error, rel=1e-3)
     assert report.output_error <= 0.02
+
+
+def test_error_feedback_takes_on_or_off() -> None:
+    from converters import SAFE, ConvertError, apply_options
+
+    assert apply_options(SAFE, [("error-feedback", "ON")]).error_feedback
+    with pytest.raises(ConvertError, match="expected 'on' or 'off'"):
+        apply_options(SAFE, [("error-feedback", "yes")])
 
 
 def test_a_fitted_file_that_misses_the_target_is_searched_again_without_feedback() -> None:
