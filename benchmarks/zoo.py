@@ -8,7 +8,8 @@ markdown table; a measure that misses the issue's target is marked with "!".
 
     python benchmarks/zoo.py [--config safe,plain,fixed8,paper] [--snr DB] [--spread DB]
                              [--models a,b] [--out DIR]
-    python benchmarks/zoo.py --calibrated 0.05,0.15 [--output-error per-output] [--models minilm,mobilenet]
+    python benchmarks/zoo.py --calibrated 0.05,0.15 [--output-error per-output] [--error-feedback]
+                             [--models minilm,mobilenet]
 
 Needs ``pip install -e '.[zoo]'`` and espeak-ng (apt) for the audio model.
 """
@@ -84,11 +85,14 @@ def table(config_name: str, config, names: list[str], out: Path) -> None:
         )
 
 
-def calibrated_table(targets: list[float], names: list[str], out: Path, output_error: str = "concat") -> None:
+def calibrated_table(
+    targets: list[float], names: list[str], out: Path, output_error: str = "concat", feedback: bool = False
+) -> None:
     """Calibrated conversions (the models with calibration data) at each output-error target:
     ratio, the error reached on the calibration items, and quality on the held-out inputs.
-    ``output_error``: how a graph's several outputs are measured (``--output-error``)."""
-    what = f"`--max-output-error`, `--output-error {output_error}`"
+    ``output_error``: how a graph's several outputs are measured (``--output-error``);
+    ``feedback``: the config's ``error_feedback`` (``--error-feedback``)."""
+    what = f"`--max-output-error`, `--output-error {output_error}`" + (", error feedback" if feedback else "")
     print(f"\n### calibrated ({what}), scored on held-out inputs\n")
     print("| model | target | ratio | convert s | calibration error | quality |")
     print("|---|---:|---:|---:|---:|---|")
@@ -98,7 +102,8 @@ def calibrated_table(targets: list[float], names: list[str], out: Path, output_e
         if model.calibrate is None:
             continue
         for target in targets:
-            config = apply_options(SAFE, [("max-output-error", str(target)), ("output-error", output_error)])
+            options = [("max-output-error", str(target)), ("output-error", output_error)]
+            config = apply_options(SAFE, [*options, ("error-feedback", "on" if feedback else "off")])
             folder = out / f"{model.name}-calibrated-{target:g}"
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output-error", default="concat", choices=("concat", "per-output"), help="with --calibrated"
     )
+    parser.add_argument(
+        "--error-feedback", action="store_true", help="with --calibrated: the config's error_feedback on"
+    )
     parser.add_argument("--snr", type=float, default=None, help="the chooser's floor in dB (default its own)")
     parser.add_argument("--spread", type=float, default=None, help="the chooser's snr_spread in dB")
     parser.add_argument("--models", default=",".join(LOADERS), help=f"comma list of {', '.join(LOADERS)}")
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrated:
         with tempfile.TemporaryDirectory() as work:
             targets = [float(t) for t in args.calibrated.split(",")]
-            calibrated_table(targets, names, args.out or Path(work), args.output_error)
+            calibrated_table(targets, names, args.out or Path(work), args.output_error, args.error_feedback)
         return 0
     for config_name in args.config.split(","):
         if config_name not in CONFIGS:

@@ -206,6 +206,8 @@ def _calibrated(
     # nothing of the held-out inputs that will, so tables are clustered unweighted.
     planned = [w.name for w in weights if plan_for(config, w) is not None and w.role != "embedding"]
     importance = gradients.importance(planned, seed=config.seed) if gradients is not None else None
+    feedback = gradients is not None and config.error_feedback and config.max_output_error is not None
+    hessians = gradients.input_hessians(planned) if feedback else None
     result = calibrate(
         weights,
         config,
@@ -213,6 +215,7 @@ def _calibrated(
         target=config.max_output_error,
         importance=importance,
         measurable=outputs.measurable,
+        hessians=hessians,
     )
     chosen = (result.tensors[w.name] for w in weights)
     report = _write(model, source, dst, config, ((t.encoded, t.error) for t in chosen), start)

@@ -11,6 +11,8 @@ import numpy as np
 
 from ..errors import ConvertError
 
+MAX_INPUTS = 4096  # inputs per output of the layers whose input Hessian is measured (its size²)
+
 
 def _relative_error(y: np.ndarray, y0: np.ndarray) -> float:
     norm = float(np.linalg.norm(y0))
@@ -79,19 +81,35 @@ class ModuleOutputs:
         """Whether :meth:`error` can replace the tensor ``name``."""
         return name in self.params or name in self.buffers
 
-    def error(self, replaced: Mapping[str, np.ndarray], limit: float | None = None) -> float:
+    def half(self, i: int) -> int:
+        """Which half of the calibration items (0: the first, 1: the second) item ``i`` is in."""
+        return int(i >= len(self.items) // 2)
+
+    def error(
+        self,
+        replaced: Mapping[str, np.ndarray],
+        limit: float | None = None,
+        crossed: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> float:
         """Mean relative output error with the named tensors replaced by these values; with a
-        ``limit``, possibly a lower bound above it (see :class:`_Bounded`)."""
+        ``limit``, possibly a lower bound above it (see :class:`_Bounded`). ``crossed``: tensors
+        whose values were fitted to one half of the items (:meth:`half`; the pair: fitted to
+        the first half, to the second), each item run with the values fitted to the other
+        half, so that the error of such a fit is measured on items it did not see."""
         import torch
 
+        crossed = crossed or {}
         tensors = {**self.params, **self.buffers}
-        saved = {name: tensors[name].detach().clone() for name in replaced}
+        saved = {name: tensors[name].detach().clone() for name in {*replaced, *crossed}}
         try:
             with torch.no_grad():
                 for name, values in replaced.items():
                     tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(values)))
 
                 def item_error(i: int) -> list[float]:
+                    for name, fitted in crossed.items():
+                        other = fitted[1 - self.half(i)]
+                        tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(other)))
                     return [_relative_error(self._run(self.items[i]).float().numpy(), self.reference[i])]
 
                 return self._bounded.mean(item_error, limit)
@@ -120,6 +138,71 @@ class ModuleOutputs:
                     sums[name] += grad.float() ** 2
         self.module.zero_grad(set_to_none=True)
         return {name: (total / len(self.items)).numpy().reshape(-1) for name, total in sums.items()}
+
+    def input_hessians(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """For each named weight of an ``nn.Linear`` or an ungrouped, zero-padded ``nn.Conv2d``
+        (its inputs unfolded into patches) with at most MAX_INPUTS inputs per output: the mean
+        over items of XᵀX, X the layer's inputs on the item, one row per position (float64,
+        inputs × inputs, in the order of a flat row of the weight: a conv's (channel, ky, kx));
+        stacked with the same mean over the first half of the items and over the second
+        (:meth:`half`): (3, inputs, inputs). Layers that either half never runs are left out."""
+        import torch
+        from torch import nn
+
+        wanted = set(names)
+        layers: dict[str, list[Any]] = {}
+        for prefix, layer in self.module.named_modules():
+            name = f"{prefix}.weight" if prefix else "weight"
+            if name not in wanted or name not in self.params:
+                continue
+            plain_conv = (
+                isinstance(layer, nn.Conv2d)
+                and layer.groups == 1
+                and not isinstance(layer.padding, str)
+                and layer.padding_mode == "zeros"
+            )
+            if isinstance(layer, nn.Linear) or plain_conv:
+                if layer.weight[0].numel() <= MAX_INPUTS:
+                    layers.setdefault(name, []).append(layer)
+        halves: dict[str, list[Any]] = {name: [0.0, 0.0] for name in layers}  # Σ XᵀX per half
+        current = [0]  # the half of the item being run
+
+        def hook(name: str, layer: Any) -> Callable[..., None]:
+            def capture(_: Any, inputs: tuple[Any, ...]) -> None:
+                x = inputs[0].detach()
+                if isinstance(layer, nn.Conv2d):
+                    x = torch.nn.functional.unfold(
+                        x.reshape(-1, *x.shape[-3:]),
+                        layer.kernel_size,
+                        layer.dilation,
+                        layer.padding,
+                        layer.stride,
+                    ).transpose(1, 2)
+                x = x.reshape(-1, x.shape[-1]).double()
+                halves[name][current[0]] = halves[name][current[0]] + x.T @ x
+
+            return capture
+
+        handles = [
+            layer.register_forward_pre_hook(hook(name, layer)) for name, ls in layers.items() for layer in ls
+        ]
+        try:
+            with torch.no_grad():
+                for i, item in enumerate(self.items):
+                    current[0] = self.half(i)
+                    self._run(item)
+        finally:
+            for handle in handles:
+                handle.remove()
+        counts = (len(self.items) // 2, len(self.items) - len(self.items) // 2)
+        out = {}
+        for name, (first, second) in halves.items():
+            if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+                first, second = first.numpy(), second.numpy()
+                out[name] = np.stack(
+                    ((first + second) / len(self.items), first / counts[0], second / counts[1])
+                )
+        return out
 
 
 def load_calibration(path: Path, graph_inputs: Mapping[str, tuple[str, int]]) -> list[dict[str, np.ndarray]]:
