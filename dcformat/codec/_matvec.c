@@ -180,6 +180,50 @@ DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
         return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;                           \
     }
 
+/* p > 1 on AVX-512 with at most 32 codebook values: 16 codes a step are turned into weights by
+ * one permute from two registers, and each entry's weight is broadcast from there by a register
+ * permute instead of a table load; each entry then costs a column load and a row load of X. */
+#define DEF_BLOCK_AVX512(NAME, COLT, VT, NV, ZERO, FMA, LOADX, CAST)                             \
+    AVX512 static void NAME(const void *cols_, const uint8_t *codes, const float *table,        \
+                            const float *x, int64_t p, int64_t s, int64_t e, float *out) {      \
+        const COLT *cols = cols_;                                                               \
+        const __m512 t0 = _mm512_loadu_ps(table), t1 = _mm512_loadu_ps(table + 16);            \
+        const int lanes = (int)(sizeof(VT) / sizeof(float));                                    \
+        VT acc[4][NV];                                                                          \
+        for (int a = 0; a < 4; a++)                                                             \
+            for (int v = 0; v < NV; v++) acc[a][v] = ZERO();                                    \
+        int64_t i = s;                                                                          \
+        for (; i + 16 <= e; i += 16) {                                                          \
+            __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));   \
+            const __m512 w = _mm512_permutex2var_ps(t0, k, t1);                                 \
+            _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) {                             \
+                const VT wu = CAST(_mm512_permutexvar_ps(_mm512_set1_epi32(u), w));             \
+                const float *xr = x + (int64_t)cols[i + u] * p;                                 \
+                for (int v = 0; v < NV; v++) acc[u & 3][v] = FMA(wu, LOADX(xr + v * lanes), acc[u & 3][v]); \
+            }                                                                                   \
+        }                                                                                       \
+        for (; i < e; i++) {                                                                    \
+            const VT wu = CAST(_mm512_set1_ps(table[codes[i]]));                                \
+            const float *xr = x + (int64_t)cols[i] * p;                                         \
+            for (int v = 0; v < NV; v++) acc[0][v] = FMA(wu, LOADX(xr + v * lanes), acc[0][v]); \
+        }                                                                                       \
+        for (int v = 0; v < NV; v++) {                                                          \
+            VT sum = acc[0][v] + acc[1][v] + (acc[2][v] + acc[3][v]);                           \
+            memcpy(out + v * lanes, &sum, sizeof(VT));                                          \
+        }                                                                                       \
+    }
+
+#define ID512(v) (v)
+#define DEF_BLOCKS_AVX512(COLT, SUF)                                                                        \
+    DEF_BLOCK_AVX512(kblock32_##SUF, COLT, __m512, 2, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, ID512) \
+    DEF_BLOCK_AVX512(kblock16_##SUF, COLT, __m512, 1, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, ID512) \
+    DEF_BLOCK_AVX512(kblock8_##SUF, COLT, __m256, 1, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps,    \
+                     _mm512_castps512_ps256)                                                                  \
+    DEF_BLOCK_AVX512(kblock4_##SUF, COLT, __m128, 1, _mm_setzero_ps, _mm_fmadd_ps, _mm_loadu_ps,             \
+                     _mm512_castps512_ps128)
+DEF_BLOCKS_AVX512(uint16_t, c16)
+DEF_BLOCKS_AVX512(uint32_t, c32)
+
 #define LOAD16(ptr) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ptr)))
 #define LOAD32(ptr) _mm512_loadu_si512((const void *)(ptr))
 DEF_DOT_AVX512(dot16_avx512, uint16_t, LOAD16)
@@ -196,6 +240,12 @@ static void spmm_rows(Job *j) {
         k = wide ? kernels_c32_avx512 : kernels_c16_avx512;
         /* signed 32-bit gather indices: columns must stay below 2^31 */
         if (j->in <= INT32_MAX) k.dot = wide ? dot32_avx512 : dot16_avx512;
+        if (j->k_small) {
+            k.blocks[0] = wide ? kblock32_c32 : kblock32_c16;
+            k.blocks[1] = wide ? kblock16_c32 : kblock16_c16;
+            k.blocks[2] = wide ? kblock8_c32 : kblock8_c16;
+            k.blocks[3] = wide ? kblock4_c32 : kblock4_c16;
+        }
     }
 #endif
     float out[32];
