@@ -394,10 +394,11 @@ static struct {
     pthread_cond_t wake, done;
     int workers;         /* started: worker i (1-based) runs tasks[i] of each call that uses it */
     int active;          /* tasks in the current call, the caller's task 0 included */
-    int pending;         /* workers yet to finish the current call */
+    int pending;         /* workers inside the current call's task */
+    int closed;          /* the caller has run out of blocks: workers that wake now stay out */
     uint64_t generation; /* bumped by every call */
     Task tasks[MAX_THREADS];
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, {{0}}};
 static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct {
@@ -413,12 +414,13 @@ static void *pool_worker(void *arg_) {
     for (;;) {
         while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
-        if (arg.index >= pool.active) continue;
+        if (arg.index >= pool.active || pool.closed) continue;
+        pool.pending++;
         Task task = pool.tasks[arg.index];
         pthread_mutex_unlock(&pool.lock);
         task.fn(task.job);
         pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        if (--pool.pending == 0 && pool.closed) pthread_cond_signal(&pool.done);
     }
     return NULL;
 }
@@ -428,7 +430,7 @@ static void pool_after_fork(void) {
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
     pthread_mutex_init(&pool_busy, NULL);
-    pool.workers = pool.active = pool.pending = 0;
+    pool.workers = pool.active = pool.pending = pool.closed = 0;
 }
 
 /* Start workers up to `want` (holding pool.lock); returns how many there are. */
@@ -463,13 +465,16 @@ static int pool_run(Job *jobs, rows_fn fn, int n) {
         pool.tasks[t].fn = fn;
     }
     pool.active = use;
-    pool.pending = use - 1;
+    pool.pending = pool.closed = 0;
     pool.generation++;
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     fn(&jobs[0]);
     for (int t = use; t < n; t++) fn(&jobs[t]); /* workers that could not be started */
+    /* The blocks are all taken: wait for the workers running one, not for those the OS has not
+     * woken yet (on a busy machine that can take milliseconds; they find the call closed). */
     pthread_mutex_lock(&pool.lock);
+    pool.closed = 1;
     while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&pool_busy);
