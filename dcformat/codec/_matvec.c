@@ -213,47 +213,59 @@ DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
         }                                                                                       \
     }
 
-/* p == 4 on AVX-512: four entries fill one register. Each entry's row of X is broadcast to all
- * four 128-bit lanes by its load and added, times its weight, into lane (entry mod 4) alone
- * (a masked FMA), eight accumulators deep; the lanes are folded at the end. */
-#define DEF_BLOCK4_AVX512(NAME, COLT)                                                             \
+/* p == 4 or 2 on AVX-512: G = 16 / P entries fill one register. Each entry's row of X is
+ * broadcast to all G lanes of P values by its load and added, times its weight, into lane
+ * (entry mod G) alone (a masked FMA), 2 G accumulators deep; the lanes are folded at the end. */
+static inline __m512 AVX512 broadcast_row4(const float *r) { return _mm512_broadcast_f32x4(_mm_loadu_ps(r)); }
+static inline __m512 AVX512 broadcast_row2(const float *r) {
+    double d;
+    memcpy(&d, r, sizeof(d));
+    return _mm512_castpd_ps(_mm512_set1_pd(d));
+}
+
+#define DEF_NARROW_AVX512(NAME, COLT, P)                                                           \
     AVX512 static void NAME(const void *cols_, const uint8_t *codes, const float *table,         \
                             const float *x, int64_t p, int64_t s, int64_t e, float *out) {       \
+        enum { G = 16 / P };                                                                     \
         const COLT *cols = cols_;                                                                \
         const __m512 t0 = _mm512_loadu_ps(table), t1 = _mm512_loadu_ps(table + 16);             \
-        const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0); \
-        __m512 acc[2][4];                                                                        \
+        const __m512i spread = _mm512_srli_epi32(                                                \
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), P == 4 ? 2 : 1); \
+        __m512 acc[2][G];                                                                        \
         for (int a = 0; a < 2; a++)                                                              \
-            for (int g = 0; g < 4; g++) acc[a][g] = _mm512_setzero_ps();                         \
+            for (int g = 0; g < G; g++) acc[a][g] = _mm512_setzero_ps();                         \
         int64_t i = s;                                                                           \
         for (; i + 16 <= e; i += 16) {                                                           \
             __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));    \
             const __m512 w = _mm512_permutex2var_ps(t0, k, t1);                                  \
-            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) {                                \
+            _Pragma("GCC unroll 4") for (int q = 0; q < P; q++) {                                \
                 const __m512 wq = _mm512_permutexvar_ps(                                         \
-                    _mm512_add_epi32(spread, _mm512_set1_epi32(4 * q)), w);                      \
-                _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {                            \
-                    const __m512 xb = _mm512_broadcast_f32x4(                                    \
-                        _mm_loadu_ps(x + (int64_t)cols[i + 4 * q + g] * p));                      \
+                    _mm512_add_epi32(spread, _mm512_set1_epi32(G * q)), w);                      \
+                _Pragma("GCC unroll 8") for (int g = 0; g < G; g++) {                            \
+                    const __m512 xb = broadcast_row##P(x + (int64_t)cols[i + G * q + g] * p);    \
                     acc[q & 1][g] = _mm512_mask3_fmadd_ps(wq, xb, acc[q & 1][g],                \
-                                                          (__mmask16)(0xF << (4 * g)));         \
+                                                          (__mmask16)(((1 << P) - 1) << (P * g))); \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
-        __m128 tail = _mm_setzero_ps();                                                          \
-        for (; i < e; i++)                                                                       \
-            tail = _mm_fmadd_ps(_mm_set1_ps(table[codes[i]]),                                   \
-                                _mm_loadu_ps(x + (int64_t)cols[i] * p), tail);                   \
-        __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0][0], acc[1][0]),            \
-                                                 _mm512_add_ps(acc[0][1], acc[1][1])),           \
-                                   _mm512_add_ps(_mm512_add_ps(acc[0][2], acc[1][2]),            \
-                                                 _mm512_add_ps(acc[0][3], acc[1][3])));          \
-        __m256 half = _mm256_add_ps(_mm512_castps512_ps256(sum), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1))); \
-        __m128 r = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1)), tail); \
-        _mm_storeu_ps(out, r);                                                                   \
+        __m512 sum = _mm512_setzero_ps();                                                        \
+        for (int g = 0; g < G; g++) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[0][g], acc[1][g])); \
+        for (; i < e; i++) /* into lane 0 */                                                     \
+            sum = _mm512_mask3_fmadd_ps(_mm512_set1_ps(table[codes[i]]),                         \
+                                        broadcast_row##P(x + (int64_t)cols[i] * p), sum,         \
+                                        (__mmask16)((1 << P) - 1));                              \
+        __m256 half = _mm256_add_ps(_mm512_castps512_ps256(sum),                                 \
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1))); \
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));     \
+        if (P == 2) r = _mm_add_ps(r, _mm_movehl_ps(r, r));                                      \
+        float folded[4];                                                                         \
+        _mm_storeu_ps(folded, r);                                                                \
+        memcpy(out, folded, P * sizeof(float));                                                  \
     }
-DEF_BLOCK4_AVX512(kblock4_c16, uint16_t)
-DEF_BLOCK4_AVX512(kblock4_c32, uint32_t)
+DEF_NARROW_AVX512(kblock4_c16, uint16_t, 4)
+DEF_NARROW_AVX512(kblock4_c32, uint32_t, 4)
+DEF_NARROW_AVX512(kblock2_c16, uint16_t, 2)
+DEF_NARROW_AVX512(kblock2_c32, uint32_t, 2)
 
 #define ID512(v) (v)
 #define DEF_BLOCKS_AVX512(COLT, SUF)                                                                        \
@@ -285,6 +297,7 @@ static void spmm_rows(Job *j) {
             k.blocks[1] = wide ? kblock16_c32 : kblock16_c16;
             k.blocks[2] = wide ? kblock8_c32 : kblock8_c16;
             k.blocks[3] = wide ? kblock4_c32 : kblock4_c16;
+            k.blocks[4] = wide ? kblock2_c32 : kblock2_c16;
         }
     }
 #endif
