@@ -150,6 +150,12 @@ DEF_KERNELS(uint32_t, c32_avx2, AVX2, v8f, 2, v8f, 1)
 DEF_KERNELS(uint16_t, c16_avx512, AVX512, v16f, 1, v8f, 1)
 DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
 
+/* The values of 16 codes from a codebook of at most 32 held in two registers; a code past 31
+ * reads 0, as from the zero-padded table. */
+AVX512 static inline __m512 book32(__m512 t0, __m512i k, __m512 t1) {
+    return _mm512_maskz_permutex2var_ps(_mm512_cmplt_epu32_mask(k, _mm512_set1_epi32(32)), t0, k, t1);
+}
+
 /* p == 1 on AVX-512: 32 entries a step, codes and columns widened, x gathered, the codebook
  * permuted from two registers when it has at most 32 values, else gathered. */
 #define DEF_DOT_AVX512(NAME, COLT, LOADCOLS)                                                     \
@@ -166,8 +172,8 @@ DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
             __m512 x0 = _mm512_i32gather_ps(c0, x, 4), x1 = _mm512_i32gather_ps(c1, x, 4);       \
             __m512 w0, w1;                                                                       \
             if (k_small) {                                                                       \
-                w0 = _mm512_permutex2var_ps(t0, k0, t1);                                         \
-                w1 = _mm512_permutex2var_ps(t0, k1, t1);                                         \
+                w0 = book32(t0, k0, t1);                                         \
+                w1 = book32(t0, k1, t1);                                         \
             } else {                                                                             \
                 w0 = _mm512_i32gather_ps(k0, table, 4);                                          \
                 w1 = _mm512_i32gather_ps(k1, table, 4);                                          \
@@ -195,7 +201,7 @@ DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
         int64_t i = s;                                                                          \
         for (; i + 16 <= e; i += 16) {                                                          \
             __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));   \
-            const __m512 w = _mm512_permutex2var_ps(t0, k, t1);                                 \
+            const __m512 w = book32(t0, k, t1);                                 \
             _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) {                             \
                 const VT wu = CAST(_mm512_permutexvar_ps(_mm512_set1_epi32(u), w));             \
                 const float *xr = x + (int64_t)cols[i + u] * p;                                 \
@@ -237,7 +243,7 @@ static inline __m512 AVX512 broadcast_row2(const float *r) {
         int64_t i = s;                                                                           \
         for (; i + 16 <= e; i += 16) {                                                           \
             __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));    \
-            const __m512 w = _mm512_permutex2var_ps(t0, k, t1);                                  \
+            const __m512 w = book32(t0, k, t1);                                  \
             _Pragma("GCC unroll 4") for (int q = 0; q < P; q++) {                                \
                 const __m512 wq = _mm512_permutexvar_ps(                                         \
                     _mm512_add_epi32(spread, _mm512_set1_epi32(G * q)), w);                      \
@@ -362,7 +368,7 @@ DEF_LUT_ROW(lut_row_avx2, AVX2)
         int64_t c = 0;                                                                            \
         for (; c + 16 <= in; c += 16) {                                                           \
             __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + c)));      \
-            __m512 w = k_small ? _mm512_permutex2var_ps(t0, k, t1) : _mm512_i32gather_ps(k, table, 4); \
+            __m512 w = k_small ? book32(t0, k, t1) : _mm512_i32gather_ps(k, table, 4); \
             if (M == 1 && ((c >> 4) & 1)) {                                                       \
                 alt = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + c), alt);                            \
                 continue;                                                                         \

@@ -106,6 +106,25 @@ def test_kernel_and_fallback_agree_on_a_large_product(monkeypatch):
 
 
 @pytest.mark.skipif(not matvec.AVAILABLE, reason="the native kernels are not built")
+def test_codes_past_the_codebook_read_zero_in_kernel_and_fallback(monkeypatch):
+    """The kernel's codebook held in registers (at most 32 values) reads a code past it as 0,
+    like the zero-padded table of the other paths and the numpy fallback."""
+    rng = np.random.default_rng(3)
+    rows, cols = 40, 300
+    positions = np.flatnonzero(rng.random(rows * cols) < 0.5)
+    codes = rng.integers(0, 256, positions.size).astype(np.uint8)
+    book = rng.standard_normal(20).astype(np.float32)
+    indptr, columns = matvec.csr_of(positions, rows, cols)
+    for p in (1, 2, 4, 8, 16):
+        x = rng.standard_normal((1, cols, p)).astype(np.float32)
+        native = matvec.spmm(indptr, columns, codes, book, x)
+        monkeypatch.setenv("DCNN_NO_NATIVE", "1")
+        fallback = matvec.spmm(indptr, columns, codes, book, x)
+        monkeypatch.setenv("DCNN_NO_NATIVE", "0")
+        np.testing.assert_allclose(native, fallback, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not matvec.AVAILABLE, reason="the native kernels are not built")
 def test_kernel_thread_pool_under_concurrent_calls_and_fork():
     """The kernels' persistent thread pool: calls from several Python threads at once (one uses
     the pool, the others start threads) and from a forked child (an empty pool) give the
