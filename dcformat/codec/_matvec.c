@@ -150,6 +150,12 @@ DEF_KERNELS(uint32_t, c32_avx2, AVX2, v8f, 2, v8f, 1)
 DEF_KERNELS(uint16_t, c16_avx512, AVX512, v16f, 1, v8f, 1)
 DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
 
+/* The values of 16 codes from a codebook of at most 32 held in two registers; a code past 31
+ * reads 0, as from the zero-padded table. */
+AVX512 static inline __m512 book32(__m512 t0, __m512i k, __m512 t1) {
+    return _mm512_maskz_permutex2var_ps(_mm512_cmplt_epu32_mask(k, _mm512_set1_epi32(32)), t0, k, t1);
+}
+
 /* p == 1 on AVX-512: 32 entries a step, codes and columns widened, x gathered, the codebook
  * permuted from two registers when it has at most 32 values, else gathered. */
 #define DEF_DOT_AVX512(NAME, COLT, LOADCOLS)                                                     \
@@ -166,8 +172,8 @@ DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
             __m512 x0 = _mm512_i32gather_ps(c0, x, 4), x1 = _mm512_i32gather_ps(c1, x, 4);       \
             __m512 w0, w1;                                                                       \
             if (k_small) {                                                                       \
-                w0 = _mm512_permutex2var_ps(t0, k0, t1);                                         \
-                w1 = _mm512_permutex2var_ps(t0, k1, t1);                                         \
+                w0 = book32(t0, k0, t1);                                         \
+                w1 = book32(t0, k1, t1);                                         \
             } else {                                                                             \
                 w0 = _mm512_i32gather_ps(k0, table, 4);                                          \
                 w1 = _mm512_i32gather_ps(k1, table, 4);                                          \
@@ -179,6 +185,102 @@ DEF_KERNELS(uint32_t, c32_avx512, AVX512, v16f, 1, v8f, 1)
         for (; i < e; i++) tail += table[codes[i]] * x[cols[i]];                                 \
         return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;                           \
     }
+
+/* p > 1 on AVX-512 with at most 32 codebook values: 16 codes a step are turned into weights by
+ * one permute from two registers, and each entry's weight is broadcast from there by a register
+ * permute instead of a table load; each entry then costs a column load and a row load of X. */
+#define DEF_BLOCK_AVX512(NAME, COLT, VT, NV, ZERO, FMA, LOADX, CAST)                             \
+    AVX512 static void NAME(const void *cols_, const uint8_t *codes, const float *table,        \
+                            const float *x, int64_t p, int64_t s, int64_t e, float *out) {      \
+        const COLT *cols = cols_;                                                               \
+        const __m512 t0 = _mm512_loadu_ps(table), t1 = _mm512_loadu_ps(table + 16);            \
+        const int lanes = (int)(sizeof(VT) / sizeof(float));                                    \
+        VT acc[4][NV];                                                                          \
+        for (int a = 0; a < 4; a++)                                                             \
+            for (int v = 0; v < NV; v++) acc[a][v] = ZERO();                                    \
+        int64_t i = s;                                                                          \
+        for (; i + 16 <= e; i += 16) {                                                          \
+            __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));   \
+            const __m512 w = book32(t0, k, t1);                                 \
+            _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) {                             \
+                const VT wu = CAST(_mm512_permutexvar_ps(_mm512_set1_epi32(u), w));             \
+                const float *xr = x + (int64_t)cols[i + u] * p;                                 \
+                for (int v = 0; v < NV; v++) acc[u & 3][v] = FMA(wu, LOADX(xr + v * lanes), acc[u & 3][v]); \
+            }                                                                                   \
+        }                                                                                       \
+        for (; i < e; i++) {                                                                    \
+            const VT wu = CAST(_mm512_set1_ps(table[codes[i]]));                                \
+            const float *xr = x + (int64_t)cols[i] * p;                                         \
+            for (int v = 0; v < NV; v++) acc[0][v] = FMA(wu, LOADX(xr + v * lanes), acc[0][v]); \
+        }                                                                                       \
+        for (int v = 0; v < NV; v++) {                                                          \
+            VT sum = acc[0][v] + acc[1][v] + (acc[2][v] + acc[3][v]);                           \
+            memcpy(out + v * lanes, &sum, sizeof(VT));                                          \
+        }                                                                                       \
+    }
+
+/* p == 4 or 2 on AVX-512: G = 16 / P entries fill one register. Each entry's row of X is
+ * broadcast to all G lanes of P values by its load and added, times its weight, into lane
+ * (entry mod G) alone (a masked FMA), 2 G accumulators deep; the lanes are folded at the end. */
+static inline __m512 AVX512 broadcast_row4(const float *r) { return _mm512_broadcast_f32x4(_mm_loadu_ps(r)); }
+static inline __m512 AVX512 broadcast_row2(const float *r) {
+    double d;
+    memcpy(&d, r, sizeof(d));
+    return _mm512_castpd_ps(_mm512_set1_pd(d));
+}
+
+#define DEF_NARROW_AVX512(NAME, COLT, P)                                                           \
+    AVX512 static void NAME(const void *cols_, const uint8_t *codes, const float *table,         \
+                            const float *x, int64_t p, int64_t s, int64_t e, float *out) {       \
+        enum { G = 16 / P };                                                                     \
+        const COLT *cols = cols_;                                                                \
+        const __m512 t0 = _mm512_loadu_ps(table), t1 = _mm512_loadu_ps(table + 16);             \
+        const __m512i spread = _mm512_srli_epi32(                                                \
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), P == 4 ? 2 : 1); \
+        __m512 acc[2][G];                                                                        \
+        for (int a = 0; a < 2; a++)                                                              \
+            for (int g = 0; g < G; g++) acc[a][g] = _mm512_setzero_ps();                         \
+        int64_t i = s;                                                                           \
+        for (; i + 16 <= e; i += 16) {                                                           \
+            __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));    \
+            const __m512 w = book32(t0, k, t1);                                  \
+            _Pragma("GCC unroll 4") for (int q = 0; q < P; q++) {                                \
+                const __m512 wq = _mm512_permutexvar_ps(                                         \
+                    _mm512_add_epi32(spread, _mm512_set1_epi32(G * q)), w);                      \
+                _Pragma("GCC unroll 8") for (int g = 0; g < G; g++) {                            \
+                    const __m512 xb = broadcast_row##P(x + (int64_t)cols[i + G * q + g] * p);    \
+                    acc[q & 1][g] = _mm512_mask3_fmadd_ps(wq, xb, acc[q & 1][g],                \
+                                                          (__mmask16)(((1 << P) - 1) << (P * g))); \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        __m512 sum = _mm512_setzero_ps();                                                        \
+        for (int g = 0; g < G; g++) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[0][g], acc[1][g])); \
+        for (; i < e; i++) /* into lane 0 */                                                     \
+            sum = _mm512_mask3_fmadd_ps(_mm512_set1_ps(table[codes[i]]),                         \
+                                        broadcast_row##P(x + (int64_t)cols[i] * p), sum,         \
+                                        (__mmask16)((1 << P) - 1));                              \
+        __m256 half = _mm256_add_ps(_mm512_castps512_ps256(sum),                                 \
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1))); \
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));     \
+        if (P == 2) r = _mm_add_ps(r, _mm_movehl_ps(r, r));                                      \
+        float folded[4];                                                                         \
+        _mm_storeu_ps(folded, r);                                                                \
+        memcpy(out, folded, P * sizeof(float));                                                  \
+    }
+DEF_NARROW_AVX512(kblock4_c16, uint16_t, 4)
+DEF_NARROW_AVX512(kblock4_c32, uint32_t, 4)
+DEF_NARROW_AVX512(kblock2_c16, uint16_t, 2)
+DEF_NARROW_AVX512(kblock2_c32, uint32_t, 2)
+
+#define ID512(v) (v)
+#define DEF_BLOCKS_AVX512(COLT, SUF)                                                                        \
+    DEF_BLOCK_AVX512(kblock32_##SUF, COLT, __m512, 2, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, ID512) \
+    DEF_BLOCK_AVX512(kblock16_##SUF, COLT, __m512, 1, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_loadu_ps, ID512) \
+    DEF_BLOCK_AVX512(kblock8_##SUF, COLT, __m256, 1, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_loadu_ps,    \
+                     _mm512_castps512_ps256)
+DEF_BLOCKS_AVX512(uint16_t, c16)
+DEF_BLOCKS_AVX512(uint32_t, c32)
 
 #define LOAD16(ptr) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ptr)))
 #define LOAD32(ptr) _mm512_loadu_si512((const void *)(ptr))
@@ -196,6 +298,13 @@ static void spmm_rows(Job *j) {
         k = wide ? kernels_c32_avx512 : kernels_c16_avx512;
         /* signed 32-bit gather indices: columns must stay below 2^31 */
         if (j->in <= INT32_MAX) k.dot = wide ? dot32_avx512 : dot16_avx512;
+        if (j->k_small) {
+            k.blocks[0] = wide ? kblock32_c32 : kblock32_c16;
+            k.blocks[1] = wide ? kblock16_c32 : kblock16_c16;
+            k.blocks[2] = wide ? kblock8_c32 : kblock8_c16;
+            k.blocks[3] = wide ? kblock4_c32 : kblock4_c16;
+            k.blocks[4] = wide ? kblock2_c32 : kblock2_c16;
+        }
     }
 #endif
     float out[32];
@@ -259,7 +368,7 @@ DEF_LUT_ROW(lut_row_avx2, AVX2)
         int64_t c = 0;                                                                            \
         for (; c + 16 <= in; c += 16) {                                                           \
             __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + c)));      \
-            __m512 w = k_small ? _mm512_permutex2var_ps(t0, k, t1) : _mm512_i32gather_ps(k, table, 4); \
+            __m512 w = k_small ? book32(t0, k, t1) : _mm512_i32gather_ps(k, table, 4); \
             if (M == 1 && ((c >> 4) & 1)) {                                                       \
                 alt = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + c), alt);                            \
                 continue;                                                                         \
@@ -344,10 +453,11 @@ static struct {
     pthread_cond_t wake, done;
     int workers;         /* started: worker i (1-based) runs tasks[i] of each call that uses it */
     int active;          /* tasks in the current call, the caller's task 0 included */
-    int pending;         /* workers yet to finish the current call */
+    int pending;         /* workers inside the current call's task */
+    int closed;          /* the caller has run out of blocks: workers that wake now stay out */
     uint64_t generation; /* bumped by every call */
     Task tasks[MAX_THREADS];
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, {{0}}};
 static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct {
@@ -363,12 +473,13 @@ static void *pool_worker(void *arg_) {
     for (;;) {
         while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
-        if (arg.index >= pool.active) continue;
+        if (arg.index >= pool.active || pool.closed) continue;
+        pool.pending++;
         Task task = pool.tasks[arg.index];
         pthread_mutex_unlock(&pool.lock);
         task.fn(task.job);
         pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        if (--pool.pending == 0 && pool.closed) pthread_cond_signal(&pool.done);
     }
     return NULL;
 }
@@ -378,7 +489,7 @@ static void pool_after_fork(void) {
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
     pthread_mutex_init(&pool_busy, NULL);
-    pool.workers = pool.active = pool.pending = 0;
+    pool.workers = pool.active = pool.pending = pool.closed = 0;
 }
 
 /* Start workers up to `want` (holding pool.lock); returns how many there are. */
@@ -413,13 +524,16 @@ static int pool_run(Job *jobs, rows_fn fn, int n) {
         pool.tasks[t].fn = fn;
     }
     pool.active = use;
-    pool.pending = use - 1;
+    pool.pending = pool.closed = 0;
     pool.generation++;
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     fn(&jobs[0]);
     for (int t = use; t < n; t++) fn(&jobs[t]); /* workers that could not be started */
+    /* The blocks are all taken: wait for the workers running one, not for those the OS has not
+     * woken yet (on a busy machine that can take milliseconds; they find the call closed). */
     pthread_mutex_lock(&pool.lock);
+    pool.closed = 1;
     while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&pool_busy);

@@ -95,13 +95,33 @@ def test_kernel_and_fallback_agree_on_a_large_product(monkeypatch):
     rng = np.random.default_rng(1)
     w, positions, codes, book = sparse_weight(rng, 700, 3000, 0.1, 32)
     indptr, columns = matvec.csr_of(positions, 700, 3000)
-    for p in (1, 3, 16, 40):
+    for p, wide in [(1, False), (2, True), (3, False), (4, False), (14, True), (16, False), (40, True)]:
         x = rng.standard_normal((1, 3000, p)).astype(np.float32)
-        native = matvec.spmm(indptr, columns, codes, book, x, threads=2)
+        index = columns.astype(np.uint32) if wide else columns
+        native = matvec.spmm(indptr, index, codes, book, x, threads=2)
         monkeypatch.setenv("DCNN_NO_NATIVE", "1")
         fallback = matvec.spmm(indptr, columns, codes, book, x, threads=2)
         monkeypatch.setenv("DCNN_NO_NATIVE", "0")
         assert_product(native[0], w, x[0], fallback[0])
+
+
+@pytest.mark.skipif(not matvec.AVAILABLE, reason="the native kernels are not built")
+def test_codes_past_the_codebook_read_zero_in_kernel_and_fallback(monkeypatch):
+    """The kernel's codebook held in registers (at most 32 values) reads a code past it as 0,
+    like the zero-padded table of the other paths and the numpy fallback."""
+    rng = np.random.default_rng(3)
+    rows, cols = 40, 300
+    positions = np.flatnonzero(rng.random(rows * cols) < 0.5)
+    codes = rng.integers(0, 256, positions.size).astype(np.uint8)
+    book = rng.standard_normal(20).astype(np.float32)
+    indptr, columns = matvec.csr_of(positions, rows, cols)
+    for p in (1, 2, 4, 8, 16):
+        x = rng.standard_normal((1, cols, p)).astype(np.float32)
+        native = matvec.spmm(indptr, columns, codes, book, x)
+        monkeypatch.setenv("DCNN_NO_NATIVE", "1")
+        fallback = matvec.spmm(indptr, columns, codes, book, x)
+        monkeypatch.setenv("DCNN_NO_NATIVE", "0")
+        np.testing.assert_allclose(native, fallback, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not matvec.AVAILABLE, reason="the native kernels are not built")
