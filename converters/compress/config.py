@@ -135,8 +135,8 @@ class CompressionConfig:
     the chooser. Floors are ``snr`` for a tensor of the model's mean size, lower for larger
     tensors and higher for smaller, within ``snr_spread`` dB (0: ``snr`` for all). ``extras``
     are the format 1.1 features the chooser may use where they make a tensor's file smaller
-    at its floor: "scales" (a float16 scale per row, float32 tensors) and "outliers" (the
-    largest |w| stored exactly).
+    at the fidelity its plain coding measured: "scales" (a float16 scale per row, float32
+    tensors) and "outliers" (the largest |w| stored exactly).
     """
 
     conv_bits: int = 8

@@ -237,10 +237,13 @@ def fidelity_db(values: np.ndarray, decoded: np.ndarray | Callable[[int, int], n
 def row_sample(values: np.ndarray, size: int = SEARCH_SAMPLE) -> np.ndarray:
     """Evenly spaced whole channels of the tensor (see :func:`channel_rows`), about ``size``
     values in all (float64; part of one channel when a channel alone is larger)."""
-    rows = channel_rows(values)
+    return np.asarray(_sampled_rows(channel_rows(values), size)[:, :size], dtype=np.float64)
+
+
+def _sampled_rows(rows: np.ndarray, size: int) -> np.ndarray:
+    """The whole rows :func:`row_sample` takes (of which it keeps the first ``size`` values)."""
     step = max(1, -(-rows.size // size))
-    picked = rows[::step] if rows.shape[1] <= size else rows[: 1 + rows.shape[0] // step, :size]
-    return np.asarray(picked, dtype=np.float64)
+    return rows[::step] if rows.shape[1] <= size else rows[: 1 + rows.shape[0] // step]
 
 
 def error_to_db(relative_rms: float) -> float:
@@ -372,17 +375,13 @@ def _view(values: np.ndarray, ordered: np.ndarray, form: Form, value_bytes: int)
         return _View(search_sample(values, ordered=inliers), rows, decode, extra, not form.outliers)
     if values.ndim < 2 or values.shape[0] < 2 or channel_rows(values).shape[0] != values.shape[0]:
         return None
-    picked = row_sample(values)  # whole rows (or a part of each, for very wide rows)
-    full = np.asarray(values).reshape(values.shape[0], -1)
-    step = max(1, -(-full.size // SEARCH_SAMPLE))
-    chosen = full[::step] if full.shape[1] <= SEARCH_SAMPLE else full[: 1 + full.shape[0] // step]
-    magnitudes = np.abs(chosen.astype(np.float64))
-    with np.errstate(over="ignore"):
-        scales = np.where(magnitudes < threshold, magnitudes, 0).max(axis=1).astype(np.float16)
+    whole = np.abs(_sampled_rows(values.reshape(values.shape[0], -1), SEARCH_SAMPLE).astype(np.float64))
+    with np.errstate(over="ignore"):  # each row's scale is its largest |w| left to share
+        scales = np.where(whole < threshold, whole, 0).max(axis=1).astype(np.float16)
     if not np.isfinite(scales).all():
         return None
     scales = np.where(scales == 0, 1, scales).astype(np.float64)[:, None]
-    rows = picked
+    rows = row_sample(values)  # those rows (the first SEARCH_SAMPLE values of very wide ones)
     exact = np.abs(rows) >= threshold
     scaled = rows / scales
     fit = np.sort(scaled[~exact])

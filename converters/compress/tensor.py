@@ -79,15 +79,12 @@ def _decode(
     first: int,
     stop: int,
     outliers: Outliers | None = None,
-    positions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Flat decoded values ``first:stop`` (or at ``positions``): codebook values, times their
-    row's scale, with the outliers written over them."""
-    flat = np.arange(first, stop) if positions is None else positions
-    values = codebook[codes[first:stop] if positions is None else codes[positions]]
+    """Flat decoded values ``first:stop``: codebook values, times their row's scale, with the
+    outliers written over them."""
+    values = codebook[codes[first:stop]]
     if scales is not None:
-        width = codes.size // scales.size
-        rows = flat // width
+        rows = np.arange(first, stop) // (codes.size // scales.size)
         values = (values * scales[rows]).astype(values.dtype, copy=False)
     if outliers is not None:
         at, exact = outliers
@@ -226,12 +223,7 @@ def _shared(
         raise ConvertError(
             f"tensor {weight.name!r} holds NaN or infinite values; exclude it from compression"
         )
-    exact = None
-    if outliers:
-        inlier_edge = None
-        if clustered is not None and not scaled and clustered.size:  # the inliers' extremes
-            inlier_edge = max(-float(clustered[0]), float(clustered[-1]))
-        exact = outlier_positions(values, outliers, inlier_edge)
+    exact = outlier_positions(values, outliers) if outliers else None
     scales = None
     if scaled and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
         scales = row_scales(values, weight.array.shape[0], exact)
@@ -251,8 +243,8 @@ def _shared(
         if exact is not None and importance is not None:  # the outliers weigh nothing
             importance = np.array(importance, dtype=np.float32).reshape(-1)
             importance[exact] = 0
-        elif (exact is not None or scales is not None) and (clustered is None or scales is not None):
-            clustered = None if plan.prunes else share.kmeans_input(_fit_sample(values, exact))
+        if not plain:  # a sample of the values as shared: the caller's is of the weight's values
+            clustered = share.kmeans_input(_fit_sample(values, exact))
         shared = share_weights(
             values,
             plan.bits,
@@ -260,7 +252,7 @@ def _shared(
             max_iter=config.kmeans_iters,
             seed=config.seed,
             importance=importance,
-            clustered=clustered if not plan.prunes else None,  # of these values (inliers)
+            clustered=clustered,
             stored=weight.array if _widened(weight) and plain else None,
         )
     except ValueError as exc:
@@ -270,39 +262,29 @@ def _shared(
     return encode_shared(weight, shared, plan.bits, original, scales, exact)
 
 
-def outlier_positions(
-    values: np.ndarray, fraction: float, inlier_edge: float | None = None
-) -> np.ndarray | None:
+def outlier_positions(values: np.ndarray, fraction: float) -> np.ndarray | None:
     """The flat positions (increasing, int64) of the ``fraction`` of largest |values| (at least
     one; ties at the threshold left out past that count), or None where that would be over
-    half of them. ``inlier_edge``, the largest |w| the outliers leave, saves finding it.
-    Memory: a copy of the magnitudes without ``inlier_edge``, else blocks."""
+    half of them. Memory: one copy of the magnitudes, then blocks."""
     count = max(1, round(fraction * values.size))
     if 2 * count > values.size:
         return None
-    if inlier_edge is None:
-        magnitudes = np.abs(values)
-        magnitudes.partition(values.size - count)
-        threshold = magnitudes[values.size - count]
-        del magnitudes
-        found = _positions_where(values, lambda m: m >= threshold)
-        ties = found[np.abs(values[found]) == threshold]
-        excess = found.size - count
-        if excess > 0:  # the last ties go back to the codes
-            found = np.setdiff1d(found, ties[ties.size - excess :], assume_unique=True)
-    else:
-        found = _positions_where(values, lambda m: m > inlier_edge)
-    return found if found.size else None
-
-
-def _positions_where(values: np.ndarray, test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Flat positions whose |value| passes ``test``, a block at a time (int64)."""
+    magnitudes = np.abs(values)
+    magnitudes.partition(values.size - count)
+    threshold = magnitudes[values.size - count]
+    del magnitudes
     block = share.BLOCK
-    parts = [
-        np.flatnonzero(test(np.abs(values[first : first + block]))) + first
-        for first in range(0, values.size, block)
-    ]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    found = np.concatenate(
+        [
+            np.flatnonzero(np.abs(values[first : first + block]) >= threshold) + first
+            for first in range(0, values.size, block)
+        ]
+    ).astype(np.int64)
+    ties = found[np.abs(values[found]) == threshold]
+    excess = found.size - count
+    if excess > 0:  # the last ties go back to the codes
+        found = np.setdiff1d(found, ties[ties.size - excess :], assume_unique=True)
+    return found
 
 
 def _fit_sample(values: np.ndarray, exact: np.ndarray | None) -> np.ndarray:
@@ -554,7 +536,10 @@ def _relative_rms(
         positions, exact = outliers
         wanted = values[positions].astype(np.float64)
         error += float(np.sum((wanted - exact) ** 2))
-        error -= float(np.sum((wanted - _decode(codebook, codes, scales, 0, 0, positions=positions)) ** 2))
+        coded = codebook[codes[positions]]
+        if scales is not None:  # in the codebook's precision, as _decode and the reader
+            coded = (coded * scales[positions // (codes.size // scales.size)]).astype(coded.dtype)
+        error -= float(np.sum((wanted - coded.astype(np.float64)) ** 2))
         error = max(error, 0.0)
     return (error / total) ** 0.5 if total else 0.0
 

@@ -120,7 +120,7 @@ def test_outlier_positions_count_ties_and_limits() -> None:
     positions = outlier_positions(values, 2 / 8)
     assert positions.dtype == np.int64 and positions.size == 2  # one of the three ties at 3 stays coded
     assert set(positions) < {1, 3, 4}
-    np.testing.assert_array_equal(outlier_positions(values, 0.0, inlier_edge=1.0), [1, 3, 4])
+    np.testing.assert_array_equal(outlier_positions(values, 3 / 8), [1, 3, 4])
     assert outlier_positions(values, 0.6) is None  # over half: nothing to code
 
 
