@@ -23,7 +23,7 @@ from .file.atomic import replacing
 from .file.reader import DcnnFile, TensorInfo, load_file, safe_open
 from .file.writer import Writer, save_file
 from .layout import MAJOR, MINOR
-from .tensors import Codes, Quantized, Raw, Source
+from .tensors import Codes, Narrow, Quantized, Raw, Source
 from .validate import Problem, Report, validate
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ __all__ = [
     "EncodedTensor",
     "FormatError",
     "LimitError",
+    "Narrow",
     "Problem",
     "Quantized",
     "Raw",

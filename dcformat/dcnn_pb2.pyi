@@ -32,6 +32,7 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPARSE_CODES: _ClassVar[Encoding]
     DENSE_CODES_EXT: _ClassVar[Encoding]
     SPARSE_CODES_EXT: _ClassVar[Encoding]
+    RAW_NARROW: _ClassVar[Encoding]
 
 class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +58,7 @@ DENSE_CODES: Encoding
 SPARSE_CODES: Encoding
 DENSE_CODES_EXT: Encoding
 SPARSE_CODES_EXT: Encoding
+RAW_NARROW: Encoding
 COMPRESSION_NONE: Compression
 COMPRESSION_ZSTD: Compression
 
@@ -121,7 +123,7 @@ class Outliers(_message.Message):
     def __init__(self, count: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., positions: _Optional[_Union[Section, _Mapping]] = ..., values: _Optional[_Union[Section, _Mapping]] = ...) -> None: ...
 
 class Tensor(_message.Message):
-    __slots__ = ("name", "shape", "dtype", "encoding", "nonzeros", "compression", "raw", "codebook", "codes", "index_bits", "gaps", "scales", "outliers")
+    __slots__ = ("name", "shape", "dtype", "encoding", "nonzeros", "compression", "raw", "codebook", "codes", "index_bits", "gaps", "scales", "outliers", "stored_dtype")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +137,7 @@ class Tensor(_message.Message):
     GAPS_FIELD_NUMBER: _ClassVar[int]
     SCALES_FIELD_NUMBER: _ClassVar[int]
     OUTLIERS_FIELD_NUMBER: _ClassVar[int]
+    STORED_DTYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
@@ -148,7 +151,8 @@ class Tensor(_message.Message):
     gaps: HuffmanStream
     scales: Scales
     outliers: Outliers
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., nonzeros: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., raw: _Optional[_Union[Section, _Mapping]] = ..., codebook: _Optional[_Union[Codebook, _Mapping]] = ..., codes: _Optional[_Union[HuffmanStream, _Mapping]] = ..., index_bits: _Optional[int] = ..., gaps: _Optional[_Union[HuffmanStream, _Mapping]] = ..., scales: _Optional[_Union[Scales, _Mapping]] = ..., outliers: _Optional[_Union[Outliers, _Mapping]] = ...) -> None: ...
+    stored_dtype: DType
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., nonzeros: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., raw: _Optional[_Union[Section, _Mapping]] = ..., codebook: _Optional[_Union[Codebook, _Mapping]] = ..., codes: _Optional[_Union[HuffmanStream, _Mapping]] = ..., index_bits: _Optional[int] = ..., gaps: _Optional[_Union[HuffmanStream, _Mapping]] = ..., scales: _Optional[_Union[Scales, _Mapping]] = ..., outliers: _Optional[_Union[Outliers, _Mapping]] = ..., stored_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class Source(_message.Message):
     __slots__ = ("format", "skeleton", "attributes", "skeleton_zstd")

@@ -6,7 +6,7 @@ import struct
 
 MAGIC = b"\x89DCN\r\n\x1a\n"
 MAJOR = 1
-MINOR = 2  # the newest minor version this package reads and writes
+MINOR = 3  # the newest minor version this package reads and writes
 
 # magic, major, minor, header_length, header_crc32, preamble_crc32 (of the 20 bytes before it)
 PREAMBLE = struct.Struct("<8sHHIII")

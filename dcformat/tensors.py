@@ -48,6 +48,49 @@ class Raw:
 
 
 @dataclass(frozen=True)
+class Narrow:
+    """A float32 or float64 tensor stored in a narrower float type (format 1.3, RAW_NARROW):
+    each element rounded to the nearest ``stored`` value (float16 or bfloat16, ties to even),
+    which a reader widens back exactly to the array's dtype. ``values()`` is what it reads.
+    ``zstd_level`` as for :class:`Raw`."""
+
+    array: np.ndarray
+    stored: str = "float16"
+    zstd_level: int | None = None
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if array.dtype not in (np.float32, np.float64):
+            raise EncodeError(f"a narrowed tensor holds float32 or float64 values, not {array.dtype}")
+        if self.stored not in ("float16", "bfloat16"):
+            raise EncodeError(f"values are narrowed to float16 or bfloat16, not {self.stored!r}")
+        _check_shape(array.shape)
+        object.__setattr__(self, "array", array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> str:
+        return dtypes.name_of(self.array.dtype)
+
+    def narrowed(self) -> np.ndarray:
+        """The stored elements: float16 values, or bfloat16 bits as uint16 (float64 values
+        go to bfloat16 through float32)."""
+        with np.errstate(over="ignore"):  # past the stored type's range: infinity, as cast
+            if self.stored == "float16":
+                return self.array.astype(np.float16)
+            return dtypes.bfloat16_bits(self.array.astype(np.float32))
+
+    def values(self) -> np.ndarray:
+        """The tensor a reader decodes: the stored elements widened to the array's dtype."""
+        stored = self.narrowed()
+        wide = stored.astype(np.float32) if self.stored == "float16" else dtypes.bfloat16_to_float32(stored)
+        return wide.astype(self.array.dtype, copy=False)
+
+
+@dataclass(frozen=True)
 class Quantized:
     """A tensor whose elements are codebook values selected by integer codes.
 

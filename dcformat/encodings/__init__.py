@@ -9,16 +9,16 @@ import numpy as np
 from .. import dcnn_pb2 as pb
 from ..errors import EncodeError, FormatError, stop
 from ..layout import MAX_CHUNK_SIZE, MAX_NAME_BYTES
-from ..tensors import Quantized, Raw
-from . import dense_codes, extended, raw, sparse_codes
+from ..tensors import Narrow, Quantized, Raw
+from . import dense_codes, extended, raw, raw_narrow, sparse_codes
 from .base import DEFAULT_CHUNK_SIZE, EncodedTensor, Encoding
 
 ENCODINGS: dict[int, Encoding] = {
-    e.ENUM: e for e in (raw, dense_codes, sparse_codes, extended.DENSE, extended.SPARSE)
+    e.ENUM: e for e in (raw, dense_codes, sparse_codes, extended.DENSE, extended.SPARSE, raw_narrow)
 }
 # The minor version that introduced each encoding (spec section 10); a file using one declares
 # at least that minor version.
-SINCE_MINOR: dict[int, int] = {pb.DENSE_CODES_EXT: 1, pb.SPARSE_CODES_EXT: 1}
+SINCE_MINOR: dict[int, int] = {pb.DENSE_CODES_EXT: 1, pb.SPARSE_CODES_EXT: 1, pb.RAW_NARROW: 3}
 
 
 def of(record: pb.Tensor) -> Encoding:
@@ -30,7 +30,7 @@ def of(record: pb.Tensor) -> Encoding:
 
 
 def encode(
-    name: str, tensor: Raw | Quantized | np.ndarray, chunk_size: int = DEFAULT_CHUNK_SIZE
+    name: str, tensor: Raw | Quantized | Narrow | np.ndarray, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> EncodedTensor:
     """Encode a tensor once, for measuring (``.stored_bytes``) and for
     :meth:`dcformat.Writer.add_encoded`; raises EncodeError for what the format cannot hold.
@@ -42,12 +42,14 @@ def encode(
     if isinstance(tensor, np.ndarray):
         tensor = Raw(tensor)
     for encoding in ENCODINGS.values():
-        if isinstance(tensor, Raw | Quantized) and encoding.accepts(tensor):
+        if isinstance(tensor, Raw | Quantized | Narrow) and encoding.accepts(tensor):
             return encoding.encode(name, tensor, chunk_size)
-    raise EncodeError(f"tensor {name!r}: expected Raw, Quantized or numpy array, got {type(tensor).__name__}")
+    raise EncodeError(
+        f"tensor {name!r}: expected Raw, Quantized, Narrow or numpy array, got {type(tensor).__name__}"
+    )
 
 
-def stored_size(tensor: Raw | Quantized | np.ndarray, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+def stored_size(tensor: Raw | Quantized | Narrow | np.ndarray, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     """Bytes this tensor costs in a .dcnn file (its sections, aligned, and its header record)."""
     return encode("t", tensor, chunk_size).stored_bytes
 

@@ -17,7 +17,7 @@ from .. import dtypes
 from ..codec.huffman import Stream
 from ..errors import EncodeError
 from ..layout import EXPANSION_SLACK, MAX_EXPANSION, align_up
-from ..tensors import Codes, Quantized, Raw
+from ..tensors import Codes, Narrow, Quantized, Raw
 
 DEFAULT_CHUNK_SIZE = 4096
 
@@ -95,11 +95,11 @@ class Encoding(Protocol):
     ENUM: int
     NAME: str
 
-    def accepts(self, tensor: Raw | Quantized) -> bool:
+    def accepts(self, tensor: Raw | Quantized | Narrow) -> bool:
         """Whether ``encode`` stores this writer input."""
         ...
 
-    def encode(self, name: str, tensor: Raw | Quantized, chunk_size: int) -> EncodedTensor: ...
+    def encode(self, name: str, tensor: Raw | Quantized | Narrow, chunk_size: int) -> EncodedTensor: ...
 
     def check(self, record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
         """The encoding's header rules (FormatError), after the rules every tensor shares."""

@@ -48,8 +48,8 @@ def check_codebook(record: pb.Tensor, dtype: str) -> int:
     """The rules on the codebook and the codes stream; returns the codebook's size."""
     if dtype not in dtypes.FLOAT_NAMES:
         stop(FormatError(f"coded tensors decode to floats, not {dtype}", rule="dtype"))
-    if record.HasField("raw") or record.HasField("compression"):
-        fail(FormatError("a coded tensor has RAW fields", rule="encoding"))
+    if record.HasField("raw") or record.HasField("compression") or record.stored_dtype:
+        fail(FormatError("a coded tensor has RAW or RAW_NARROW fields", rule="encoding"))
     if record.encoding in (pb.DENSE_CODES, pb.SPARSE_CODES) and (
         record.HasField("scales") or record.HasField("outliers")
     ):

@@ -29,7 +29,7 @@ from ..encodings import DEFAULT_CHUNK_SIZE, SINCE_MINOR, EncodedTensor, compact,
 from ..encodings.base import placed_sections
 from ..errors import DcnnIOError, EncodeError
 from ..layout import EXPANSION_SLACK, MAGIC, MAJOR, MAX_EXPANSION, MAX_HEADER_BYTES, PREAMBLE, align_up
-from ..tensors import Quantized, Raw, Source
+from ..tensors import Narrow, Quantized, Raw, Source
 from .atomic import replacing
 
 PRODUCER = "dcnn 0.1.0"
@@ -86,7 +86,7 @@ class Writer:
         self._spool = os.fdopen(fd, "w+b")
         self._closed = False
 
-    def add(self, name: str, tensor: Raw | Quantized | np.ndarray) -> pb.Tensor:
+    def add(self, name: str, tensor: Raw | Quantized | Narrow | np.ndarray) -> pb.Tensor:
         """Encode and append one tensor; returns its header record."""
         self._check_open(name)
         return self.add_encoded(encode(name, tensor, self.chunk_size))
@@ -100,13 +100,15 @@ class Writer:
         self._check_open(name)
         record = encoded.record
         self._minor = max(self._minor, SINCE_MINOR.get(record.encoding, 0))
+        if not self.compact and self._minor > compact.SINCE_MINOR:
+            raise EncodeError(f"tensor {name!r} needs format 1.{self._minor}, whose layout is compact: compact=True")
         if self.compact and compact.compact(record):
-            self._minor = compact.SINCE_MINOR
+            self._minor = max(self._minor, compact.SINCE_MINOR)
         aligned = [a for _, a in placed_sections(record)]
         for (section, data), align in zip(encoded.payloads, aligned, strict=True):
             start = align_up(self._data_end) if align or not self.compact else self._data_end
             if start != align_up(self._data_end):  # a section without the 1.1 padding before it
-                self._minor = compact.SINCE_MINOR
+                self._minor = max(self._minor, compact.SINCE_MINOR)
             self._spool.write(bytes(start - self._data_end))
             self._spool.write(data)
             section.offset = start
@@ -142,7 +144,7 @@ class Writer:
             packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(header)
             wrapped = pb.Header(header_zstd=packed).SerializeToString(deterministic=True)
             if len(wrapped) < len(header) and len(header) <= MAX_EXPANSION * len(packed) + EXPANSION_SLACK:
-                header, self._minor = wrapped, compact.SINCE_MINOR
+                header, self._minor = wrapped, max(self._minor, compact.SINCE_MINOR)
         # the lowest minor version with every feature the file uses (spec 10)
         head = PREAMBLE.pack(MAGIC, MAJOR, self._minor, len(header), zlib.crc32(header), 0)
         head = head[:-4] + (zlib.crc32(head[:-4])).to_bytes(4, "little")
@@ -186,7 +188,7 @@ class Writer:
 
 
 def save_file(
-    tensors: Mapping[str, Raw | Quantized | np.ndarray],
+    tensors: Mapping[str, Raw | Quantized | Narrow | np.ndarray],
     path: str | os.PathLike[str],
     *,
     metadata: Mapping[str, str] | None = None,

@@ -23,7 +23,7 @@ from dcformat.layout import MAGIC, PREAMBLE, PREAMBLE_SIZE, align_up
 
 PRODUCER = "dcnn conformance vectors"
 # Valid vectors whose bytes hold zstd output (which may change with the zstd library version).
-ZSTD_VECTORS = {"raw_zstd", "outliers_zstd", "source_zstd"}
+ZSTD_VECTORS = {"raw_zstd", "outliers_zstd", "source_zstd", "raw_narrow"}
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -135,6 +135,7 @@ def valid_vectors() -> dict[str, tuple[dict, dict]]:
     out.update(format_1_1_vectors(rng))
     out.update(coverage_vectors())
     out.update(format_1_2_vectors(rng))
+    out.update(format_1_3_vectors(rng))
     return out
 
 
@@ -164,6 +165,24 @@ def format_1_2_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]
             },
             {"compact": True},
         ),
+    }
+
+
+def format_1_3_vectors(rng: np.random.Generator) -> dict[str, tuple[dict, dict]]:
+    """RAW_NARROW (spec 5.9): the worked example (float32 as float16, past float16's range
+    included), a float16 subnormal and signed zeros, float64 as bfloat16, a zstd-compressed
+    one, and an empty one."""
+    return {
+        "raw_narrow": (
+            {
+                "example": dcformat.Narrow(np.array([1.0, -2.5, 0.0001, 70000.0], np.float32)),
+                "specials": dcformat.Narrow(np.array([[2.0**-24, -0.0], [0.0, -65504.0]], np.float32)),
+                "f64_bf16": dcformat.Narrow(np.array([np.pi, -1e30, 3e-39]), "bfloat16"),
+                "zstd": dcformat.Narrow(np.repeat(rng.normal(size=8), 64).astype(np.float32), zstd_level=3),
+                "empty": dcformat.Narrow(np.zeros((0, 3), np.float32)),
+            },
+            {"compact": True},
+        )
     }
 
 
@@ -535,6 +554,7 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("chunk_offset_bound", "huffman-chunks", _header("chunked", _offset_past_bound))
     _add_1_1(add)
     _add_1_2(add)
+    _add_1_3(add)
     add("source_zstd_in_minor_0", "version", _header("source_zstd", lambda p: setattr(p, "minor", 0)))
     add(
         "source_both_skeletons",
@@ -544,6 +564,32 @@ def invalid_vectors() -> dict[str, tuple[str, str, Mutation]]:
     add("source_zstd_damaged", "source", _header("source_zstd", _damage_skeleton_frame))
     add("one_symbol_chunk_offsets", "huffman-chunks", _header("one_symbol", _one_symbol_offsets))
     return v
+
+
+def _add_1_3(add: Callable[..., None]) -> None:
+    """RAW_NARROW's rules (spec 5.9, 10, 11)."""
+    add("narrow_in_minor_2", "version", _header("raw_narrow", lambda p: setattr(p, "minor", 2)))
+    add(
+        "narrow_int_dtype",
+        "dtype",
+        _header("raw_narrow", lambda p: setattr(_first(p, "example"), "dtype", pb.INT16)),
+    )
+    add(
+        "narrow_stored_float32",
+        "dtype",
+        _header("raw_narrow", lambda p: setattr(_first(p, "example"), "stored_dtype", pb.FLOAT32)),
+    )
+    add("narrow_raw_size", "raw-size", _header("raw_narrow", lambda p: _set_shape(p, "example", [2, 4])))
+    add(
+        "raw_with_stored_dtype",
+        "encoding",
+        _header("raw_dtypes", lambda p: setattr(_first(p, "float32"), "stored_dtype", pb.FLOAT16)),
+    )
+    add(
+        "coded_with_stored_dtype",
+        "encoding",
+        _header("dense_codes", lambda p: setattr(_first(p, "f32"), "stored_dtype", pb.FLOAT16)),
+    )
 
 
 def _preamble_crc(data: bytes) -> bytes:
@@ -899,8 +945,8 @@ def _edit_packed_book(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
 
 
 def _newer_minor(p: Parsed) -> None:
-    p.minor = 3
-    _first(p, "rows_f16").encoding = 6
+    p.minor = 4
+    _first(p, "rows_f16").encoding = 7
 
 
 def _edit_scales(p: Parsed, edit: Callable[[bytes], bytes]) -> None:
