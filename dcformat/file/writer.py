@@ -99,9 +99,10 @@ class Writer:
         name = encoded.name
         self._check_open(name)
         record = encoded.record
-        self._minor = max(self._minor, SINCE_MINOR.get(record.encoding, 0))
-        if not self.compact and self._minor > compact.SINCE_MINOR:
-            raise EncodeError(f"tensor {name!r} needs format 1.{self._minor}, whose layout is compact: compact=True")
+        since = SINCE_MINOR.get(record.encoding, 0)
+        if not self.compact and since > compact.SINCE_MINOR:
+            raise EncodeError(f"tensor {name!r} needs format 1.{since}, whose layout is compact=True")
+        self._minor = max(self._minor, since)
         if self.compact and compact.compact(record):
             self._minor = max(self._minor, compact.SINCE_MINOR)
         aligned = [a for _, a in placed_sections(record)]
