@@ -100,7 +100,7 @@ def convert_main(argv: list[str] | None = None) -> int:
         (
             "--extras",
             "LIST",
-            "what the default may use where it pays: 'scales,outliers' (default), one, or 'none'",
+            "what the default may use: 'scales,outliers,float16' (default), some of them, or 'none'",
         ),
     ):
         rules.add_argument(flag, action=_Ordered, dest="options", default=[], metavar=metavar, help=text)

@@ -157,6 +157,7 @@ def calibrate(
             }
         )
     tuned = [w for w in weights if w.name not in fixed]
+    evaluate = _with_fixed(evaluate, weights, fixed, measurable)
     if target is None:
         chosen = {w.name: compress_planned(w, plans[w.name], config, importance.get(w.name)) for w in tuned}
         error = evaluate({w.name: chosen[w.name].values(w) for w in tuned})
@@ -172,6 +173,24 @@ def calibrate(
             "raise --max-output-error or store more tensors exactly"
         )
     return Calibrated({**fixed, **chosen}, error, target, evaluations + probes)
+
+
+def _with_fixed(
+    evaluate: Evaluate,
+    weights: Sequence[Weight],
+    fixed: Mapping[str, CompressedTensor],
+    measurable: Callable[[str], bool] | None,
+) -> Evaluate:
+    """``evaluate`` with the tensors kept out of the search that the file does not hold
+    exactly (stored as float16) replaced too, wherever ``evaluate`` can replace them."""
+    changed = {
+        w.name: fixed[w.name].values(w)
+        for w in weights
+        if w.name in fixed and not fixed[w.name].lossless and (measurable is None or measurable(w.name))
+    }
+    if not changed:
+        return evaluate
+    return lambda values, **kwargs: evaluate({**changed, **values}, **kwargs)
 
 
 def _data_free(
@@ -372,7 +391,7 @@ def _search(
         items; else measured crossed) and bytes."""
         nonlocal evaluations
         evaluations += 1
-        coded = {name: o for name, o in choice.items() if o.bits is not None}
+        coded = {name: o for name, o in choice.items() if not o.tensor.lossless}
         kwargs: dict[str, object] = {} if limit is None else {"limit": limit}
         if not fitted and any(o.crossed is not None for o in coded.values()):
             kwargs["crossed"] = {n: crossed(n, o) for n, o in coded.items() if o.crossed is not None}

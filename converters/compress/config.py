@@ -29,7 +29,7 @@ Init = Literal["linear", "density", "random"]
 INITS: tuple[Init, ...] = ("linear", "density", "random")
 # how a graph of several outputs is measured against --max-output-error (see CompressionConfig)
 OUTPUT_ERRORS = ("concat", "per-output")
-EXTRAS = ("scales", "outliers")  # the format 1.1 features the chooser may use
+EXTRAS = ("scales", "outliers", "float16")  # the format 1.1 and 1.3 features the chooser may use
 
 
 def _check_bits(bits: int, where: str) -> None:
@@ -134,9 +134,13 @@ class CompressionConfig:
     above its floor, or is stored exactly; a rule that sets a tensor's bits takes it out of
     the chooser. Floors are ``snr`` for a tensor of the model's mean size, lower for larger
     tensors and higher for smaller, within ``snr_spread`` dB (0: ``snr`` for all). ``extras``
-    are the format 1.1 features the chooser may use where they make a tensor's file smaller
-    at the fidelity its plain coding measured: "scales" (a float16 scale per row, float32
-    tensors) and "outliers" (the largest |w| stored exactly).
+    are the file features the chooser may use: "scales" (a float16 scale per row, float32
+    tensors) and "outliers" (the largest |w| stored exactly), format 1.1, where they make a
+    tensor's file smaller at the fidelity its plain coding measured; and "float16" (format
+    1.3): a float32 or float64 tensor it would store exactly (biases, norms, small tensors,
+    those no coding suits) is stored as float16 instead where every element keeps float16's
+    11 significant bits (zero, or a normal float16), unless it is a quantization scale or
+    zero point.
     """
 
     conv_bits: int = 8
@@ -331,7 +335,7 @@ def apply_options(
     ``output-error`` "concat" or "per-output", how a graph's several outputs are measured;
     ``error-feedback`` "on" or "off" (see :class:`CompressionConfig`);
     ``snr`` "DB", the error-bounded chooser's floor (0 or "off": no chooser);
-    ``extras`` "scales,outliers" (a comma list, or "none"), what the chooser may use. ``bits`` N for
+    ``extras`` "scales,outliers,float16" (a comma list, or "none"), what the chooser may use. ``bits`` N for
     every tensor, or ``init``, turn the chooser off: the bits given are used.
     """
     config, rules = base, list(base.rules)

@@ -21,7 +21,7 @@ except ImportError:  # numpy 1.x
     except ImportError:
         _set_madvise_hugepage = None
 
-from dcformat import EncodedTensor, dtypes
+from dcformat import EncodedTensor, Narrow, dtypes
 from dcformat import dcnn_pb2 as pb
 from dcformat.codec.huffman import frequencies
 
@@ -29,11 +29,14 @@ from ..errors import ConvertError
 from ..weight import Weight, float_values
 from . import fidelity, share
 from .assign import every_value, native
-from .choose import cheapest, coded, exact
+from .choose import RAW_ZSTD_LEVEL, cheapest, coded, exact
 from .config import CompressionConfig, TensorPlan
 from .fidelity import allocate, role_of
 from .report import TensorReport, stage_bytes
 from .share import SharedTensor, share_weights
+
+FLOAT16_NORMAL = 2.0**-14  # the least normal float16 magnitude
+FLOAT16_MAX = 65504.0
 
 try:
     from . import _kmeans as _kernels
@@ -54,10 +57,18 @@ class CompressedTensor:
     codes: np.ndarray | None = None
     scales: np.ndarray | None = None  # float32, one per row (axis 0)
     outliers: Outliers | None = None
+    narrowed: np.ndarray | None = None  # stored as float16 (RAW_NARROW): the values it decodes to
+
+    @property
+    def lossless(self) -> bool:
+        """Whether the file holds the tensor exactly."""
+        return self.codes is None and self.narrowed is None
 
     def values(self, weight: Weight) -> np.ndarray:
         """The float values the file decodes to, in the weight's shape (``weight`` is the
         tensor this was compressed from)."""
+        if self.narrowed is not None:
+            return self.narrowed
         if self.codes is None:
             return weight.values()
         return self.decoded(0, self.codes.size).reshape(weight.array.shape)
@@ -184,7 +195,7 @@ def compress_planned(
     out) save computing them again when the caller has them.
     """
     if plan is None:
-        return _stored_as_is(weight, cheapest(weight.name, [exact(weight.array, weight.dtype)]))
+        return _kept(weight, config)
     with small_pages():
         if plan.snr is not None and not plan.prunes and importance is None:
             return _chosen(weight, plan, config)
@@ -476,6 +487,39 @@ def encode_shared(
         stored_bytes=stored_bytes,
     )
     return CompressedTensor(encoded, error, row, codebook, shared.codes, row_scale, kept)
+
+
+def _kept(weight: Weight, config: CompressionConfig) -> CompressedTensor:
+    """A tensor without a coding: stored exactly, or as float16 where :func:`narrowable`."""
+    stored = exact(weight.array, weight.dtype)
+    if not narrowable(weight, config):
+        return _stored_as_is(weight, cheapest(weight.name, [stored]))
+    narrow = Narrow(weight.array, "float16", zstd_level=RAW_ZSTD_LEVEL)
+    encoded = cheapest(weight.name, [narrow, stored])
+    if encoded.record.encoding != pb.RAW_NARROW:
+        return _stored_as_is(weight, encoded)
+    values = narrow.values()
+    wide = weight.array.astype(np.float64)
+    error = float(np.linalg.norm(wide - values) / max(np.linalg.norm(wide), np.finfo(np.float64).tiny))
+    original = weight.array.nbytes
+    row = _row(weight, encoded, bits=16, pruned_bytes=original, quantized_bytes=original, error=error)
+    return CompressedTensor(encoded, error, row, narrowed=values)
+
+
+def narrowable(weight: Weight, config: CompressionConfig) -> bool:
+    """Whether a tensor kept without a coding may be stored as float16 (``config.extras``
+    "float16", with the chooser): a float32 or float64 tensor, not a quantization scale or
+    zero point, whose every element is zero or a normal float16 in magnitude
+    (2^-14 .. 65504), so that each keeps 11 significant bits."""
+    if config.snr is None or "float16" not in config.extras or weight.dtype not in ("float32", "float64"):
+        return False
+    if (weight.role or role_of(weight.name, weight.array.shape, weight.dtype)) in ("scale", "zero_point"):
+        return False
+    magnitudes = np.abs(weight.array)
+    if magnitudes.size == 0:
+        return False
+    nonzero = magnitudes[magnitudes != 0]
+    return bool(nonzero.size == 0 or (nonzero.min() >= FLOAT16_NORMAL and nonzero.max() <= FLOAT16_MAX))
 
 
 def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:

@@ -125,7 +125,7 @@ def test_outlier_positions_count_ties_and_limits() -> None:
 
 
 def test_extras_option_and_config() -> None:
-    assert SAFE.extras == ("scales", "outliers")
+    assert SAFE.extras == ("scales", "outliers", "float16")
     assert apply_options(SAFE, [("extras", "none")]).extras == ()
     assert apply_options(SAFE, [("extras", "outliers")]).extras == ("outliers",)
     config = apply_options(SAFE, [("extras", "scales")])

@@ -133,12 +133,12 @@ def test_inspect_table_and_json(model: Path, tmp_path: Path, capsys) -> None:
     assert convert_main([str(model), "-o", str(out), "--prune", "encoder.*=0.95", "-q"]) == 0
     assert inspect_main([str(out)]) == 0
     text = capsys.readouterr().out
-    assert ".dcnn 1.2" in text and "source: safetensors" in text and "metadata origin: test" in text
+    assert ".dcnn 1.3" in text and "source: safetensors" in text and "metadata origin: test" in text
     line = next(row for row in text.splitlines() if row.startswith("encoder.weight"))
     assert "SPARSE_CODES" in line and "5.0%" in line
     assert inspect_main([str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["version"] == [1, 2] and data["metadata"] == {"origin": "test"}
+    assert data["version"] == [1, 3] and data["metadata"] == {"origin": "test"}
     rows = {row["name"]: row for row in data["tensors"]}
     assert rows["encoder.weight"]["index_bits"] > 0 and rows["encoder.weight"]["kept"] == 205 / 4096
     assert sum(row["dense_bytes"] for row in data["tensors"]) == data["total"]["dense_bytes"]
