@@ -209,7 +209,6 @@ def photos(count: int = 16) -> np.ndarray:
     need one, like the motorcycle pair, are passed over; ``cat`` is ``chelsea`` again), resized
     (short side 256) and centre-cropped to 224, ImageNet-normalized: (N, 3, 224, 224)."""
     import skimage.data
-    from skimage.transform import resize
 
     out = []
     for name in PHOTOS:
@@ -217,23 +216,32 @@ def photos(count: int = 16) -> np.ndarray:
             image = np.asarray(getattr(skimage.data, name)())
         except Exception:  # a sample that needs a download, or absent in this version
             continue
-        if image.ndim == 2:
-            image = np.stack([image] * 3, -1)
-        image = image[..., :3].astype(np.float64)
-        image = image / (255.0 if image.max() > 1.5 else 1.0)
-        h, w = image.shape[:2]
-        scale = 256 / min(h, w)
-        image = resize(image, (round(h * scale), round(w * scale)), anti_aliasing=True)
-        h, w = image.shape[:2]
-        top, left = (h - 224) // 2, (w - 224) // 2
-        image = image[top : top + 224, left : left + 224]
-        image = (image - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-        out.append(image.transpose(2, 0, 1).astype(np.float32))
+        out.append(_prepared(image))
         if len(out) == count:
             break
     if len(out) < count:
         raise RuntimeError(f"only {len(out)} scikit-image photos load without a download")
     return np.stack(out)
+
+
+def _prepared(image: np.ndarray) -> np.ndarray:
+    """A picture (gray, RGB or RGBA; bytes, bools or floats in 0..1) resized (short side 256),
+    centre-cropped to 224 and ImageNet-normalized: (3, 224, 224) float32."""
+    from skimage.transform import resize
+
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, -1)
+    image = image[..., :3].astype(np.float64)
+    image = image / (255.0 if image.max() > 1.5 else 1.0)
+    h, w = image.shape[:2]
+    scale = 256 / min(h, w)
+    image = resize(image, (round(h * scale), round(w * scale)), anti_aliasing=True)
+    h, w = image.shape[:2]
+    top, left = (h - 224) // 2, (w - 224) // 2
+    image = image[top : top + 224, left : left + 224]
+    image = (image - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return image.transpose(2, 0, 1).astype(np.float32)
 
 
 def mobilenet() -> ZooModel:
@@ -279,18 +287,23 @@ def mobilenet() -> ZooModel:
 
 
 def calibration_photos(count: int) -> np.ndarray:
-    """``count`` calibration images apart from the evaluation photos: crops and mirror images
-    of scikit-learn's two bundled photos (china, flower), ImageNet-normalized."""
+    """``count`` (at most 8) calibration pictures apart from the evaluation photos, prepared as
+    they are: every picture the installed packages bundle that the evaluation does not use,
+    in this order: scikit-learn's two photos (china, flower), matplotlib's two (Grace Hopper, a
+    gift box), then scikit-image's clock, horse (a silhouette), logo and cell (microscopy)."""
+    import matplotlib.cbook
+    import skimage.data
+    from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    out = []
-    for image in load_sample_images().images:  # 427 x 640
-        image = image.astype(np.float64) / 255.0
-        for top, left in ((0, 0), (203, 416), (100, 200), (0, 300)):
-            crop = image[top : top + 224, left : left + 224]
-            out += [crop, crop[:, ::-1]] if len(out) % 4 == 0 else [crop]
-    picked = [(np.asarray(c) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] for c in out[:count]]
-    return np.stack([p.transpose(2, 0, 1).astype(np.float32) for p in picked])
+    pictures = list(load_sample_images().images)
+    for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
+        with Image.open(matplotlib.cbook.get_sample_data(name, asfileobj=False)) as image:
+            pictures.append(np.asarray(image))
+    pictures += [getattr(skimage.data, name)() for name in ("clock", "horse", "logo", "cell")]
+    if count > len(pictures):
+        raise ValueError(f"at most {len(pictures)} calibration pictures, not {count}")
+    return np.stack([_prepared(picture) for picture in pictures[:count]])
 
 
 # ---------------------------------------------------------------- DeepFilterNet3 (audio)
