@@ -31,7 +31,7 @@ def plot_file(path: str | Path, out: str | Path) -> Path:
     with safe_open(path) as f:
         infos = [f.info(name) for name in f.keys()]
         errors = json.loads(f.source().attributes.get("errors", "{}"))
-        coded = [i for i in infos if i.encoding != "RAW" and i.dtype in dcnn_dtypes.FLOAT_NAMES]
+        coded = [i for i in infos if "CODES" in i.encoding and i.dtype in dcnn_dtypes.FLOAT_NAMES]
         shown = sorted(coded, key=lambda i: -i.numel)[:MAX_PANELS]
         panels = [(info, f.get_codes(info.name)) for info in sorted(shown, key=infos.index)]
     columns = 3
@@ -59,7 +59,7 @@ def plot_file(path: str | Path, out: str | Path) -> Path:
     ax = fig.add_subplot(grid[rows - 1, :])
     x = np.arange(len(infos))
     ax.bar(x, [i.weight_bits if i.encoding != "RAW" else 0 for i in infos], color="tab:blue")
-    ax.set_ylabel("weight bits (0: exact)", fontsize=8)
+    ax.set_ylabel("weight bits (0: exact; 16: float16)", fontsize=8)
     twin = ax.twinx()
     twin.plot(x, [errors.get(i.name, 0.0) for i in infos], "o-", color="tab:red", markersize=3)
     twin.set_ylabel("relative RMS error", color="tab:red", fontsize=8)

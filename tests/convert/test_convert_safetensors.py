@@ -72,7 +72,9 @@ def test_round_trip_is_exact_for_stored_tensors_and_the_decoded_values(model: Pa
         error = (restored[name].double() - tensor.double()).norm() / tensor.double().norm()
         assert 0 < error < 0.03
     rows = {row.name: row for row in report.tensors}
-    assert {name for name, row in rows.items() if row.encoding not in ("RAW", "RAW_NARROW")} == set(COMPRESSED)
+    assert {name for name, row in rows.items() if row.encoding not in ("RAW", "RAW_NARROW")} == set(
+        COMPRESSED
+    )
     assert rows["fc.weight"].weight_bits <= 8 and report.errors["fc.weight"] == pytest.approx(
         float((decoded["fc.weight"] - COMPRESSED["fc.weight"]).norm() / COMPRESSED["fc.weight"].norm()),
         rel=1e-5,

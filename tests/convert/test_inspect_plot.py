@@ -45,3 +45,18 @@ def test_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypa
     assert inspect_main([str(tmp_path / "m.dcnn"), "--plot", str(tmp_path / "m.png")]) == 2
     assert "pip install 'dcnn[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "m.png").exists()
+
+
+def test_plot_leaves_float16_tensors_out_of_the_histograms(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    tensors = {
+        "fc.weight": rng.standard_normal((64, 64)).astype(np.float32),
+        "fc.bias": np.ones(64, np.float32),
+    }
+    save_file(tensors, tmp_path / "m.safetensors")
+    report = convert(tmp_path / "m.safetensors", tmp_path / "m.dcnn", SAFE)
+    assert {row.name: row.encoding for row in report.tensors}["fc.bias"] == "RAW_NARROW"
+    assert inspect_main([str(tmp_path / "m.dcnn"), "--plot", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
