@@ -6,7 +6,7 @@ is run on held-out inputs and scored against the original model's outputs (see
 benchmarks/zoo_models.py for the models, their inputs and their measures). Prints one
 markdown table; a measure that misses the issue's target is marked with "!".
 
-    python benchmarks/zoo.py [--config safe,plain,fixed8,paper] [--snr DB] [--spread DB]
+    python benchmarks/zoo.py [--config safe,plain,exact,fixed8,paper] [--snr DB] [--spread DB]
                              [--models a,b] [--out DIR]
     python benchmarks/zoo.py --calibrated 0.05,0.15 [--output-error per-output] [--error-feedback]
                              [--models minilm,mobilenet]
@@ -32,7 +32,13 @@ from converters.compress import fidelity
 
 # safe: the default (the error-bounded chooser, with row scales and outliers where they pay);
 # plain: the chooser without them; fixed8: the old default, 8-bit density k-means
-CONFIGS = {"safe": SAFE, "plain": replace(SAFE, extras=()), "fixed8": replace(SAFE, snr=None), "paper": PAPER}
+CONFIGS = {
+    "safe": SAFE,
+    "plain": replace(SAFE, extras=()),
+    "exact": replace(SAFE, extras=tuple(e for e in SAFE.extras if e != "float16")),  # no float16
+    "fixed8": replace(SAFE, snr=None),
+    "paper": PAPER,
+}
 
 
 def _mark(model: ZooModel, column: str, value: float) -> str:
