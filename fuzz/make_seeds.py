@@ -19,7 +19,7 @@ import dcformat
 def sample_tensors() -> dict[str, tuple[dict, dict]]:
     """name -> (tensors for save_file, save_file options); deterministic. All but "compact" are
     written as a 1.1 writer wrote them; "compact" has the 1.2 forms (packed tables and codebook,
-    unpadded sections, a zstd header)."""
+    unpadded sections, a zstd header), "narrow" the 1.3 RAW_NARROW tensors."""
     rng = np.random.default_rng(7)
     book = np.array([0.0, -0.5, 0.25, 1.0], np.float32)
     return {
@@ -96,6 +96,15 @@ def sample_tensors() -> dict[str, tuple[dict, dict]]:
                 "layer.1.bias": dcformat.Raw(np.zeros(40, np.float32), zstd_level=3),
             },
             {"compact": True, "chunk_size": 16},
+        ),
+        "narrow": (
+            {
+                "n16": dcformat.Narrow(rng.normal(size=(3, 5)).astype(np.float32)),
+                "bf": dcformat.Narrow(np.array([1.5, -0.0, np.inf, np.nan]), "bfloat16"),
+                "z": dcformat.Narrow(np.repeat(np.float32([0.5, -2.0]), 100), zstd_level=3),
+                "n": np.int16([3, -3]),
+            },
+            {"compact": True},
         ),
     }
 
