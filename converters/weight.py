@@ -16,8 +16,12 @@ from dcformat import Quantized, Raw, dtypes
 from .errors import ConvertError
 
 Layer = Literal["conv", "fc"]
-Role = Literal["weight", "embedding", "bias", "norm", "scale", "zero_point"]
-EXACT_ROLES: frozenset[str] = frozenset({"bias", "norm", "scale", "zero_point"})
+# "quantized_bias": the float bias of an operator that computes in integers and quantizes its
+# activations as it runs (DynamicQuantizeLSTM, DynamicQuantizeMatMul, MatMulIntegerToFloat)
+Role = Literal["weight", "embedding", "bias", "quantized_bias", "norm", "scale", "zero_point"]
+EXACT_ROLES: frozenset[str] = frozenset({"bias", "quantized_bias", "norm", "scale", "zero_point"})
+# roles whose values must not move at all: not even to float16 (see CompressionConfig.extras)
+UNTOUCHED_ROLES: frozenset[str] = frozenset({"quantized_bias", "scale", "zero_point"})
 DTYPE_NAMES = (
     "float32",
     "float16",
@@ -42,7 +46,7 @@ class Weight:
     ``layer`` is "conv" or "fc", and ``role`` what the tensor is to its operator (a weight, an
     embedding table, a bias, a norm's scale or shift, a quantization scale or zero point), when
     the model itself says (a module type, an ONNX operator's input); without them the shape
-    decides. Roles in EXACT_ROLES are stored exactly unless a rule says otherwise.
+    decides. Roles in EXACT_ROLES are never coded unless a rule says otherwise.
     ``encodings`` are set when the source is already compressed (a Deep Compression release
     file): exact encodings of it, of which the cheapest is written as it is.
     """

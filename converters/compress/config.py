@@ -139,8 +139,9 @@ class CompressionConfig:
     tensor's file smaller at the fidelity its plain coding measured; and "float16" (format
     1.3): a float32 or float64 tensor it would store exactly (biases, norms, small tensors,
     those no coding suits) is stored as float16 instead where every element keeps float16's
-    11 significant bits (zero, or a normal float16), unless it is a quantization scale or
-    zero point.
+    11 significant bits (zero, or a normal float16), unless it is a quantization scale, zero
+    point, or the float bias of an operator that computes in integers (its activations are
+    requantized as it runs, so that a change of 2^-11 can move them whole steps).
     """
 
     conv_bits: int = 8

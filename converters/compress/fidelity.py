@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from ..weight import Role
 from .assign import assign, native
 from .config import DEFAULT_SNR_DB, Init
 from .share import SharedTensor, share_weights
@@ -51,30 +50,6 @@ SPREAD_DB = 10.0  # per-tensor floors lie within this of the model's floor (see 
 BLOCK_VALUES = 1 << 18  # values measured at a time (float64 work arrays of this size)
 MIN_CHANNEL = 4  # fewer values per channel than this: the tensor is measured as one channel
 
-# ONNX operator inputs (by slot) whose role is not a weight to share. Standard ops and the
-# onnxruntime contrib ops that quantized exports use.
-ONNX_SLOTS: dict[str, dict[int, Role]] = {
-    "Conv": {2: "bias"},
-    "ConvTranspose": {2: "bias"},
-    "Gemm": {2: "bias"},
-    "LSTM": {3: "bias"},
-    "GRU": {3: "bias"},
-    "RNN": {3: "bias"},
-    "DynamicQuantizeLSTM": {3: "bias", 8: "scale", 9: "zero_point", 10: "scale", 11: "zero_point"},
-    "BatchNormalization": {1: "norm", 2: "norm", 3: "norm", 4: "norm"},
-    "InstanceNormalization": {1: "norm", 2: "norm"},
-    "LayerNormalization": {1: "norm", 2: "norm"},
-    "SkipLayerNormalization": {2: "norm", 3: "norm", 4: "bias"},
-    "GroupNormalization": {1: "norm", 2: "norm"},
-    "QuantizeLinear": {1: "scale", 2: "zero_point"},
-    "DequantizeLinear": {1: "scale", 2: "zero_point"},
-    "DynamicQuantizeMatMul": {2: "scale", 3: "zero_point", 4: "bias"},
-    "MatMulInteger": {2: "zero_point", 3: "zero_point"},
-    "ConvInteger": {2: "zero_point", 3: "zero_point"},
-    "QLinearConv": {1: "scale", 2: "zero_point", 4: "scale", 5: "zero_point", 6: "scale", 7: "zero_point"},
-    "QLinearMatMul": {1: "scale", 2: "zero_point", 4: "scale", 5: "zero_point", 6: "scale", 7: "zero_point"},
-    "Gather": {0: "embedding"},
-}
 # a name part that says "normalization": *norm* (LayerNorm, batchnorm, rmsnorm), bn1, ln_f
 _NORM_PART = re.compile(r"norm|^(bn|ln)(\d+|_.*)?$")
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})

@@ -26,7 +26,7 @@ from dcformat import dcnn_pb2 as pb
 from dcformat.codec.huffman import frequencies
 
 from ..errors import ConvertError
-from ..weight import Weight, float_values
+from ..weight import UNTOUCHED_ROLES, Weight, float_values
 from . import fidelity, share
 from .assign import every_value, native
 from .choose import RAW_ZSTD_LEVEL, cheapest, coded, exact
@@ -508,12 +508,12 @@ def _kept(weight: Weight, config: CompressionConfig) -> CompressedTensor:
 
 def narrowable(weight: Weight, config: CompressionConfig) -> bool:
     """Whether a tensor kept without a coding may be stored as float16 (``config.extras``
-    "float16", with the chooser): a float32 or float64 tensor, not a quantization scale or
-    zero point, whose every element is zero or a normal float16 in magnitude
-    (2^-14 .. 65504), so that each keeps 11 significant bits."""
+    "float16", with the chooser): a float32 or float64 tensor, not a quantization scale, zero
+    point or a quantized operator's bias (``UNTOUCHED_ROLES``), whose every element is zero or
+    a normal float16 in magnitude (2^-14 .. 65504), so that each keeps 11 significant bits."""
     if config.snr is None or "float16" not in config.extras or weight.dtype not in ("float32", "float64"):
         return False
-    if (weight.role or role_of(weight.name, weight.array.shape, weight.dtype)) in ("scale", "zero_point"):
+    if (weight.role or role_of(weight.name, weight.array.shape, weight.dtype)) in UNTOUCHED_ROLES:
         return False
     magnitudes = np.abs(weight.array)
     if magnitudes.size == 0:

@@ -29,12 +29,14 @@ EXTERNAL_DATA_BYTES = 1 << 30  # larger rebuilt models keep their weights in a .
 _CONV = ("weight", "conv")
 _FC = ("weight", "fc")
 _BIAS = ("bias", None)
+_QBIAS = ("quantized_bias", None)
 _NORM = ("norm", None)
 _SCALE = ("scale", None)
 _ZERO = ("zero_point", None)
 _RNN = {1: _FC, 2: _FC, 3: _BIAS}
 # How operators use their inputs, by input index: (role, conv/fc). Roles that are not weights
-# (biases, norms, quantization scales and zero points) are stored exactly.
+# (biases, norms, quantization scales and zero points) are never coded; those of
+# UNTOUCHED_ROLES are stored exactly.
 USES: dict[str, dict[int, tuple[Role, Layer | None]]] = {
     "Conv": {1: _CONV, 2: _BIAS},
     "ConvTranspose": {1: _CONV, 2: _BIAS},
@@ -56,9 +58,9 @@ USES: dict[str, dict[int, tuple[Role, Layer | None]]] = {
     "ConvInteger": {2: _ZERO, 3: _ZERO},
     "QLinearMatMul": {1: _SCALE, 2: _ZERO, 3: _FC, 4: _SCALE, 5: _ZERO, 6: _SCALE, 7: _ZERO},
     "QLinearConv": {1: _SCALE, 2: _ZERO, 3: _CONV, 4: _SCALE, 5: _ZERO, 6: _SCALE, 7: _ZERO, 8: _BIAS},
-    "DynamicQuantizeMatMul": {1: _FC, 2: _SCALE, 3: _ZERO, 4: _BIAS},
-    "MatMulIntegerToFloat": {1: _FC, 2: _SCALE, 3: _SCALE, 4: _ZERO, 5: _ZERO, 6: _BIAS},
-    "DynamicQuantizeLSTM": {**_RNN, 7: _BIAS, 8: _SCALE, 9: _ZERO, 10: _SCALE, 11: _ZERO},
+    "DynamicQuantizeMatMul": {1: _FC, 2: _SCALE, 3: _ZERO, 4: _QBIAS},
+    "MatMulIntegerToFloat": {1: _FC, 2: _SCALE, 3: _SCALE, 4: _ZERO, 5: _ZERO, 6: _QBIAS},
+    "DynamicQuantizeLSTM": {1: _FC, 2: _FC, 3: _QBIAS, 7: _QBIAS, 8: _SCALE, 9: _ZERO, 10: _SCALE, 11: _ZERO},
     "Attention": {1: _FC, 2: _BIAS},
 }
 # An Add of a constant to the output of these is a bias.

@@ -80,3 +80,39 @@ def test_module_roles_keep_norms_and_biases_exact(tmp_path) -> None:
     encodings = {info.name: info.encoding for info in report.tensors}
     assert encodings["1.weight"] == "RAW_NARROW"  # a 32x64 norm scale: rank 2, but a norm (float16)
     assert encodings["0.weight"] == encodings["2.weight"] == "DENSE_CODES"
+
+
+def test_a_quantized_operators_float_bias_stays_exact(tmp_path) -> None:
+    """DynamicQuantizeMatMul requantizes its input as it runs: its float bias is not even
+    narrowed to float16, where a float operator's bias is."""
+    rng = np.random.default_rng(1)
+    inits = {
+        "wq": rng.integers(-127, 127, (64, 64)).astype(np.int8),
+        "wscale": np.array([0.02], np.float32),
+        "wzero": np.array([0], np.int8),
+        "qbias": rng.standard_normal(64).astype(np.float32),
+        "fbias": rng.standard_normal(64).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node(
+            "DynamicQuantizeMatMul", ["x", "wq", "wscale", "wzero", "qbias"], ["y"], domain="com.microsoft"
+        ),
+        helper.make_node("Add", ["y", "fbias"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx.save(model, tmp_path / "q.onnx")
+    roles = {w.name: w.role for w in read_onnx(tmp_path / "q.onnx").weights()}
+    assert roles["qbias"] == "quantized_bias" and roles["wscale"] == "scale"
+    report = convert(tmp_path / "q.onnx", tmp_path / "q.dcnn", SAFE)
+    encodings = {info.name: info.encoding for info in report.tensors}
+    assert encodings["qbias"] == encodings["wscale"] == encodings["wq"] == "RAW"
+    assert encodings["fbias"] == "RAW_NARROW"
