@@ -9,7 +9,7 @@ markdown table; a measure that misses the issue's target is marked with "!".
     python benchmarks/zoo.py [--config safe,plain,exact,fixed8,paper] [--snr DB] [--spread DB]
                              [--models a,b] [--out DIR]
     python benchmarks/zoo.py --calibrated 0.05,0.15 [--output-error per-output] [--error-feedback]
-                             [--models minilm,mobilenet]
+                             [--config exact] [--models minilm,mobilenet]
 
 Needs ``pip install -e '.[zoo]'`` and espeak-ng (apt) for the audio model.
 """
@@ -92,13 +92,21 @@ def table(config_name: str, config, names: list[str], out: Path) -> None:
 
 
 def calibrated_table(
-    targets: list[float], names: list[str], out: Path, output_error: str = "concat", feedback: bool = False
+    targets: list[float],
+    names: list[str],
+    out: Path,
+    output_error: str = "concat",
+    feedback: bool = False,
+    base: str = "safe",
 ) -> None:
     """Calibrated conversions (the models with calibration data) at each output-error target:
     ratio, the error reached on the calibration items, and quality on the held-out inputs.
     ``output_error``: how a graph's several outputs are measured (``--output-error``);
-    ``feedback``: the config's ``error_feedback`` (``--error-feedback``)."""
-    what = f"`--max-output-error`, `--output-error {output_error}`" + (", error feedback" if feedback else "")
+    ``feedback``: the config's ``error_feedback`` (``--error-feedback``); ``base``: the config
+    the options apply to (``--config``, one name)."""
+    what = f"`--config {base}`, `--max-output-error`, `--output-error {output_error}`" + (
+        ", error feedback" if feedback else ""
+    )
     print(f"\n### calibrated ({what}), scored on held-out inputs\n")
     print("| model | target | ratio | convert s | calibration error | quality |")
     print("|---|---:|---:|---:|---:|---|")
@@ -109,7 +117,7 @@ def calibrated_table(
             continue
         for target in targets:
             options = [("max-output-error", str(target)), ("output-error", output_error)]
-            config = apply_options(SAFE, [*options, ("error-feedback", "on" if feedback else "off")])
+            config = apply_options(CONFIGS[base], [*options, ("error-feedback", "on" if feedback else "off")])
             folder = out / f"{model.name}-calibrated-{target:g}"
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
@@ -128,7 +136,9 @@ def calibrated_table(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", default="safe", help="safe, plain, fixed8 or paper; a comma list runs each"
+        "--config",
+        default="safe",
+        help=f"{', '.join(CONFIGS)}; a comma list runs each (with --calibrated: one, its options' base)",
     )
     parser.add_argument(
         "--calibrated", default=None, help="output-error targets (comma list): calibrated conversions instead"
@@ -149,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(LOADERS)}")
     if args.calibrated:
+        if args.config not in CONFIGS:
+            parser.error(f"--calibrated takes one --config of {', '.join(CONFIGS)}")
         with tempfile.TemporaryDirectory() as work:
             targets = [float(t) for t in args.calibrated.split(",")]
-            calibrated_table(targets, names, args.out or Path(work), args.output_error, args.error_feedback)
+            out = args.out or Path(work)
+            calibrated_table(targets, names, out, args.output_error, args.error_feedback, args.config)
         return 0
     for config_name in args.config.split(","):
         if config_name not in CONFIGS:
