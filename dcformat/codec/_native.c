@@ -9,8 +9,8 @@
  * each 64-bit peek yields three symbols. Every read is bounds checked (bits past the
  * end of the buffer read as zero) and every write lands inside the caller's buffer,
  * whatever the input; a chunk that does not end exactly where the next one starts is
- * reported to the caller. The GIL is released while decoding, so Python threads can
- * decode disjoint chunk ranges of one stream in parallel.
+ * reported to the caller. The GIL is released while decoding (short calls excepted), so
+ * Python threads can decode disjoint chunk ranges of one stream in parallel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +29,14 @@
 #define STEPS 8 /* three-symbol steps between bounds checks */
 #endif
 #define MAX_ALPHABET 65536
+
+/* The GIL is released only around work worth handing it over for: on two threads that both run
+ * Python between calls, each release of a short call lets the other thread take the GIL and this
+ * one then waits for it back, which costs more than the call. */
+#define RELEASE_MIN_ITEMS (1 << 15)      /* symbols or entries */
+#define RELEASE_MIN_BYTES (1 << 18)      /* checksummed bytes */
+#define BEGIN_RELEASE(worth) { PyThreadState *save_ = (worth) ? PyEval_SaveThread() : NULL;
+#define END_RELEASE if (save_) PyEval_RestoreThread(save_); }
 
 #if defined(__GNUC__)
 #define INLINE static inline __attribute__((always_inline))
@@ -395,7 +403,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     }
     Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
     Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1};
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE((last - first) * chunk_size >= RELEASE_MIN_ITEMS)
     err = build_lut(lengths.buf, k, t, values.buf, (int)vsize, nonzero.buf);
     if (!err) {
         int what = sums ? SUM : 0;
@@ -406,7 +414,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         if (!nonzero.buf) sink.nonzeros = 0;
     }
     free(t->sub);
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     free(t);
     if (err) PyErr_SetString(PyExc_ValueError, err);
     else result = Py_BuildValue("LKK", (long long)sink.bad_chunk, (unsigned long long)sink.nonzeros,
@@ -510,13 +518,13 @@ static PyObject *py_scatter(PyObject *self, PyObject *args) {
     uint64_t numel = (uint64_t)out.len / vsize, nz = 0;
     int64_t pos = position, bad;
     const uint8_t *flags = nonzero.buf ? nonzero.buf : ZEROS;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE(n >= RELEASE_MIN_ITEMS)
     if (scales.buf)
         bad = scatter_scaled(gaps.buf, codes.buf, n, values.buf, k, scales.buf, row_len, out.buf, numel, &pos, &nz);
     else if (vsize == 2) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 2);
     else if (vsize == 4) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 4);
     else bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 8);
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     result = Py_BuildValue("LLK", (long long)bad, (long long)pos, (unsigned long long)nz);
 done:
     PyBuffer_Release(&gaps);
@@ -548,7 +556,7 @@ static PyObject *py_scale_rows(PyObject *self, PyObject *args) {
     uint64_t nz = 0;
     float *o = out.buf;
     const float *rs = scales.buf;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE(numel >= RELEASE_MIN_ITEMS)
     for (uint64_t r = 0; numel && r < numel / row_len; r++) {
         const float sc = rs[r];
         float *row = o + r * row_len;
@@ -560,7 +568,7 @@ static PyObject *py_scale_rows(PyObject *self, PyObject *args) {
         }
         nz += rnz;
     }
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     result = PyLong_FromUnsignedLongLong(nz);
 done:
     PyBuffer_Release(&out);
@@ -859,7 +867,7 @@ static int use_fold;
 PyDoc_STRVAR(crc32_doc,
 "crc32(data, crc=0)\n"
 "--\n\n"
-"zlib.crc32(data, crc), fast where the CPU folds (see FAST_CRC32); the GIL is released.");
+"zlib.crc32(data, crc), fast where the CPU folds (see FAST_CRC32); the GIL is released for 256 KiB or more.");
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
     Py_buffer data = {0};
@@ -868,7 +876,7 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
     uint32_t crc = (uint32_t)crc_in;
     const uint8_t *buf = data.buf;
     size_t len = (size_t)data.len;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE(len >= RELEASE_MIN_BYTES)
     if (use_fold && len >= 64) {
         size_t head = len & ~(size_t)15;
         crc = crc_fold(buf, head, crc);
@@ -876,7 +884,7 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
         len -= head;
     }
     crc = crc_bytes(buf, len, crc);
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     PyBuffer_Release(&data);
     return PyLong_FromUnsignedLong(crc);
 }

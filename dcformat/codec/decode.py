@@ -2,9 +2,10 @@
 
 The C extension ``dcformat.codec._native`` (``dcformat/codec/_native.c``, built by the package
 build when a compiler is there) decodes Huffman streams straight into the output,
-codebook values included, and scatters sparse entries; it releases the GIL, so a
-``threads`` setting decodes disjoint chunk ranges in parallel. The numpy path gives
-the same results and the same errors (``huffman_numpy``); ``DCNN_NO_NATIVE=1`` forces it.
+codebook values included, and scatters sparse entries; it releases the GIL (but for short
+calls, where handing it over costs more), so a ``threads`` setting decodes disjoint chunk
+ranges in parallel. The numpy path gives the same results and the same errors
+(``huffman_numpy``); ``DCNN_NO_NATIVE=1`` forces it.
 
 Both paths run the checks only decoding can make (spec section 6): every chunk ends
 where the next begins, padding bits are zero, one-symbol streams are all zero bits,
