@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import zlib
 
 import numpy as np
@@ -416,6 +417,32 @@ def test_files_decode_alike(tmp_path, path_mode) -> None:
             assert got.keys() == expect.keys()
             for name in expect:
                 np.testing.assert_array_equal(got[name], expect[name])
+
+
+def test_in_parallel_keeps_order_and_shares_tasks_with_a_free_worker() -> None:
+    caller = threading.get_ident()
+    started = threading.Event()
+
+    def task(i: int):
+        if i == 0:  # the caller's first task lasts until a worker has taken one
+            assert started.wait(10)
+        elif threading.get_ident() != caller:
+            started.set()
+        return i, threading.get_ident()
+
+    results = codec.in_parallel([lambda i=i: task(i) for i in range(6)], 2)
+    assert [i for i, _ in results] == list(range(6))
+    assert {who for _, who in results} >= {caller} and len({who for _, who in results}) == 2
+    # the pool's worker busy elsewhere: the caller runs every task itself, waiting on nothing
+    release = threading.Event()
+    blocker = codec.pool(2).submit(release.wait, 10)
+    try:
+        assert codec.in_parallel([lambda i=i: (i, threading.get_ident()) for i in range(4)], 2) == [
+            (i, caller) for i in range(4)
+        ]
+    finally:
+        release.set()
+        blocker.result()
 
 
 def test_arena_cuts_disjoint_zeroed_arrays_until_full() -> None:
