@@ -313,13 +313,15 @@ def load_file(
     """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
     as stored); ``device`` places torch tensors (see DcnnFile.get_tensor). ``threads`` > 1
     decodes the largest tensors' chunks on that many threads, and the other tensors side by
-    side; the tensors and errors are those of ``threads=1``. The decoded tensors of one call are
-    cut from one allocation (fewer page faults), which is freed when the last of them is."""
+    side; the tensors and errors are those of ``threads=1``. With one thread the coded tensors of
+    one call are cut from one allocation (fewer page faults), freed when the last of them is."""
     if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
         raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
     with safe_open(path, framework, verify, threads) as f:
         names = f.keys()
-        arena = _arena(f, names, dtype)
+        # On two threads the 2 MiB pages cost more than they save (MiniLM on a loaded machine:
+        # more CPU time in both threads, with one allocation or with one per thread).
+        arena = _arena(f, names, dtype) if f.threads == 1 else None
 
         def get(name: str, source: DcnnFile = f) -> Any:
             kind = dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None
