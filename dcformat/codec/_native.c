@@ -952,8 +952,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
     use_fold = HAVE_FOLD && fold_ok();
-    if (bmi2_ok()) range_fns = RANGE_FNS_BMI2;
+    /* DCNN_DECODE_ISA=generic keeps the generic kernels (to test both sets on one machine). */
+    const char *cap = getenv("DCNN_DECODE_ISA");
+    int bmi2 = !(cap && strcmp(cap, "generic") == 0) && bmi2_ok();
+    if (bmi2) range_fns = RANGE_FNS_BMI2;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "FAST_CRC32", use_fold) < 0) Py_CLEAR(m);
+    if (m && PyModule_AddStringConstant(m, "DECODE_ISA", bmi2 ? "bmi2" : "generic") < 0) Py_CLEAR(m);
     return m;
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 import zlib
 
@@ -443,6 +445,33 @@ def test_in_parallel_keeps_order_and_shares_tasks_with_a_free_worker() -> None:
     finally:
         release.set()
         blocker.result()
+
+
+DECODE_CHECK = """
+import sys, numpy as np, dcformat
+from dcformat.codec import decode
+got = dcformat.load_file(sys.argv[1])
+for name, want in np.load(sys.argv[2]).items():
+    assert np.array_equal(got[name], want), name
+print(decode._native.DECODE_ISA)
+"""
+
+
+@pytest.mark.skipif(not NATIVE_WANTED or not codec.AVAILABLE, reason="the native kernels are off")
+def test_generic_decode_kernels_match_the_chosen_ones(tmp_path) -> None:
+    """The kernel set chosen at import (BMI2 where the CPU has it) and the generic one, forced by
+    DCNN_DECODE_ISA=generic in a fresh process, decode to the same tensors."""
+    path, _ = model_file(tmp_path)
+    np.savez(tmp_path / "want.npz", **dcformat.load_file(path))
+    env = dict(os.environ, DCNN_DECODE_ISA="generic")
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_CHECK, str(path), str(tmp_path / "want.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.split() == ["generic"]
 
 
 def test_arena_cuts_disjoint_zeroed_arrays_until_full() -> None:
