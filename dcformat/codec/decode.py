@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +67,7 @@ def decode_symbols(stream: Stream, threads: int = 1) -> np.ndarray:
     """The stream's symbols (uint16)."""
     if enabled():
         identity = np.arange(stream.lengths.size, dtype=np.uint16)
-        with arena_scope(None):  # symbols are a step on the way: not cut from the caller's arena
-            return decode_values(stream, identity, None, threads)[0]
+        return decode_values(stream, identity, None, threads)[0]
     one = _prologue(stream)
     return huffman_numpy.decode(stream) if one is None else np.full(stream.count, one, dtype=np.uint16)
 
@@ -114,7 +112,7 @@ def decode_sparse(
         stop(
             FormatError(f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions")
         )
-    out = output(numel, values.dtype, zeroed=True)
+    out = np.zeros(numel, dtype=values.dtype)
     row_len = numel // row_scales.size if row_scales is not None and row_scales.size else 0
     if not enabled():
         huffman_numpy.scatter(gap_symbols, code_symbols, values, out)
@@ -143,69 +141,20 @@ def decode_sparse(
     return out, sum(nonzeros for _, _, nonzeros in in_parallel(tasks, threads))
 
 
-def output(count: int, dtype: np.dtype, zeroed: bool = False) -> np.ndarray:
-    """A new 1-D array for ``count`` values that the decoder writes in full (all zeros if
-    ``zeroed``): cut from the thread's arena (see arena_scope) while it has room, else one of its
-    own. An unzeroed one of HUGE_PAGE bytes or more is a view that starts on a HUGE_PAGE boundary inside an
-    allocation HUGE_PAGE bytes larger (address space, not memory: the head is never touched):
-    where the system backs large allocations with 2 MiB pages (Linux transparent huge pages, which
-    numpy asks for), writing it takes one page fault per 2 MiB instead of one per 4 KiB, most of
-    the cost of filling a fresh array of a few MiB."""
+def output(count: int, dtype: np.dtype) -> np.ndarray:
+    """A new 1-D array for ``count`` values that the decoder writes in full. One of HUGE_PAGE bytes
+    or more is a view that starts on a HUGE_PAGE boundary inside an allocation HUGE_PAGE bytes
+    larger (address space, not memory: the head is never touched): where the system backs large
+    allocations with 2 MiB pages (Linux transparent huge pages, which numpy asks for), writing it
+    takes one page fault per 2 MiB instead of one per 4 KiB, most of the cost of filling a fresh
+    array of a few MiB."""
     dtype = np.dtype(dtype)
-    arena = getattr(_local, "arena", None)
-    if arena is not None:
-        cut = arena.take(count, dtype)
-        if cut is not None:
-            return cut
     size = count * dtype.itemsize
-    if zeroed:
-        return np.zeros(count, dtype=dtype)
     if size < HUGE_PAGE:
         return np.empty(count, dtype=dtype)
     base = np.empty(size + HUGE_PAGE, dtype=np.uint8)
     start = -base.ctypes.data % HUGE_PAGE
     return base[start : start + size].view(dtype)
-
-
-class Arena:
-    """One zeroed allocation of ``size`` bytes that outputs are cut from, each once, in turn
-    (thread-safe). Taken by a load that decodes many tensors: its small outputs then share 2 MiB
-    pages instead of faulting in 4 KiB at a time (MiniLM: about 4700 page faults fewer). The
-    memory goes when the last array cut from it does. Fresh pages from the system are zero, so
-    zeroed outputs cost nothing more."""
-
-    ALIGN = 64
-
-    def __init__(self, size: int) -> None:
-        self._base = np.zeros(size + HUGE_PAGE, dtype=np.uint8)
-        self._next = -self._base.ctypes.data % HUGE_PAGE
-        self._end = self._next + size
-        self._lock = threading.Lock()
-
-    def take(self, count: int, dtype: np.dtype) -> np.ndarray | None:
-        """A zeroed 1-D array of ``count`` values of ``dtype``, or None once there is no room."""
-        size = count * dtype.itemsize
-        with self._lock:
-            start = self._next
-            if start + size > self._end:
-                return None
-            self._next = start + -(-size // self.ALIGN) * self.ALIGN
-        return self._base[start : start + size].view(dtype)
-
-
-_local = threading.local()
-
-
-@contextmanager
-def arena_scope(arena: Arena | None) -> Iterator[None]:
-    """Within it, the calling thread's decode outputs are cut from ``arena`` (None: allocated
-    one by one)."""
-    before = getattr(_local, "arena", None)
-    _local.arena = arena
-    try:
-        yield
-    finally:
-        _local.arena = before
 
 
 def scale_rows(out: np.ndarray, row_scales: np.ndarray) -> int:

@@ -313,41 +313,18 @@ def load_file(
     """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
     as stored); ``device`` places torch tensors (see DcnnFile.get_tensor). ``threads`` > 1
     decodes the largest tensors' chunks on that many threads, and the other tensors side by
-    side; the tensors and errors are those of ``threads=1``. With one thread the coded tensors of
-    one call are cut from one allocation (fewer page faults), freed when the last of them is."""
+    side; the tensors and errors are those of ``threads=1``."""
     if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
         raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
     with safe_open(path, framework, verify, threads) as f:
-        names = f.keys()
-        # On two threads the 2 MiB pages cost more than they save (MiniLM on a loaded machine:
-        # more CPU time in both threads, with one allocation or with one per thread).
-        arena = _arena(f, names, dtype) if f.threads == 1 else None
 
         def get(name: str, source: DcnnFile = f) -> Any:
             kind = dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None
-            with codec.arena_scope(arena):
-                return source.get_tensor(name, dtype=kind, device=device)
+            return source.get_tensor(name, dtype=kind, device=device)
 
+        names = f.keys()
         tensors = _get_in_parallel(f, names, get) if f.threads > 1 else {}
         return {name: tensors[name] if name in tensors else get(name) for name in names}
-
-
-def _arena(f: DcnnFile, names: list[str], dtype: str | None) -> codec.Arena | None:
-    """An arena for the decoded outputs of the coded tensors among ``names`` (RAW ones are
-    decompressed into arrays of their own), or None where the native kernels are off or the
-    system refuses the allocation."""
-    size = 0
-    for name in names:
-        info = f.info(name)
-        if info.encoding != "RAW":
-            kind = dtype if dtype is not None and info.dtype in dtypes.FLOAT_NAMES else info.dtype
-            size += -(-info.numel * dtypes.itemsize(kind) // codec.Arena.ALIGN) * codec.Arena.ALIGN
-    if not size or not codec.enabled():
-        return None
-    try:
-        return codec.Arena(size)
-    except MemoryError:
-        return None
 
 
 def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> dict[str, Any]:

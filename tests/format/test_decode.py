@@ -474,35 +474,6 @@ def test_generic_decode_kernels_match_the_chosen_ones(tmp_path) -> None:
     assert run.stdout.split() == ["generic"]
 
 
-def test_arena_cuts_disjoint_zeroed_arrays_until_full() -> None:
-    arena = codec.Arena(1000)
-    a = arena.take(10, np.dtype(np.float32))
-    b = arena.take(100, np.dtype(np.uint16))
-    assert a.ctypes.data % codec.HUGE_PAGE == 0 and b.ctypes.data == a.ctypes.data + codec.Arena.ALIGN
-    assert not a.any() and not b.any()
-    a[:] = 1.5
-    assert not b.any()
-    assert arena.take(200, np.dtype(np.float32)) is None  # 800 bytes past 64 + 256: no room
-    assert arena.take(160, np.dtype(np.float32)).size == 160  # 640 bytes: room
-    with codec.arena_scope(arena):
-        assert codec.output(4, np.float32).base is not None  # still room: a cut
-        assert codec.output(1000, np.float32).base is None  # none: an array of its own
-
-
-def test_load_file_outputs_share_an_arena_yet_stay_independent(tmp_path, path_mode) -> None:
-    path, expect = model_file(tmp_path)
-    for p in PATHS:
-        for dtype in (None, "float16", "float64"):
-            got = path_mode(p, lambda d=dtype: dcformat.load_file(path, dtype=d))
-            for name in expect:
-                np.testing.assert_array_equal(got[name], expect[name].astype(dtype or np.float32))
-            got["dense"][...] = 7  # writable, and no other tensor changes
-            for name in ("sparse", "bias"):
-                np.testing.assert_array_equal(got[name], expect[name].astype(dtype or np.float32))
-            if p == "native":
-                assert got["dense"].base is got["sparse"].base is not None
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 4), nonzeros_delta=st.integers(-1, 1))
 def test_corrupt_file_property(
