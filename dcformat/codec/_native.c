@@ -17,10 +17,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #define MAX_LEN 16
 #define ROOT_BITS 11
@@ -352,24 +348,6 @@ static const RangeFn (*range_fns)[4] = RANGE_FNS;
 
 static const uint8_t ZEROS[MAX_ALPHABET];
 
-/* Map the whole pages inside [p, p + n) writable in one system call (Linux 5.14+), where a fresh
- * output would otherwise take a page fault per 4 KiB page as the decoder first writes it; the
- * contents are not touched. Without it (older kernels, other systems) the writes fault as ever. */
-#define PREFAULT_MIN (1 << 16)
-static void prefault(uint8_t *p, uint64_t n) {
-#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-    static long page;
-    if (!page) page = sysconf(_SC_PAGESIZE);
-    if (n < PREFAULT_MIN || page <= 0) return;
-    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
-    uintptr_t b = ((uintptr_t)p + n) & ~((uintptr_t)page - 1);
-    if (b > a) (void)madvise((void *)a, b - a, MADV_POPULATE_WRITE);
-#else
-    (void)p;
-    (void)n;
-#endif
-}
-
 static int check_vsize(Py_ssize_t vsize) {
     if (vsize == 2 || vsize == 4 || vsize == 8) return 0;
     PyErr_SetString(PyExc_ValueError, "value size must be 2, 4 or 8 bytes");
@@ -426,10 +404,6 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
     Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1};
     BEGIN_RELEASE((last - first) * chunk_size >= RELEASE_MIN_ITEMS)
-    if (first < last) { /* the range's outputs, inside out (its length was checked above) */
-        const uint64_t start = first * chunk_size, end = last >= n_chunks ? count : last * chunk_size;
-        prefault((uint8_t *)out.buf + start * (uint64_t)vsize, (end - start) * (uint64_t)vsize);
-    }
     err = build_lut(lengths.buf, k, t, values.buf, (int)vsize, nonzero.buf);
     if (!err) {
         int what = sums ? SUM : 0;
