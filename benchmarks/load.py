@@ -14,7 +14,10 @@ dense tensors; safetensors ``load_file`` of the dense model (the original file f
 the file is in the page cache); copying the dense bytes (memcpy). Rounds are interleaved and
 the best of each is compared, so a loaded machine slows every method alike; the line after
 each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at most 0.8), as
-the ratio of the bests and as the median of the ratios within each round.
+the ratio of the bests and as the median of the ratios within each round; then the CPU time of
+dcnn (1 and 2 threads) and safetensors per call, all threads and the busiest thread (on a loaded
+machine the wall times include waits for a CPU; the busiest thread's CPU time bounds what a call
+takes on an idle one from below).
 MB/s is dense output bytes (10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE
 (default /tmp/dcnn-bench-cache): the first run spends minutes compressing at level 19, outside
 the timings.
@@ -164,6 +167,40 @@ def bench(title: str, dense_file: Path, path: Path, rounds: int, original_weight
             f"\ndcnn threads=2 / safetensors load_file: {min(ours) / min(theirs):.2f} best of each, "
             f"{rounds_ratio:.2f} median of the rounds' ratios (goal <= 0.80)"
         )
+        keys = ("dcnn native", "dcnn native, threads=2", "safetensors load_file")
+        cpu_table({k: methods[k] for k in keys}, rounds)
+
+
+def thread_cpu() -> dict[str, int]:
+    """CPU nanoseconds each thread of this process has run (Linux schedstat), by thread id."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            out[tid] = int(f.read().split()[0])
+    return out
+
+
+def cpu_table(methods: dict[str, Callable[[], object]], rounds: int) -> None:
+    """CPU time per call, all threads and the busiest one (medians of interleaved rounds). On a
+    loaded machine the wall times above include waits for a CPU; the busiest thread's CPU time
+    is what a call would take at least on an idle one (the wall time there is not measured)."""
+    if not os.path.exists("/proc/self/task"):
+        return
+    total: dict[str, list[float]] = {name: [] for name in methods}
+    busiest: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            before = thread_cpu()
+            fn()
+            spent = [ns - before.get(tid, 0) for tid, ns in thread_cpu().items()]
+            total[name].append(sum(spent) / 1e6)
+            busiest[name].append(max(spent) / 1e6)
+    print(f"\nCPU time per call, median of {rounds} rounds (load average {os.getloadavg()[0]:.1f}):\n")
+    print("| method | all threads ms | busiest thread ms |\n|---|---:|---:|")
+    for name in methods:
+        print(f"| {name} | {np.median(total[name]):.1f} | {np.median(busiest[name]):.1f} |")
+    ours, theirs = np.median(busiest["dcnn native, threads=2"]), np.median(busiest["safetensors load_file"])
+    print(f"\nbusiest thread, dcnn threads=2 / safetensors load_file: {ours / theirs:.2f}")
 
 
 def main() -> None:
@@ -172,7 +209,9 @@ def main() -> None:
     parser.add_argument("--model", choices=("minilm", "synthetic", "all"), default="all")
     parser.add_argument("--dcnn", type=Path, help="time this file instead of the models")
     args = parser.parse_args()
-    print(f"dcformat native extension: {'built' if native.AVAILABLE else 'NOT built'}; {os.cpu_count()} CPUs")
+    built = "built" if native.AVAILABLE else "NOT built"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"dcformat native extension: {built}; {os.cpu_count()} CPUs, load average {load}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.dcnn:
             dense = Path(tmp) / "dense.safetensors"

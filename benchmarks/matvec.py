@@ -10,7 +10,8 @@ with ``load_into(compressed=True)``, which keeps each layer dense or makes it a 
 uint8 codes) or LUT (dense uint8 codes) module, as dcformat.interop.compressed.choose predicts. Times
 are per forward call (bias included), best and median of interleaved rounds; "whole" runs the
 layers in sequence with ReLUs between (MiniLM: the sum of its 36 layers' best times, which do
-not chain). Memory is the bytes each form holds for the weight (bias excluded): dense float32;
+not chain); each timed call follows a 20 ms pause and an untimed call of the same method (see
+timed). Memory is the bytes each form holds for the weight (bias excluded): dense float32;
 torch CSR (int64 indices, float32 values); dcnn (the chosen form). "err" is the largest
 |dcnn - dense| over the largest |dense| output. torch and the kernels use ``--threads``.
 """
@@ -37,6 +38,7 @@ from dcformat.interop import compressed
 from dcformat.interop import torch as dcnn_torch
 
 BATCHES = (1, 4, 16)
+SETTLE_S = 0.02  # pause before each timed method (see timed)
 # name: list of (layer, out, in, density, bits, count); density None = dense codes.
 MODELS: dict[str, list[tuple[str, int, int, float | None, int, int]]] = {
     "alexnet": [
@@ -119,7 +121,11 @@ def form(module: nn.Module) -> str:
 
 def timed(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each method: a warm-up call each, then rounds in which the methods
-    take turns, the order rotating from round to round (no method always follows another)."""
+    take turns, the order rotating from round to round (no method always follows another).
+    Each timed call comes after a pause of SETTLE_S and an untimed call of the same method: the
+    threads the previous method left spinning (torch's OpenMP threads spin for milliseconds
+    after a parallel op, the kernels' pool for 0.1 ms) have stopped, so every method is timed
+    in its own back-to-back state and none pays for another's threads."""
     times: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     with torch.inference_mode():
@@ -127,6 +133,8 @@ def timed(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, li
             fn()
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
+                time.sleep(SETTLE_S)
+                methods[name]()
                 start = time.perf_counter()
                 methods[name]()
                 times[name].append(time.perf_counter() - start)

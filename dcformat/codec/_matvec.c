@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if !defined(_WIN32)
 #include <pthread.h>
@@ -453,7 +454,7 @@ static struct {
     pthread_cond_t wake, done;
     int workers;         /* started: worker i (1-based) runs tasks[i] of each call that uses it */
     int active;          /* tasks in the current call, the caller's task 0 included */
-    int pending;         /* workers inside the current call's task */
+    uint64_t pending;    /* workers inside the current call's task */
     int closed;          /* the caller has run out of blocks: workers that wake now stay out */
     uint64_t generation; /* bumped by every call */
     Task tasks[MAX_THREADS];
@@ -465,21 +466,57 @@ typedef struct {
     uint64_t generation; /* the generation when it was started: it waits for the next one */
 } WorkerArg;
 
+/* Threads that finish a call wait a little for the next one awake (checking a counter, with
+ * the CPU's pause hint) before they sleep: layers run back to back, a few microseconds apart,
+ * and a sleeping thread takes tens of microseconds to wake (more on a loaded machine), a good
+ * part of a batch-1 layer's time. torch's OpenMP threads spin the same way, and far longer. */
+#define SPIN_NS 100000
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void relax(void) {
+#ifdef HAVE_X86
+    _mm_pause();
+#endif
+}
+
+/* Spin while the counter holds `old`, for up to SPIN_NS. */
+static void spin_while(const uint64_t *counter, uint64_t old) {
+    const uint64_t end = now_ns() + SPIN_NS;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (__atomic_load_n(counter, __ATOMIC_ACQUIRE) != old) return;
+            relax();
+        }
+        if (now_ns() >= end) return;
+    }
+}
+
 static void *pool_worker(void *arg_) {
     WorkerArg arg = *(WorkerArg *)arg_;
     free(arg_);
     uint64_t seen = arg.generation;
     pthread_mutex_lock(&pool.lock);
     for (;;) {
-        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        if (pool.generation == seen) {
+            pthread_mutex_unlock(&pool.lock);
+            spin_while(&pool.generation, seen);
+            pthread_mutex_lock(&pool.lock);
+            while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        }
         seen = pool.generation;
         if (arg.index >= pool.active || pool.closed) continue;
-        pool.pending++;
+        __atomic_add_fetch(&pool.pending, 1, __ATOMIC_RELEASE);
         Task task = pool.tasks[arg.index];
         pthread_mutex_unlock(&pool.lock);
         task.fn(task.job);
         pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0 && pool.closed) pthread_cond_signal(&pool.done);
+        if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE) == 0 && pool.closed)
+            pthread_cond_signal(&pool.done);
     }
     return NULL;
 }
@@ -489,7 +526,8 @@ static void pool_after_fork(void) {
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
     pthread_mutex_init(&pool_busy, NULL);
-    pool.workers = pool.active = pool.pending = pool.closed = 0;
+    pool.workers = pool.active = pool.closed = 0;
+    pool.pending = 0;
 }
 
 /* Start workers up to `want` (holding pool.lock); returns how many there are. */
@@ -524,8 +562,9 @@ static int pool_run(Job *jobs, rows_fn fn, int n) {
         pool.tasks[t].fn = fn;
     }
     pool.active = use;
-    pool.pending = pool.closed = 0;
-    pool.generation++;
+    pool.pending = 0;
+    pool.closed = 0;
+    __atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     fn(&jobs[0]);
@@ -534,6 +573,13 @@ static int pool_run(Job *jobs, rows_fn fn, int n) {
      * woken yet (on a busy machine that can take milliseconds; they find the call closed). */
     pthread_mutex_lock(&pool.lock);
     pool.closed = 1;
+    if (pool.pending) { /* a worker is in its last block: most often done within microseconds */
+        const uint64_t end = now_ns() + SPIN_NS;
+        pthread_mutex_unlock(&pool.lock);
+        while (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) && now_ns() < end)
+            for (int i = 0; i < 64; i++) relax();
+        pthread_mutex_lock(&pool.lock);
+    }
     while (pool.pending) pthread_cond_wait(&pool.done, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&pool_busy);

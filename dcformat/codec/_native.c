@@ -9,8 +9,8 @@
  * each 64-bit peek yields three symbols. Every read is bounds checked (bits past the
  * end of the buffer read as zero) and every write lands inside the caller's buffer,
  * whatever the input; a chunk that does not end exactly where the next one starts is
- * reported to the caller. The GIL is released while decoding, so Python threads can
- * decode disjoint chunk ranges of one stream in parallel.
+ * reported to the caller. The GIL is released while decoding (short calls excepted), so
+ * Python threads can decode disjoint chunk ranges of one stream in parallel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +29,14 @@
 #define STEPS 8 /* three-symbol steps between bounds checks */
 #endif
 #define MAX_ALPHABET 65536
+
+/* The GIL is released only around work worth handing it over for: on two threads that both run
+ * Python between calls, each release of a short call lets the other thread take the GIL and this
+ * one then waits for it back, which costs more than the call. */
+#define RELEASE_MIN_ITEMS (1 << 15)      /* symbols or entries */
+#define RELEASE_MIN_BYTES (1 << 18)      /* checksummed bytes */
+#define BEGIN_RELEASE(worth) { PyThreadState *save_ = (worth) ? PyEval_SaveThread() : NULL;
+#define END_RELEASE if (save_) PyEval_RestoreThread(save_); }
 
 #if defined(__GNUC__)
 #define INLINE static inline __attribute__((always_inline))
@@ -69,6 +77,22 @@ INLINE uint64_t entry_of(unsigned len, Py_ssize_t s, const uint8_t *values, int 
     return e;
 }
 
+/* The low `len` bits of c reversed (the stream holds each code most significant bit first). */
+static uint64_t reversed(uint64_t c, unsigned len) {
+    static uint8_t rev8[256];
+    static int ready;
+    if (!ready) { /* idempotent: threads racing here write the same bytes */
+        for (unsigned b = 0; b < 256; b++) {
+            unsigned r = 0;
+            for (unsigned i = 0; i < 8; i++) r |= ((b >> i) & 1) << (7 - i);
+            rev8[b] = (uint8_t)r;
+        }
+        ready = 1;
+    }
+    uint64_t r16 = (uint64_t)rev8[c & 0xFF] << 8 | rev8[(c >> 8) & 0xFF];
+    return r16 >> (16 - len);
+}
+
 /* Build the lookup tables of a complete canonical code, each entry with its symbol's value and
  * nonzero flag (`values` NULL or `nonzero` NULL: none). Returns NULL or an error text. */
 static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t, const uint8_t *values, int vsize,
@@ -99,19 +123,19 @@ static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t, const
     t->root_bits = root_bits;
     t->root_mask = ((uint64_t)1 << root_bits) - 1;
     t->sub_mask = ((uint64_t)1 << sub_bits) - 1;
-    memset(t->root, 0, sizeof(t->root));
-    /* Pass 1: short codes into the root; one subtable per root prefix of long codes. */
+    /* Pass 1: short codes into the root (a complete code fills every entry the short codes and
+     * the subtable pointers do not); one subtable per root prefix of long codes. */
+    if (max_len > root_bits) memset(t->root, 0, sizeof(uint64_t) << root_bits);
     uint64_t n_sub = 0;
     uint64_t codes_next[MAX_LEN + 1];
     memcpy(codes_next, next_code, sizeof(codes_next));
     for (Py_ssize_t s = 0; s < k; s++) {
         unsigned len = lengths[s];
         if (!len) continue;
-        uint64_t c = codes_next[len]++, r = 0;
-        for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
+        uint64_t r = reversed(codes_next[len]++, len);
         if (len <= root_bits) {
-            for (uint64_t f = 0; f < (uint64_t)1 << (root_bits - len); f++)
-                t->root[r | (f << len)] = entry_of(len, s, values, vsize, nonzero);
+            const uint64_t e = entry_of(len, s, values, vsize, nonzero);
+            for (uint64_t f = r; f < (uint64_t)1 << root_bits; f += (uint64_t)1 << len) t->root[f] = e;
         } else if (!(t->root[r & t->root_mask] & SUB_FLAG)) {
             t->root[r & t->root_mask] = SUB_FLAG | n_sub << 8;
             n_sub += (uint64_t)1 << sub_bits;
@@ -125,12 +149,13 @@ static const char *build_lut(const uint8_t *lengths, Py_ssize_t k, Lut *t, const
     for (Py_ssize_t s = 0; s < k; s++) {
         unsigned len = lengths[s];
         if (!len) continue;
-        uint64_t c = codes_next[len]++, r = 0;
+        uint64_t c = codes_next[len]++;
         if (len <= root_bits) continue;
-        for (unsigned b = 0; b < len; b++) r |= ((c >> b) & 1) << (len - 1 - b);
+        uint64_t r = reversed(c, len);
         uint64_t base = (t->root[r & t->root_mask] >> 8) & 0xFFFFu, rest = r >> root_bits;
-        for (uint64_t f = 0; f < (uint64_t)1 << (max_len - len); f++)
-            t->sub[base + (rest | (f << (len - root_bits)))] = entry_of(len, s, values, vsize, nonzero);
+        const uint64_t e = entry_of(len, s, values, vsize, nonzero);
+        for (uint64_t f = rest; f < (uint64_t)1 << sub_bits; f += (uint64_t)1 << (len - root_bits))
+            t->sub[base + f] = e;
     }
     return NULL;
 }
@@ -207,21 +232,17 @@ INLINE uint64_t lookup_in(const uint64_t *root, const uint64_t *sub, uint64_t ro
     return e;
 }
 
-/* Decode chunks c .. c+g-1, all holding n symbols; returns 0, or 1 when one ends badly. */
-INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, const int g, uint64_t n,
-                        const int vsize, const int what) {
-    uint64_t pos[GROUP];
-    uint8_t *o[GROUP];
-    uint64_t nz = 0, sum = 0, i = 0;
-    const uint8_t *const data = s->data, *const vals = sink->values;
+/* Decode symbols i0..n-1 of g interleaved lanes (lane j: chunk bits from pos[j], values to o[j]),
+ * three symbols a 64-bit peek while every lane is far enough from the end of the data. */
+INLINE void decode_lanes(const Lut *t, const Stream *s, const uint8_t *vals, uint64_t *pos, uint8_t **o,
+                         const int g, uint64_t i, uint64_t n, const int vsize, const int what, uint64_t *nz_out,
+                         uint64_t *sum_out) {
+    uint64_t nz = 0, sum = 0;
+    const uint8_t *const data = s->data;
     const uint64_t *const root = t->root, *const sub = t->sub;
     const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
     const unsigned root_bits = t->root_bits;
     const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
-    for (int j = 0; j < g; j++) {
-        pos[j] = chunk_start(s, c + j);
-        o[j] = sink->out + (c + j) * s->chunk_size * vsize;
-    }
     for (; i + 3 * STEPS <= n; i += 3 * STEPS) {
         int near_end = 0;
         for (int j = 0; j < g; j++) near_end |= pos[j] > fast_limit || fast_limit - pos[j] < 48 * STEPS;
@@ -254,7 +275,27 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
             EMIT(j, k, e);
         }
     }
-    sink->nonzeros += what & COUNT_NZ ? nz : (uint64_t)g * n;
+    *nz_out += nz;
+    *sum_out += sum;
+}
+
+/* Decode chunks c .. c+g-1 (all but the stream's last chunk hold chunk_size symbols) interleaved;
+ * returns 0, or 1 when one ends badly. */
+INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, const int g, const int vsize,
+                        const int what) {
+    uint64_t pos[GROUP];
+    uint8_t *o[GROUP];
+    uint64_t nz = 0, sum = 0, total = 0;
+    for (int j = 0; j < g; j++) {
+        pos[j] = chunk_start(s, c + j);
+        o[j] = sink->out + (c + j) * s->chunk_size * vsize;
+        total += chunk_count(s, c + j);
+    }
+    const uint64_t n = chunk_count(s, c + g - 1); /* the fewest */
+    decode_lanes(t, s, sink->values, pos, o, g, 0, n, vsize, what, &nz, &sum);
+    if (g > 1 && n < s->chunk_size) /* the stream's last chunk is short: the full ones go on */
+        decode_lanes(t, s, sink->values, pos, o, g - 1, n, s->chunk_size, vsize, what, &nz, &sum);
+    sink->nonzeros += what & COUNT_NZ ? nz : total;
     sink->symbol_sum += sum;
     for (int j = 0; j < g; j++) {
         if (pos[j] != chunk_end(s, c + j)) {
@@ -268,28 +309,42 @@ INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, c
 INLINE void decode_range(const Lut *t, const Stream *s, Sink *sink, uint64_t first, uint64_t last,
                          const int vsize, const int what) {
     uint64_t c = first;
-    for (; c + GROUP <= last && c + GROUP < s->n_chunks; c += GROUP)
-        if (decode_group(t, s, sink, c, GROUP, s->chunk_size, vsize, what)) return;
+    for (; c + GROUP <= last; c += GROUP)
+        if (decode_group(t, s, sink, c, GROUP, vsize, what)) return;
     for (; c < last; c++)
-        if (decode_group(t, s, sink, c, 1, chunk_count(s, c), vsize, what)) return;
+        if (decode_group(t, s, sink, c, 1, vsize, what)) return;
 }
 
 /* One kernel per value size and per `what`: nonzeros are counted only where some used symbol's
- * value is zero (else each decoded symbol counts), symbol sums only when asked for. */
-#define RANGE(v, w)                                                                              \
-    static void decode_range_##v##_##w(const Lut *t, const Stream *s, Sink *k, uint64_t a, uint64_t b) { \
+ * value is zero (else each decoded symbol counts), symbol sums only when asked for. On x86-64 a
+ * second set is compiled for CPUs with BMI2 (shifts by a register count in one operation, not
+ * three: about 7% faster) and chosen when the module loads. */
+#define RANGE(v, w, attr, suffix)                                                                \
+    attr static void decode_range_##v##_##w##suffix(const Lut *t, const Stream *s, Sink *k, uint64_t a, \
+                                                    uint64_t b) {                                \
         decode_range(t, s, k, a, b, v, w);                                                       \
     }
-#define RANGES(v) RANGE(v, 0) RANGE(v, 1) RANGE(v, 2) RANGE(v, 3)
-RANGES(2)
-RANGES(4)
-RANGES(8)
+#define RANGES(v, attr, suffix) \
+    RANGE(v, 0, attr, suffix) RANGE(v, 1, attr, suffix) RANGE(v, 2, attr, suffix) RANGE(v, 3, attr, suffix)
+#define KERNELS(attr, suffix) RANGES(2, attr, suffix) RANGES(4, attr, suffix) RANGES(8, attr, suffix)
+#define TABLE(suffix)                                                                                          \
+    {                                                                                                          \
+        {decode_range_2_0##suffix, decode_range_2_1##suffix, decode_range_2_2##suffix, decode_range_2_3##suffix}, \
+        {decode_range_4_0##suffix, decode_range_4_1##suffix, decode_range_4_2##suffix, decode_range_4_3##suffix}, \
+        {decode_range_8_0##suffix, decode_range_8_1##suffix, decode_range_8_2##suffix, decode_range_8_3##suffix}, \
+    }
 typedef void (*RangeFn)(const Lut *, const Stream *, Sink *, uint64_t, uint64_t);
-static const RangeFn RANGE_FNS[3][4] = {
-    {decode_range_2_0, decode_range_2_1, decode_range_2_2, decode_range_2_3},
-    {decode_range_4_0, decode_range_4_1, decode_range_4_2, decode_range_4_3},
-    {decode_range_8_0, decode_range_8_1, decode_range_8_2, decode_range_8_3},
-};
+KERNELS(, )
+static const RangeFn RANGE_FNS[3][4] = TABLE();
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+KERNELS(__attribute__((target("bmi2"))), _bmi2)
+static const RangeFn RANGE_FNS_BMI2[3][4] = TABLE(_bmi2);
+static int bmi2_ok(void) { return __builtin_cpu_supports("bmi2"); }
+#else
+#define RANGE_FNS_BMI2 RANGE_FNS
+static int bmi2_ok(void) { return 0; }
+#endif
+static const RangeFn (*range_fns)[4] = RANGE_FNS;
 
 static const uint8_t ZEROS[MAX_ALPHABET];
 
@@ -348,18 +403,18 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     }
     Stream s = {data.buf, (uint64_t)data.len, bit_length, offsets.buf, count, chunk_size, n_chunks};
     Sink sink = {values.buf, nonzero.buf ? nonzero.buf : ZEROS, out.buf, 0, 0, -1};
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE((last - first) * chunk_size >= RELEASE_MIN_ITEMS)
     err = build_lut(lengths.buf, k, t, values.buf, (int)vsize, nonzero.buf);
     if (!err) {
         int what = sums ? SUM : 0;
         const uint8_t *len = lengths.buf;
         for (Py_ssize_t i = 0; i < k && !(what & COUNT_NZ); i++)
             if (len[i] && !sink.nonzero[i]) what |= COUNT_NZ;
-        RANGE_FNS[vsize == 2 ? 0 : vsize == 4 ? 1 : 2][what](t, &s, &sink, first, last);
+        range_fns[vsize == 2 ? 0 : vsize == 4 ? 1 : 2][what](t, &s, &sink, first, last);
         if (!nonzero.buf) sink.nonzeros = 0;
     }
     free(t->sub);
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     free(t);
     if (err) PyErr_SetString(PyExc_ValueError, err);
     else result = Py_BuildValue("LKK", (long long)sink.bad_chunk, (unsigned long long)sink.nonzeros,
@@ -463,13 +518,13 @@ static PyObject *py_scatter(PyObject *self, PyObject *args) {
     uint64_t numel = (uint64_t)out.len / vsize, nz = 0;
     int64_t pos = position, bad;
     const uint8_t *flags = nonzero.buf ? nonzero.buf : ZEROS;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE(n >= RELEASE_MIN_ITEMS)
     if (scales.buf)
         bad = scatter_scaled(gaps.buf, codes.buf, n, values.buf, k, scales.buf, row_len, out.buf, numel, &pos, &nz);
     else if (vsize == 2) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 2);
     else if (vsize == 4) bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 4);
     else bad = scatter_impl(gaps.buf, codes.buf, n, values.buf, k, flags, out.buf, numel, &pos, &nz, 8);
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     result = Py_BuildValue("LLK", (long long)bad, (long long)pos, (unsigned long long)nz);
 done:
     PyBuffer_Release(&gaps);
@@ -501,7 +556,7 @@ static PyObject *py_scale_rows(PyObject *self, PyObject *args) {
     uint64_t nz = 0;
     float *o = out.buf;
     const float *rs = scales.buf;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE(numel >= RELEASE_MIN_ITEMS)
     for (uint64_t r = 0; numel && r < numel / row_len; r++) {
         const float sc = rs[r];
         float *row = o + r * row_len;
@@ -513,7 +568,7 @@ static PyObject *py_scale_rows(PyObject *self, PyObject *args) {
         }
         nz += rnz;
     }
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     result = PyLong_FromUnsignedLongLong(nz);
 done:
     PyBuffer_Release(&out);
@@ -812,7 +867,7 @@ static int use_fold;
 PyDoc_STRVAR(crc32_doc,
 "crc32(data, crc=0)\n"
 "--\n\n"
-"zlib.crc32(data, crc), fast where the CPU folds (see FAST_CRC32); the GIL is released.");
+"zlib.crc32(data, crc), fast where the CPU folds (see FAST_CRC32); the GIL is released for 256 KiB or more.");
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
     Py_buffer data = {0};
@@ -821,7 +876,7 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
     uint32_t crc = (uint32_t)crc_in;
     const uint8_t *buf = data.buf;
     size_t len = (size_t)data.len;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_RELEASE(len >= RELEASE_MIN_BYTES)
     if (use_fold && len >= 64) {
         size_t head = len & ~(size_t)15;
         crc = crc_fold(buf, head, crc);
@@ -829,7 +884,7 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
         len -= head;
     }
     crc = crc_bytes(buf, len, crc);
-    Py_END_ALLOW_THREADS
+    END_RELEASE
     PyBuffer_Release(&data);
     return PyLong_FromUnsignedLong(crc);
 }
@@ -897,7 +952,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
     use_fold = HAVE_FOLD && fold_ok();
+    /* DCNN_DECODE_ISA=generic keeps the generic kernels (to test both sets on one machine). */
+    const char *cap = getenv("DCNN_DECODE_ISA");
+    int bmi2 = !(cap && strcmp(cap, "generic") == 0) && bmi2_ok();
+    if (bmi2) range_fns = RANGE_FNS_BMI2;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "FAST_CRC32", use_fold) < 0) Py_CLEAR(m);
+    if (m && PyModule_AddStringConstant(m, "DECODE_ISA", bmi2 ? "bmi2" : "generic") < 0) Py_CLEAR(m);
     return m;
 }

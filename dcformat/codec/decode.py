@@ -2,9 +2,10 @@
 
 The C extension ``dcformat.codec._native`` (``dcformat/codec/_native.c``, built by the package
 build when a compiler is there) decodes Huffman streams straight into the output,
-codebook values included, and scatters sparse entries; it releases the GIL, so a
-``threads`` setting decodes disjoint chunk ranges in parallel. The numpy path gives
-the same results and the same errors (``huffman_numpy``); ``DCNN_NO_NATIVE=1`` forces it.
+codebook values included, and scatters sparse entries; it releases the GIL (but for short
+calls, where handing it over costs more), so a ``threads`` setting decodes disjoint chunk
+ranges in parallel. The numpy path gives the same results and the same errors
+(``huffman_numpy``); ``DCNN_NO_NATIVE=1`` forces it.
 
 Both paths run the checks only decoding can make (spec section 6): every chunk ends
 where the next begins, padding bits are zero, one-symbol streams are all zero bits,
@@ -35,7 +36,7 @@ except ImportError:  # built without a compiler: the numpy path does the work
 
 AVAILABLE = _native is not None
 # Below this many symbols a stream is decoded by the calling thread alone; above it, in up to
-# PARTS_PER_THREAD parts a thread of at least half of it each, which free threads take in turn.
+# PARTS_PER_THREAD parts a thread, of decreasing size, which free threads take in turn.
 MIN_PARALLEL_SYMBOLS = 1 << 18
 PARTS_PER_THREAD = 4
 _GROUP = 4  # chunks the native kernel interleaves; thread parts start at multiples of it
@@ -230,7 +231,11 @@ def _native_decode(
     parts = 1
     if threads > 1 and stream.count >= MIN_PARALLEL_SYMBOLS:
         parts = max(threads, min(PARTS_PER_THREAD * threads, 2 * stream.count // MIN_PARALLEL_SYMBOLS))
-    cuts = sorted({min(n_chunks, round(i * n_chunks / parts / _GROUP) * _GROUP) for i in range(parts)})
+    # Part i holds about (parts - i) shares: large parts first, small ones last, so that threads
+    # taking them in turn finish close together.
+    shares = parts * (parts + 1) // 2
+    before = [parts * i - i * (i - 1) // 2 for i in range(parts)]  # shares of the parts before part i
+    cuts = sorted({min(n_chunks, round(b * n_chunks / shares / _GROUP) * _GROUP) for b in before})
     ranges = [(a, b) for a, b in zip(cuts, [*cuts[1:], n_chunks], strict=True) if a < b]
 
     def part(first: int, last: int) -> _Part:
@@ -281,13 +286,21 @@ def pool(threads: int) -> ThreadPoolExecutor:
 
 
 def in_parallel(tasks: list[Callable[[], Any]], threads: int) -> list[Any]:
-    """Run tasks on ``threads`` threads (the caller's included); results in task order. A task
-    no worker has started by the time the caller is done with its own runs on the caller, so a
-    pool busy with other work delays nothing."""
+    """Run tasks on ``threads`` threads (the caller's included); results in task order. The
+    caller runs, in order, every task no worker has started yet, skipping those a worker has,
+    and then waits for those: a pool busy with other work delays nothing, and a worker that
+    joins late takes tasks beside the caller instead of the caller waiting on it."""
     if threads == 1 or len(tasks) <= 1:
         return [task() for task in tasks]
     futures = [pool(threads).submit(task) for task in tasks[1:]]
-    results = [tasks[0]()]
-    for future, task in zip(futures, tasks[1:], strict=True):
-        results.append(task() if future.cancel() else future.result())
+    results: list[Any] = [tasks[0]()]
+    taken = []  # indices of the tasks a worker started
+    for i, (future, task) in enumerate(zip(futures, tasks[1:], strict=True), 1):
+        if future.cancel():  # not started: the caller's to run
+            results.append(task())
+        else:
+            results.append(None)
+            taken.append(i)
+    for i in taken:
+        results[i] = futures[i - 1].result()
     return results

@@ -33,6 +33,7 @@ from .header import (
 )
 
 FRAMEWORKS = ("numpy", "torch")
+TINY = 1 << 14  # entries below which decoding a tensor costs about as much Python as native work
 
 
 @dataclass(frozen=True)
@@ -328,17 +329,23 @@ def load_file(
 
 def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> dict[str, Any]:
     """``get(name)`` of every tensor on ``f.threads`` threads. The pool's threads decode the
-    smaller tensors side by side, largest first, one thread each (the native kernels release the
-    GIL), while the caller decodes the tensors holding more than a ``2 * threads``-th of all
-    entries, their chunks split between itself and whichever pool thread is free; then it joins
-    in. Returns what was decoded; after an error, only the tensors before it in the order given,
-    so that the caller, decoding the rest in file order, raises the error ``threads=1`` raises."""
+    smaller tensors side by side, the tiny ones first and then largest first, one thread each
+    (the native kernels release the GIL), while the caller decodes the tensors holding more than
+    a ``2 * threads``-th of all entries, their chunks split between itself and whichever pool
+    thread is free; then it joins in. Returns what was decoded; after an error, only the tensors
+    before it in the order given, so that the caller, decoding the rest in file order, raises
+    the error ``threads=1`` raises."""
     entries = {name: f.info(name).entries for name in names}
     total = sum(entries.values())
     large = [name for name in names if entries[name] * 2 * f.threads > total]
     single = copy.copy(f)  # shares the map, decodes each tensor on one thread
     single.threads = 1
-    queue = sorted((name for name in names if name not in large), key=lambda n: -entries[n])
+    # Tiny tensors first, while the caller is in the long native decodes of the large ones: their
+    # decoding is mostly Python, which holds the GIL; then the rest, largest first, which the
+    # caller joins in on, so that the threads finish close together.
+    queue = sorted(
+        (name for name in names if name not in large), key=lambda n: (entries[n] >= TINY, -entries[n])
+    )
     done: dict[str, Any] = {}
     failed: list[str] = []
     lock = threading.Lock()

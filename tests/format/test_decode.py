@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
+import threading
 import zlib
 
 import numpy as np
@@ -416,6 +419,59 @@ def test_files_decode_alike(tmp_path, path_mode) -> None:
             assert got.keys() == expect.keys()
             for name in expect:
                 np.testing.assert_array_equal(got[name], expect[name])
+
+
+def test_in_parallel_keeps_order_and_shares_tasks_with_a_free_worker() -> None:
+    caller = threading.get_ident()
+    started = threading.Event()
+
+    def task(i: int):
+        if i == 0:  # the caller's first task lasts until a worker has taken one
+            assert started.wait(10)
+        elif threading.get_ident() != caller:
+            started.set()
+        return i, threading.get_ident()
+
+    results = codec.in_parallel([lambda i=i: task(i) for i in range(6)], 2)
+    assert [i for i, _ in results] == list(range(6))
+    assert {who for _, who in results} >= {caller} and len({who for _, who in results}) == 2
+    # the pool's worker busy elsewhere: the caller runs every task itself, waiting on nothing
+    release = threading.Event()
+    blocker = codec.pool(2).submit(release.wait, 10)
+    try:
+        assert codec.in_parallel([lambda i=i: (i, threading.get_ident()) for i in range(4)], 2) == [
+            (i, caller) for i in range(4)
+        ]
+    finally:
+        release.set()
+        blocker.result()
+
+
+DECODE_CHECK = """
+import sys, numpy as np, dcformat
+from dcformat.codec import decode
+got = dcformat.load_file(sys.argv[1])
+for name, want in np.load(sys.argv[2]).items():
+    assert np.array_equal(got[name], want), name
+print(decode._native.DECODE_ISA)
+"""
+
+
+@pytest.mark.skipif(not NATIVE_WANTED or not codec.AVAILABLE, reason="the native kernels are off")
+def test_generic_decode_kernels_match_the_chosen_ones(tmp_path) -> None:
+    """The kernel set chosen at import (BMI2 where the CPU has it) and the generic one, forced by
+    DCNN_DECODE_ISA=generic in a fresh process, decode to the same tensors."""
+    path, _ = model_file(tmp_path)
+    np.savez(tmp_path / "want.npz", **dcformat.load_file(path))
+    env = dict(os.environ, DCNN_DECODE_ISA="generic")
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_CHECK, str(path), str(tmp_path / "want.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.split() == ["generic"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
