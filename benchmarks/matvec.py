@@ -7,13 +7,15 @@ For each model, its fully connected layers are written to a .dcnn file (random w
 stated densities, random masks, codebook codes; LeNet-300-100's masks are random at the
 densities benchmarks/lenet.py prunes to, not its trained masks) and loaded twice: densely, and
 with ``load_into(compressed=True)``, which keeps each layer dense or makes it a sparse (CSR +
-uint8 codes) or LUT (dense uint8 codes) module, as dcformat.interop.compressed.choose predicts. Times
-are per forward call (bias included), best and median of interleaved rounds; "whole" runs the
-layers in sequence with ReLUs between (MiniLM: the sum of its 36 layers' best times, which do
-not chain); each timed call follows a 20 ms pause and an untimed call of the same method (see
-timed). Memory is the bytes each form holds for the weight (bias excluded): dense float32;
-torch CSR (int64 indices, float32 values); dcnn (the chosen form). "err" is the largest
-|dcnn - dense| over the largest |dense| output. torch and the kernels use ``--threads``.
+uint8 codes) or LUT (dense uint8 codes) module, as dcformat.interop.compressed.choose predicts.
+Times are per forward call (bias included), best and median of interleaved rounds; "whole" runs
+the layers in sequence with ReLUs between (MiniLM: the sum of its 36 layers' best times, which
+do not chain); each timed call follows a 20 ms pause and an untimed call of the same method
+(see timed). A layer the loader keeps dense is the same nn.Linear as the dense column: its dcnn
+time is that column's (timing it twice would only show noise). Memory is the bytes each form
+holds for the weight (bias excluded): dense float32; torch CSR (int64 indices, float32 values);
+dcnn (the chosen form). "err" is the largest |dcnn - dense| over the largest |dense| output.
+torch and the kernels use ``--threads``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from dcformat.interop import torch as dcnn_torch
 
 BATCHES = (1, 4, 16)
 SETTLE_S = 0.02  # pause before each timed method (see timed)
+WARM_CALLS = 2  # untimed calls after each pause
+TIMED_CALLS = 3  # then timed calls, back to back
 # name: list of (layer, out, in, density, bits, count); density None = dense codes.
 MODELS: dict[str, list[tuple[str, int, int, float | None, int, int]]] = {
     "alexnet": [
@@ -122,10 +126,11 @@ def form(module: nn.Module) -> str:
 def timed(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each method: a warm-up call each, then rounds in which the methods
     take turns, the order rotating from round to round (no method always follows another).
-    Each timed call comes after a pause of SETTLE_S and an untimed call of the same method: the
-    threads the previous method left spinning (torch's OpenMP threads spin for milliseconds
-    after a parallel op, the kernels' pool for 0.1 ms) have stopped, so every method is timed
-    in its own back-to-back state and none pays for another's threads."""
+    Each turn is a pause of SETTLE_S, WARM_CALLS untimed calls of the method, then TIMED_CALLS
+    timed ones back to back: the threads the previous method left spinning (torch's OpenMP
+    threads spin for milliseconds after a parallel op, the kernels' pool for 0.1 ms) have
+    stopped, and the threads this method uses have woken (an idle virtual CPU can take
+    milliseconds to), so every method is timed in its own back-to-back state."""
     times: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     with torch.inference_mode():
@@ -134,10 +139,12 @@ def timed(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, li
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 time.sleep(SETTLE_S)
-                methods[name]()
-                start = time.perf_counter()
-                methods[name]()
-                times[name].append(time.perf_counter() - start)
+                for _ in range(WARM_CALLS):
+                    methods[name]()
+                for _ in range(TIMED_CALLS):
+                    start = time.perf_counter()
+                    methods[name]()
+                    times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -174,8 +181,11 @@ def run_model(model: str, rounds: int, rng: np.random.Generator, tmp: Path) -> l
             label += f" (x{count})"
         for batch in BATCHES:
             x = torch.randn(batch, cols)
-            layer = {"dense": dense[name], "csr": csr[name], "dcnn": comp[name]}
+            kept_dense = isinstance(comp[name], nn.Linear)  # the same module as dense: its times
+            layer = {"dense": dense[name], "csr": csr[name], **({} if kept_dense else {"dcnn": comp[name]})}
             t = timed({k: partial(m, x) for k, m in layer.items()}, rounds)
+            if kept_dense:
+                t["dcnn"] = t["dense"]
             with torch.inference_mode():
                 ref, got = dense[name](x), comp[name](x)
             err = float((ref - got).abs().max() / ref.abs().max())
