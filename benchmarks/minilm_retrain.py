@@ -9,11 +9,10 @@ and biases, then Huffman-codes the result into ``DIR/minilm.dcnn`` (tensor names
 ``model.safetensors``). Trained quantization re-assigns codes as it trains (``reassign``:
 each weight follows a full-precision shadow to its nearest centroid); ``--fixed-codes``
 trains the centroids alone, as the paper does. ``--row-scales`` makes each weight its
-centroid times a float16 scale of its row, the scales trained with the centroids.
-Every stage distills from the dense model,
-with dropout off: the loss sums, over the embedding output and every layer, the student's
-token states' mean squared error to the teacher's (scaled by their variance), plus ten times
-one minus the cosine of the mean-pooled sentence embeddings.
+centroid times a float16 scale of its row, the scales trained with the centroids. Every stage
+distills from the dense model, with dropout off: the loss sums, over the embedding output and
+every layer, the student's token states' mean squared error to the teacher's (scaled by their
+variance), plus ten times one minus the cosine of the mean-pooled sentence embeddings.
 
 Training text is English from the docstrings of installed packages (numpy, torch and the
 standard library), with ``--wordnet`` also WordNet's 35,000 usage examples (everyday English;
