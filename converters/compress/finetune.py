@@ -37,8 +37,10 @@ FLOAT16_TINY = 2.0**-14  # the smallest normal float16: trained scales stay at o
 
 
 def row_magnitudes(values: np.ndarray, rows: int) -> np.ndarray:
-    """Each row's largest |w| (float64); a row of zeros gets the mean of the others (or 1)."""
-    magnitudes = np.abs(values.reshape(rows, -1)).max(axis=1).astype(np.float64)
+    """Each row's root mean square over its nonzero weights (float64); a row of zeros gets the
+    mean of the others (or 1)."""
+    square = np.square(values.reshape(rows, -1), dtype=np.float64)
+    magnitudes = np.sqrt(square.sum(1) / np.maximum(np.count_nonzero(square, axis=1), 1))
     zero = magnitudes == 0
     magnitudes[zero] = magnitudes[~zero].mean() if not zero.all() else 1
     return magnitudes
@@ -50,8 +52,12 @@ def scaled_sharing(
     """Weight sharing under per-row scales: the shared tensor of ``values`` (flat, ``rows`` rows)
     divided row by row by its float16 scales, and the scales.
 
-    A row's scale is its largest |w| over the mean of those (about 1, so the codebook stays in
-    the weights' units); the k-means weighs each normalized weight by its scale squared, so it
+    A row's scale is its root mean square (over its nonzero weights) over the mean of those
+    (about 1, so the codebook stays in the weights' units). The root mean square, not the
+    largest |w|: a row's outliers then fall in the codebook's rarely used outer values, which
+    Huffman coding keeps cheap, where scaling by the largest |w| spreads every row over the
+    whole codebook (on MiniLM's 4-bit layers, about 0.1-0.5 bits a weight more for about 2%
+    less error). The k-means weighs each normalized weight by its scale squared, so it
     minimizes the squared error of the weights themselves. ``kmeans`` goes to
     :func:`~converters.compress.share.share_weights`.
     """
