@@ -127,18 +127,15 @@ class SharedLayer:
         c = self.centroids.detach()
         return torch.cat([c.new_zeros(1), c]) if self.zero_symbol else c
 
-    def scales(self) -> torch.Tensor | None:
-        """The row scales as the file stores them (float16, > 0), or None without scales."""
-        if self.magnitudes is None:
-            return None
+    def _stored(self) -> torch.Tensor:
+        """The row scales as the file stores them (float16, > 0)."""
+        assert self.magnitudes is not None
         with torch.no_grad():
             return (self.magnitudes / self._unit).clamp(FLOAT16_TINY, 65504.0).half()
 
     def _row_scale(self) -> torch.Tensor:
         """The stored scale of each trained weight's row, float32."""
-        scales = self.scales()
-        assert scales is not None
-        return scales.float()[self._row]
+        return self._stored().float()[self._row]
 
     def _trained_grad(self, weight_grad: torch.Tensor) -> torch.Tensor:
         """The gradient of each trained weight's codebook value: the weight gradient times the
@@ -182,10 +179,9 @@ class SharedLayer:
         """Write ``codebook[codes]`` (times the row scales) into the layer weight."""
         with torch.no_grad():
             values = self.codebook()[self.codes].view(self.param.shape[0], -1)
-            scales = self.scales()
-            if scales is not None:
+            if self.magnitudes is not None:  # kept where float16 holds the scales
                 self.magnitudes.clamp_(FLOAT16_TINY * self._unit, 65504.0 * self._unit)
-                values = values * scales.float()[:, None]
+                values = values * self._stored().float()[:, None]
             self.param.copy_(values.view_as(self.param))
 
     def shared(self) -> SharedTensor:
@@ -194,10 +190,9 @@ class SharedLayer:
         codes = self.codes.cpu().numpy().astype(np.uint8 if len(codebook) <= 256 else np.uint16)
         return SharedTensor(codebook, codes, self.zero_symbol)
 
-    def stored_scales(self) -> np.ndarray | None:
-        """The row scales as numpy float16, or None."""
-        scales = self.scales()
-        return None if scales is None else scales.cpu().numpy()
+    def scales(self) -> np.ndarray | None:
+        """The row scales as the file stores them (numpy float16), or None without scales."""
+        return None if self.magnitudes is None else self._stored().cpu().numpy()
 
 
 class _Layer(Protocol):
@@ -279,7 +274,7 @@ class TrainedQuantizer:
 
     def scales(self) -> dict[str, np.ndarray]:
         """The current float16 row scales of the layers that have them."""
-        found = {name: layer.stored_scales() for name, layer in self.layers.items()}
+        found = {name: layer.scales() for name, layer in self.layers.items()}
         return {name: s for name, s in found.items() if s is not None}
 
     @contextmanager
