@@ -8,10 +8,11 @@ table, the encoder and the rest at their own bits) and fine-tunes the centroids,
 and biases, then Huffman-codes the result into ``DIR/minilm.dcnn`` (tensor names as in
 ``model.safetensors``). Trained quantization re-assigns codes as it trains (``reassign``:
 each weight follows a full-precision shadow to its nearest centroid); ``--fixed-codes``
-trains the centroids alone, as the paper does. Every stage distills from the dense model,
-with dropout off: the loss sums, over the embedding output and every layer, the student's
-token states' mean squared error to the teacher's (scaled by their variance), plus ten times
-one minus the cosine of the mean-pooled sentence embeddings.
+trains the centroids alone, as the paper does. ``--row-scales`` makes each weight its
+centroid times a float16 scale of its row, the scales trained with the centroids. Every stage
+distills from the dense model, with dropout off: the loss sums, over the embedding output and
+every layer, the student's token states' mean squared error to the teacher's (scaled by their
+variance), plus ten times one minus the cosine of the mean-pooled sentence embeddings.
 
 Training text is English from the docstrings of installed packages (numpy, torch and the
 standard library), with ``--wordnet`` also WordNet's 35,000 usage examples (everyday English;
@@ -123,8 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         "--fixed-codes", action="store_true", help="train the centroids only (the paper), not reassign"
     )
     parser.add_argument(
+        "--row-scales",
+        action="store_true",
+        help="codebook value times a trained float16 scale per row (format 1.1 scales)",
+    )
+    parser.add_argument(
         "--wordnet", action="store_true", help="train on WordNet's usage examples too (apt wordnet-base)"
     )
+    parser.add_argument("--checkpoint-dir", type=Path, help="save each stage there; resume from it")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
@@ -228,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     result = deep_compress(
-        student, train, held_out_cosine, config, distill=True, reassign=not args.fixed_codes
+        student,
+        train,
+        held_out_cosine,
+        config,
+        distill=True,
+        reassign=not args.fixed_codes,
+        row_scales=args.row_scales,
+        checkpoint_dir=args.checkpoint_dir,
     )
     # Tensors of the file that the module does not hold (position_ids) are stored exactly.
     from safetensors.numpy import load_file

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 import dcformat
 
 from ..weight import Weight, as_weight
@@ -124,13 +126,29 @@ def shared_weights(
     model: Any, plans: Mapping[str, TensorPlan], config: CompressionConfig
 ) -> dict[str, SharedTensor]:
     """Each planned tensor of a module weight-shared by k-means, as trained quantization starts."""
+    return scaled_weights(model, plans, config, row_scales=False)[0]
+
+
+def scaled_weights(
+    model: Any, plans: Mapping[str, TensorPlan], config: CompressionConfig, *, row_scales: bool
+) -> tuple[dict[str, SharedTensor], dict[str, np.ndarray]]:
+    """Each planned tensor of a module weight-shared by k-means, and with ``row_scales`` the
+    float16 row scales of the float32 tensors of 2 dimensions or more, shared under them
+    (:func:`~converters.compress.finetune.scaled_sharing`)."""
     current = model_weights(model)
-    return {
-        name: share_weights(
-            current[name].values(), plan.bits, init=plan.init, max_iter=config.kmeans_iters, seed=config.seed
-        )
-        for name, plan in plans.items()
-    }
+    shared, scales = {}, {}
+    for name, plan in plans.items():
+        weight = current[name]
+        kmeans = {"init": plan.init, "max_iter": config.kmeans_iters, "seed": config.seed}
+        if row_scales and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
+            from .finetune import scaled_sharing
+
+            shared[name], scales[name] = scaled_sharing(
+                weight.values().reshape(-1), weight.array.shape[0], plan.bits, **kmeans
+            )
+        else:
+            shared[name] = share_weights(weight.values(), plan.bits, **kmeans)
+    return shared, scales
 
 
 def model_plans(model: Any, config: CompressionConfig) -> dict[str, TensorPlan]:
@@ -145,13 +163,16 @@ def encode_model(
     plans: Mapping[str, TensorPlan],
     shared: Mapping[str, SharedTensor],
     metrics: dict[str, float],
+    scales: Mapping[str, np.ndarray] | None = None,
 ) -> CompressionResult:
-    """The end of retraining: each tensor trained into ``shared`` encoded as it is, the others
-    (buffers, tensors not trained) through the data-free path."""
+    """The end of retraining: each tensor trained into ``shared`` (times its row ``scales``,
+    where given) encoded as it is, the others (buffers, tensors not trained) through the
+    data-free path."""
+    scales = scales or {}
     tensors = []
     for name, weight in model_weights(model).items():
         if name in shared:
-            tensors.append(encode_shared(weight, shared[name], plans[name].bits))
+            tensors.append(encode_shared(weight, shared[name], plans[name].bits, scales=scales.get(name)))
         else:
             tensors.append(compress_weight(weight, config))
     return _result(tensors, metrics)

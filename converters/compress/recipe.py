@@ -35,7 +35,7 @@ from torch import nn
 
 from converters.compress.config import PAPER, CompressionConfig
 from converters.compress.finetune import TrainedQuantizer
-from converters.compress.model import CompressionResult, Evaluate, encode_model, model_plans, shared_weights
+from converters.compress.model import CompressionResult, Evaluate, encode_model, model_plans, scaled_weights
 from converters.compress.prune import Pruner
 from converters.compress.retrain import QUANTIZERS, Quantizer, RetrainStage, Stage, TrainLoop
 from converters.compress.ternary import DEFAULT_THRESHOLD, LowBitQuantizer
@@ -103,6 +103,7 @@ def deep_compress(
     threshold: float = DEFAULT_THRESHOLD,
     distill: bool = False,
     reassign: bool = False,
+    row_scales: bool = False,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> CompressionResult:
@@ -123,7 +124,10 @@ def deep_compress(
     distillation to its loss). ``reassign`` (k-means): the quantize stage also trains a
     full-precision shadow of each shared weight, and codes follow the shadows to their
     nearest centroid (see :mod:`converters.compress.finetune`); for models whose accuracy the
-    centroids alone cannot recover. ``checkpoint_dir``: save after each stage and resume from the
+    centroids alone cannot recover. ``row_scales`` (k-means): each float32 weight tensor of 2
+    dimensions or more is ``codebook[code] * scale[row]``, the k-means clustering the
+    scale-normalized rows and the quantize stage training the float16 row scales with the
+    centroids (format 1.1 scales). ``checkpoint_dir``: save after each stage and resume from the
     last saved one (same arguments and model shapes required). ``progress``: the TrainLoop's
     tqdm bar (stage, epoch, loss); custom loops see it as ``stage.progress``.
     """
@@ -140,7 +144,8 @@ def deep_compress(
     to_prune = [plan for plan in trained.values() if plan.prunes]
     pruner = Pruner(model, to_prune, steps=config.prune_steps) if to_prune else None
     n_prune = pruner.steps if pruner is not None else 0
-    fingerprint = _fingerprint(config.to_dict(), quantizer, threshold, distill, reassign, model=model)
+    settings = (config.to_dict(), quantizer, threshold, distill, reassign) + ((True,) if row_scales else ())
+    fingerprint = _fingerprint(*settings, model=model)
     checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
     teacher = None
     if distill:
@@ -203,7 +208,8 @@ def deep_compress(
     others = [p for name, p in params.items() if name not in trained and p.requires_grad]
     q: TrainedQuantizer | LowBitQuantizer
     if quantizer == "kmeans":
-        q = TrainedQuantizer(model, shared_state or shared_weights(model, trained, config), reassign=reassign)
+        shared, scales = shared_state or scaled_weights(model, trained, config, row_scales=row_scales)
+        q = TrainedQuantizer(model, shared, reassign=reassign, scales=scales)
     else:
         q = LowBitQuantizer(model, list(trained), quantizer, threshold)
         if shared_state is not None:
@@ -214,10 +220,11 @@ def deep_compress(
             with q.enforce():
                 train(model, stage(n_prune, "quantize", "quantize", q.parameters() + others))
             record("fine-tuned")
-        save(n_prune, q.shared() if isinstance(q, TrainedQuantizer) else q.state())
+        save(n_prune, (q.shared(), q.scales()) if isinstance(q, TrainedQuantizer) else q.state())
 
     shared = q.shared()
     if quantizer != "kmeans":  # the report's weight bits: those of the 2- or 3-entry codebook
         for name in shared:
             plans[name] = replace(plans[name], bits=max(1, math.ceil(math.log2(len(shared[name].codebook)))))
-    return encode_model(model, config, plans, shared, metrics)
+    scales = q.scales() if isinstance(q, TrainedQuantizer) else None
+    return encode_model(model, config, plans, shared, metrics, scales)

@@ -182,3 +182,36 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys, small_mni
     weights = dcformat.load_file(tmp_path / "lenet.dcnn")
     assert np.mean(weights["fc1.weight"] == 0) == pytest.approx(0.9, abs=0.01)
     assert len(list((tmp_path / "ckpt").glob("stage-*.pt"))) == 4
+
+
+def test_row_scales_are_trained_and_the_file_holds_the_trained_weights(tmp_path) -> None:
+    train, _ = shuffled_loop()
+    plain = deep_compress(tiny_model(), train, config=CONFIG, reassign=True, progress=False)
+    model = tiny_model()
+    ckpt = tmp_path / "ckpt"
+    scaled = deep_compress(
+        model, train, config=CONFIG, reassign=True, row_scales=True, checkpoint_dir=ckpt, progress=False
+    )
+    path = _save(scaled, tmp_path)
+    decoded = dcformat.load_file(path)
+    for name, value in model.state_dict().items():
+        assert np.array_equal(decoded[name], value.numpy())
+    with dcformat.safe_open(path) as f:
+        for name, rows in (("0.weight", 32), ("2.weight", 4)):
+            codes = f.get_codes(name)
+            assert codes.scales is not None and codes.scales.shape == (rows,)
+            assert len(np.unique(codes.scales)) > 1
+            assert len(codes.codebook) <= 2**3
+            assert f.get_codes(name).codebook.tolist() != plain.tensors[0].codebook.tolist()
+    assert np.mean(decoded["0.weight"] == 0) == pytest.approx(0.8, abs=0.01)
+    # Resuming from the last checkpoint (codes, codebooks and scales) writes the same file.
+    again = deep_compress(
+        tiny_model(),
+        train,
+        config=CONFIG,
+        reassign=True,
+        row_scales=True,
+        checkpoint_dir=ckpt,
+        progress=False,
+    )
+    assert file_bytes(again, tmp_path / "b.dcnn") == path.read_bytes()
