@@ -57,18 +57,18 @@ class CompressedTensor:
     codes: np.ndarray | None = None
     scales: np.ndarray | None = None  # float32, one per row (axis 0)
     outliers: Outliers | None = None
-    narrowed: np.ndarray | None = None  # stored as float16 (RAW_NARROW): the values it decodes to
+    narrowed: bool = False  # stored as float16 (RAW_NARROW)
 
     @property
     def lossless(self) -> bool:
         """Whether the file holds the tensor exactly."""
-        return self.codes is None and self.narrowed is None
+        return self.codes is None and not self.narrowed
 
     def values(self, weight: Weight) -> np.ndarray:
         """The float values the file decodes to, in the weight's shape (``weight`` is the
         tensor this was compressed from)."""
-        if self.narrowed is not None:
-            return self.narrowed
+        if self.narrowed:
+            return Narrow(weight.array).values()
         if self.codes is None:
             return weight.values()
         return self.decoded(0, self.codes.size).reshape(weight.array.shape)
@@ -498,12 +498,17 @@ def _kept(weight: Weight, config: CompressionConfig) -> CompressedTensor:
     encoded = cheapest(weight.name, [narrow, stored])
     if encoded.record.encoding != pb.RAW_NARROW:
         return _stored_as_is(weight, encoded)
-    values = narrow.values()
-    wide = weight.array.astype(np.float64)
-    error = float(np.linalg.norm(wide - values) / max(np.linalg.norm(wide), np.finfo(np.float64).tiny))
+    error = total = 0.0  # ‖values − float16 values‖ and ‖values‖ squared, a block at a time
+    flat = weight.array.reshape(-1)
+    for first in range(0, flat.size, share.BLOCK):
+        block = flat[first : first + share.BLOCK].astype(np.float64)
+        diff = block - block.astype(np.float16)
+        error += float(np.dot(diff, diff))
+        total += float(np.dot(block, block))
+    error = (error / total) ** 0.5 if total else 0.0
     original = weight.array.nbytes
     row = _row(weight, encoded, bits=16, pruned_bytes=original, quantized_bytes=original, error=error)
-    return CompressedTensor(encoded, error, row, narrowed=values)
+    return CompressedTensor(encoded, error, row, narrowed=True)
 
 
 def narrowable(weight: Weight, config: CompressionConfig) -> bool:
@@ -515,11 +520,15 @@ def narrowable(weight: Weight, config: CompressionConfig) -> bool:
         return False
     if (weight.role or role_of(weight.name, weight.array.shape, weight.dtype)) in UNTOUCHED_ROLES:
         return False
-    magnitudes = np.abs(weight.array)
-    if magnitudes.size == 0:
-        return False
-    nonzero = magnitudes[magnitudes != 0]
-    return bool(nonzero.size == 0 or (nonzero.min() >= FLOAT16_NORMAL and nonzero.max() <= FLOAT16_MAX))
+    flat = weight.array.reshape(-1)
+    for first in range(0, flat.size, share.BLOCK):  # a block's magnitudes at a time
+        magnitudes = np.abs(flat[first : first + share.BLOCK])
+        nonzero = magnitudes[magnitudes != 0]
+        if nonzero.size and not (
+            all_finite(nonzero) and nonzero.min() >= FLOAT16_NORMAL and nonzero.max() <= FLOAT16_MAX
+        ):
+            return False
+    return flat.size > 0
 
 
 def _stored_as_is(weight: Weight, encoded: EncodedTensor) -> CompressedTensor:

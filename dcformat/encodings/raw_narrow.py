@@ -30,17 +30,11 @@ def encode(name: str, tensor: Narrow, chunk_size: int) -> EncodedTensor:
     return EncodedTensor(record, raw.stored_section(record, stored.tobytes(), tensor.zstd_level))
 
 
-def stored_kind(record: pb.Tensor) -> str | None:
-    """The stored element type's name, None when it is not one RAW_NARROW allows."""
-    kind = dtypes.from_enum(record.stored_dtype)
-    return kind if kind in NARROW else None
-
-
 def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None:
     if dtype not in WIDE:
         stop(FormatError(f"RAW_NARROW tensors decode to float32 or float64, not {dtype}", rule="dtype"))
-    kind = stored_kind(record)
-    if kind is None:
+    kind = dtypes.from_enum(record.stored_dtype)
+    if kind not in NARROW:
         stop(
             FormatError(
                 f"RAW_NARROW stores float16 or bfloat16, not dtype {record.stored_dtype}", rule="dtype"
@@ -54,9 +48,7 @@ def entries_and_bits(record: pb.Tensor) -> tuple[int, int]:
 
 
 def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:
-    kind = stored_kind(record)
-    if kind is None:  # the header checks have run: unreachable unless called on an unchecked record
-        stop(FormatError("RAW_NARROW without a float16 or bfloat16 stored_dtype", rule="dtype"))
+    kind = dtypes.from_enum(record.stored_dtype)  # float16 or bfloat16: checked with the header
     out = raw.stored_elements(source, record, dtypes.storage(kind))
     nonzeros = int(np.count_nonzero(dtypes.is_nonzero(out, kind))) if source.verify else 0
     if out_kind == kind:

@@ -25,7 +25,9 @@ def test_small_float_tensors_are_stored_as_float16() -> None:
     values = np.abs(np.random.default_rng(0).normal(size=96)).astype(np.float32) + 0.01
     tensor = compress_weight(Weight("bn.running_var", values, "float32"), SAFE)
     assert tensor.report.encoding == "RAW_NARROW" and tensor.report.weight_bits == 16
-    assert np.array_equal(tensor.narrowed, values.astype(np.float16).astype(np.float32))
+    decoded = tensor.values(Weight("bn.running_var", values, "float32"))
+    assert tensor.narrowed and np.array_equal(decoded, values.astype(np.float16).astype(np.float32))
+    assert tensor.error == pytest.approx(np.linalg.norm(values - decoded) / np.linalg.norm(values))
     assert 0 < tensor.error <= 2**-11 and not tensor.lossless
     assert tensor.encoded.stored_bytes < values.nbytes * 0.6
     assert _encoding(values.astype(np.float64)) == "RAW_NARROW"
@@ -36,6 +38,7 @@ def test_small_float_tensors_are_stored_as_float16() -> None:
     [
         (np.array([1.0, 2e-5, 3.0] * 10, np.float32), None),  # 2e-5 is subnormal in float16
         (np.array([1.0, 7e4] * 10, np.float32), None),  # past float16's largest
+        (np.array([1.0, np.nan] * 10, np.float32), None),  # not finite
         (np.full(30, 0.02, np.float32), "scale"),  # a quantization scale stays exact
         (np.ones(30, np.float16), None),  # already 16 bits
         (np.arange(30, dtype=np.int32), None),
