@@ -275,7 +275,7 @@ def sweep(rounds: int, rng: np.random.Generator) -> None:
             )
     print(
         "\nns per entry (sparse: stored entry; dense, LUT: weight) after the per-call cost, median over"
-        f" the layers of {compressed.MIN_WEIGHTS} weights or more"
+        f" the layers of {compressed.CACHE_WEIGHTS} weights or more"
         " (dcformat.interop.compressed's model in brackets):"
     )
     print("| batch | " + " | ".join(points) + " |\n|---:|" + "---:|" * len(points))
@@ -285,7 +285,7 @@ def sweep(rounds: int, rng: np.random.Generator) -> None:
             big = [
                 (t * 1e9 - compressed._CALL_NS[kind]) / e
                 for e, w, b, t in pts
-                if b == batch and w >= compressed.MIN_WEIGHTS and e
+                if b == batch and w >= compressed.CACHE_WEIGHTS and e
             ]
             cells.append(f"{statistics.median(big):.3f} ({compressed._per_entry_ns(kind, batch):.3f})")
         print(f"| {batch} | " + " | ".join(cells) + " |")

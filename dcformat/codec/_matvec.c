@@ -7,13 +7,15 @@
  * "column-major", X [n, in, p] (p = batch for a linear layer, pixels for a 1x1 convolution),
  * so each stored entry scales one short contiguous row of X: Y[n, r, :] = sum W[r, c] X[n, c, :].
  * Y is written [n, rows, p] or, with y_transposed, [n, p, rows] (a linear layer's layout).
+ * Optionally X comes row-major, [n, p, in] (a linear layer's activations): the call transposes
+ * it into an aligned scratch first; and a bias (one float per row) is added to Y.
  *
  * lut: dense codes (one uint8 per weight, no index) times X [b, in]: Y [b, rows].
  *
  * Safety: every buffer size and the row pointers are checked before the hot loop (O(rows));
  * the codebook is copied into a zero-padded 256-entry table, so a uint8 code cannot read
- * past it; each row's column indices are checked before the row is computed, and a row
- * with one out of range is skipped (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
+ * past it; each row's column indices are checked before the row is computed (or, on AVX-512 at
+ * p == 1, as they are loaded, before any gather), and a row with one out of range is skipped (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
  * caller's buffers. The GIL is released while computing; rows are split between threads
  * (a persistent pthread pool), which take blocks of rows balanced by stored entries in turn.
  */
@@ -38,7 +40,11 @@
 
 #define TABLE 256
 #define MAX_THREADS 64
-#define MIN_PARALLEL_WORK (1 << 17) /* multiply-adds below which one thread does the call */
+#define MIN_PARALLEL_WORK (1 << 17) /* lut: multiply-adds below which one thread does the call */
+/* spmm: stored entries (times n, per 16 columns of X: a block of 4 to 16 columns costs about
+ * what 1 does) below which one thread does the call, about 30-55 us of work. Smaller calls gain
+ * little from a second thread and lose much where torch's OpenMP threads still spin. */
+#define MIN_PARALLEL_ENTRIES (1 << 16)
 
 typedef struct {
     const int64_t *indptr;
@@ -117,6 +123,8 @@ typedef float v16f __attribute__((vector_size(64)));
     }
 
 typedef uint32_t (*rowmax_fn)(const void *, int64_t, int64_t);
+typedef float (*checked_dot_fn)(const void *, const uint8_t *, const float *, const float *, int64_t, int64_t,
+                                int, int64_t, uint32_t *);
 typedef float (*dot_fn)(const void *, const uint8_t *, const float *, const float *, int64_t, int64_t, int);
 typedef void (*block_fn)(const void *, const uint8_t *, const float *, const float *, int64_t, int64_t,
                          int64_t, float *);
@@ -158,23 +166,32 @@ AVX512 static inline __m512 book32(__m512 t0, __m512i k, __m512 t1) {
 }
 
 /* p == 1 on AVX-512: 32 entries a step, codes and columns widened, x gathered, the codebook
- * permuted from two registers when it has at most 32 values, else gathered. */
-#define DEF_DOT_AVX512(NAME, COLT, LOADCOLS)                                                     \
+ * permuted from two registers when it has at most 32 values, else gathered. Each column is
+ * checked against `in` as it is loaded: an entry out of range is not gathered, and the row sets
+ * *bad (the caller then writes it as 0), so no separate pass over the row's columns is needed. */
+#define DEF_DOT_AVX512(NAME, COLT, LOADCOLS, LOADCOLS_MASKED)                                   \
     AVX512 static float NAME(const void *cols_, const uint8_t *codes, const float *table,        \
-                             const float *x, int64_t s, int64_t e, int k_small) {                \
+                             const float *x, int64_t s, int64_t e, int k_small, int64_t in,      \
+                             uint32_t *bad) {                                                    \
         const COLT *cols = cols_;                                                                \
+        const __m512i lim = _mm512_set1_epi32((int)in);                                          \
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                           \
         const __m512 t0 = _mm512_loadu_ps(table), t1 = _mm512_loadu_ps(table + 16);             \
+        __mmask16 out = 0;                                                                       \
         int64_t i = s;                                                                           \
         for (; i + 32 <= e; i += 32) {                                                           \
             __m512i c0 = LOADCOLS(cols + i), c1 = LOADCOLS(cols + i + 16);                       \
+            const __mmask16 ok0 = _mm512_cmplt_epu32_mask(c0, lim);                              \
+            const __mmask16 ok1 = _mm512_cmplt_epu32_mask(c1, lim);                              \
+            out |= (__mmask16)~(ok0 & ok1);                                                      \
             __m512i k0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));    \
             __m512i k1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i + 16))); \
-            __m512 x0 = _mm512_i32gather_ps(c0, x, 4), x1 = _mm512_i32gather_ps(c1, x, 4);       \
+            __m512 x0 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok0, c0, x, 4);           \
+            __m512 x1 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok1, c1, x, 4);           \
             __m512 w0, w1;                                                                       \
             if (k_small) {                                                                       \
-                w0 = book32(t0, k0, t1);                                         \
-                w1 = book32(t0, k1, t1);                                         \
+                w0 = book32(t0, k0, t1);                                                         \
+                w1 = book32(t0, k1, t1);                                                         \
             } else {                                                                             \
                 w0 = _mm512_i32gather_ps(k0, table, 4);                                          \
                 w1 = _mm512_i32gather_ps(k1, table, 4);                                          \
@@ -182,9 +199,22 @@ AVX512 static inline __m512 book32(__m512 t0, __m512i k, __m512 t1) {
             acc0 = _mm512_fmadd_ps(w0, x0, acc0);                                                \
             acc1 = _mm512_fmadd_ps(w1, x1, acc1);                                                \
         }                                                                                        \
-        float tail = 0;                                                                          \
-        for (; i < e; i++) tail += table[codes[i]] * x[cols[i]];                                 \
-        return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;                           \
+        /* the last 1 to 31 entries: 16, then a masked step (masked-off lanes load nothing) */   \
+        for (; i < e; i += 16) {                                                                 \
+            const __mmask16 m = e - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (e - i)) - 1); \
+            __m512i c = LOADCOLS_MASKED(m, cols + i);                                            \
+            const __mmask16 ok = _mm512_mask_cmplt_epu32_mask(m, c, lim);                        \
+            out |= (__mmask16)(m & ~ok);                                                         \
+            __m512i k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + i));                \
+            __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok, c, x, 4);             \
+            __m512 w = k_small ? book32(t0, k, t1) : _mm512_i32gather_ps(k, table, 4);           \
+            acc1 = _mm512_mask3_fmadd_ps(w, xv, acc1, m); /* off lanes: no inf * 0 */            \
+        }                                                                                        \
+        if (out) {                                                                               \
+            *bad = 1;                                                                            \
+            return 0.0f;                                                                         \
+        }                                                                                        \
+        return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));                                  \
     }
 
 /* p > 1 on AVX-512 with at most 32 codebook values: 16 codes a step are turned into weights by
@@ -285,20 +315,23 @@ DEF_BLOCKS_AVX512(uint32_t, c32)
 
 #define LOAD16(ptr) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ptr)))
 #define LOAD32(ptr) _mm512_loadu_si512((const void *)(ptr))
-DEF_DOT_AVX512(dot16_avx512, uint16_t, LOAD16)
-DEF_DOT_AVX512(dot32_avx512, uint32_t, LOAD32)
+#define LOAD16_MASKED(m, ptr) _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const void *)(ptr)))
+#define LOAD32_MASKED(m, ptr) _mm512_maskz_loadu_epi32(m, (const void *)(ptr))
+DEF_DOT_AVX512(dot16_avx512, uint16_t, LOAD16, LOAD16_MASKED)
+DEF_DOT_AVX512(dot32_avx512, uint32_t, LOAD32, LOAD32_MASKED)
 #endif
 
 static void spmm_rows(Job *j) {
     const int wide = j->cols32 != NULL;
     const void *cols = wide ? (const void *)j->cols32 : (const void *)j->cols16;
     Kernels k = wide ? kernels_c32 : kernels_c16;
+    checked_dot_fn checked_dot = NULL; /* p == 1 with the column check built in */
 #ifdef HAVE_X86
     if (isa == ISA_AVX2) k = wide ? kernels_c32_avx2 : kernels_c16_avx2;
     if (isa == ISA_AVX512) {
         k = wide ? kernels_c32_avx512 : kernels_c16_avx512;
         /* signed 32-bit gather indices: columns must stay below 2^31 */
-        if (j->in <= INT32_MAX) k.dot = wide ? dot32_avx512 : dot16_avx512;
+        if (j->in <= INT32_MAX) checked_dot = wide ? dot32_avx512 : dot16_avx512;
         if (j->k_small) {
             k.blocks[0] = wide ? kblock32_c32 : kblock32_c16;
             k.blocks[1] = wide ? kblock16_c32 : kblock16_c16;
@@ -314,6 +347,10 @@ static void spmm_rows(Job *j) {
         float *y = j->y + n * j->rows * j->p;
         for (int64_t r = j->r0; r < j->r1; r++) {
             const int64_t s = j->indptr[r], e = j->indptr[r + 1];
+            if (j->p == 1 && checked_dot) {
+                y[r] = checked_dot(cols, j->codes, j->table, x, s, e, j->k_small, j->in, &j->bad);
+                continue;
+            }
             const int ok = e == s || k.rowmax(cols, s, e) < (uint64_t)j->in;
             if (!ok) j->bad = 1;
             if (j->p == 1) {
@@ -701,18 +738,37 @@ static int check_threads(int threads) {
     return 0;
 }
 
+/* x [n, p, in] -> scratch [n, in, p] */
+static void transpose_rows(const float *x, float *scratch, int64_t n, int64_t p, int64_t in) {
+    for (int64_t i = 0; i < n; i++, x += p * in, scratch += p * in)
+        for (int64_t c = 0; c < in; c++)
+            for (int64_t b = 0; b < p; b++) scratch[c * p + b] = x[b * in + c];
+}
+
+static void add_bias(float *y, const float *bias, int64_t rows, int64_t p, int64_t n, int y_transposed) {
+    if (y_transposed) { /* [n * p, rows] */
+        for (int64_t i = 0; i < n * p; i++, y += rows)
+            for (int64_t r = 0; r < rows; r++) y[r] += bias[r];
+        return;
+    }
+    for (int64_t i = 0; i < n * rows; i++, y += p) /* [n, rows, p] */
+        for (int64_t b = 0; b < p; b++) y[b] += bias[i % rows];
+}
+
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
-    PyObject *o_indptr, *o_cols, *o_codes, *o_book, *o_x, *o_y;
+    PyObject *o_indptr, *o_cols, *o_codes, *o_book, *o_x, *o_y, *o_bias = Py_None;
     long long in, p, n;
-    int y_transposed, threads;
-    if (!PyArg_ParseTuple(args, "OOOOOOLLLpi", &o_indptr, &o_cols, &o_codes, &o_book, &o_x, &o_y, &in, &p, &n,
-                          &y_transposed, &threads))
+    int y_transposed, threads, x_rows = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOLLLpi|Op", &o_indptr, &o_cols, &o_codes, &o_book, &o_x, &o_y, &in, &p,
+                          &n, &y_transposed, &threads, &o_bias, &x_rows))
         return NULL;
-    Py_buffer indptr = {0}, cols = {0}, codes = {0}, book = {0}, x = {0}, y = {0};
+    Py_buffer indptr = {0}, cols = {0}, codes = {0}, book = {0}, x = {0}, y = {0}, bias = {0};
     PyObject *result = NULL;
+    void *scratch = NULL;
     if (get(o_indptr, &indptr, 0, 8, "indptr") || get(o_cols, &cols, 0, 0, "cols") ||
         get(o_codes, &codes, 0, 1, "codes") || get(o_book, &book, 0, 4, "codebook") ||
-        get(o_x, &x, 0, 4, "x") || get(o_y, &y, 1, 4, "y"))
+        get(o_x, &x, 0, 4, "x") || get(o_y, &y, 1, 4, "y") ||
+        (o_bias != Py_None && get(o_bias, &bias, 0, 4, "bias")))
         goto done;
     if (check_threads(threads)) goto done;
     float table[TABLE];
@@ -751,13 +807,28 @@ static PyObject *py_spmm(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "column index out of range");
         goto done;
     }
+    if (bias.obj && bias.len / 4 != rows) {
+        PyErr_SetString(PyExc_ValueError, "bias must hold one value per row");
+        goto done;
+    }
+    const float *xs = x.buf;
+    if (x_rows && p > 1 && n > 0 && in > 0) { /* 64-byte aligned: a row of p values never straddles two lines */
+        scratch = malloc((size_t)(n * in * p) * sizeof(float) + 64);
+        if (!scratch) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        xs = (const float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    }
     Job job = {ptr,  cols.itemsize == 2 ? cols.buf : NULL,
                cols.itemsize == 4 ? cols.buf : NULL,
-               codes.buf, table, x.buf, y.buf, rows, in, p, n, y_transposed, k_small, 0, rows, 0};
-    const double work = (double)nnz * (double)p * (double)n;
-    if (work < MIN_PARALLEL_WORK || rows < threads) threads = 1;
+               codes.buf, table, xs, y.buf, rows, in, p, n, y_transposed, k_small, 0, rows, 0};
+    const double work = (double)nnz * (double)n * (double)((p + 15) / 16);
+    if (work < MIN_PARALLEL_ENTRIES || rows < threads) threads = 1;
     Py_BEGIN_ALLOW_THREADS
+    if (xs != x.buf) transpose_rows(x.buf, (float *)xs, n, p, in);
     if (rows && n) run_split(&job, spmm_rows, threads, ptr);
+    if (bias.obj && !job.bad) add_bias(y.buf, bias.buf, rows, p, n, y_transposed);
     Py_END_ALLOW_THREADS
     if (job.bad) {
         PyErr_SetString(PyExc_ValueError, "column index out of range");
@@ -765,8 +836,9 @@ static PyObject *py_spmm(PyObject *self, PyObject *args) {
     }
     result = Py_NewRef(Py_None);
 done:;
-    Py_buffer *views[6] = {&indptr, &cols, &codes, &book, &x, &y};
-    for (int i = 0; i < 6; i++)
+    free(scratch);
+    Py_buffer *views[7] = {&indptr, &cols, &codes, &book, &x, &y, &bias};
+    for (int i = 0; i < 7; i++)
         if (views[i]->obj) PyBuffer_Release(views[i]);
     return result;
 }
@@ -816,7 +888,8 @@ static PyObject *py_features(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS,
-     "spmm(indptr, cols, codes, codebook, x, y, in, p, n, y_transposed, threads): sparse codebook product"},
+     "spmm(indptr, cols, codes, codebook, x, y, in, p, n, y_transposed, threads, bias=None, x_rows=False): "
+     "sparse codebook product"},
     {"lut", py_lut, METH_VARARGS, "lut(codes, codebook, x, y, rows, in, b, threads): dense-codes product"},
     {"features", py_features, METH_NOARGS, "The instruction set the kernels use."},
     {NULL, NULL, 0, NULL}};
