@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import dcformat
+from dcformat.file import reader
 
 
 @pytest.fixture()
@@ -166,3 +167,16 @@ def test_the_reused_zstd_decompressor_recovers_after_bad_frames():
         with pytest.raises(dcformat.FormatError):
             raw._unzstd(np.frombuffer(bad, np.uint8), len(good))
         assert raw._unzstd(np.frombuffer(frame, np.uint8), len(good)) == good
+
+
+def test_mapped_pages_are_dropped_by_one_thread_only(model, monkeypatch):
+    """One thread gives back each section's mapped pages once read; several threads keep them
+    (each drop would be a TLB shootdown on the other threads' CPUs)."""
+    path, expected = model
+    dropped = []
+    monkeypatch.setattr(reader, "_drop_pages", lambda buffer, start, stop: dropped.append((start, stop)))
+    for threads in (1, 2):
+        dropped.clear()
+        tensors = dcformat.load_file(path, threads=threads)
+        assert all(np.array_equal(tensors[name], value) for name, value in expected.items())
+        assert bool(dropped) == (threads == 1)
