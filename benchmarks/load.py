@@ -17,12 +17,13 @@ each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at 
 the ratio of the bests and as the median of the ratios within each round; then the CPU time of
 dcnn (1 and 2 threads) and safetensors per call, all threads and the busiest thread (on a loaded
 machine the wall times include waits for a CPU; the busiest thread's CPU time bounds what a call
-takes on an idle one from below).
+takes on an idle one from below). ``--loaders-only`` times dcnn and safetensors alone (see
+bench_loaders).
 MB/s is dense output bytes (10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE
 (default /tmp/dcnn-bench-cache): the first run spends minutes compressing at level 19, outside
 the timings.
 
-    python benchmarks/load.py [--rounds R] [--model minilm|synthetic|all]
+    python benchmarks/load.py [--rounds R] [--model minilm|synthetic|all] [--loaders-only]
     python benchmarks/load.py --dcnn FILE   # any .dcnn, against safetensors of its decoded tensors
 """
 
@@ -111,9 +112,15 @@ def synthetic(tmp: Path, layers: int = 10, shape: tuple[int, int] = (10000, 1000
     return dense, path
 
 
-def bench(title: str, dense_file: Path, path: Path, rounds: int, original_weights: bool) -> None:
+def bench(
+    title: str, dense_file: Path, path: Path, rounds: int, original_weights: bool, loaders_only: bool = False
+) -> None:
     decoded = dcformat.load_file(path)
     dense_bytes = sum(a.nbytes for a in decoded.values())
+    if loaders_only:
+        del decoded
+        bench_loaders(title, dense_file, path, rounds, dense_bytes)
+        return
     started = time.perf_counter()
     frames = zstd_frames(decoded)
     compress_s = time.perf_counter() - started
@@ -161,14 +168,36 @@ def bench(title: str, dense_file: Path, path: Path, rounds: int, original_weight
     times = measure(methods, rounds)
     print_table(f"{title}, best of {rounds}", dense_bytes, times, timed, "zstd -19 (decompress)")
     if "dcnn native, threads=2" in times:
-        ours, theirs = times["dcnn native, threads=2"], times["safetensors load_file"]
-        rounds_ratio = float(np.median([a / b for a, b in zip(ours, theirs, strict=True)]))
-        print(
-            f"\ndcnn threads=2 / safetensors load_file: {min(ours) / min(theirs):.2f} best of each, "
-            f"{rounds_ratio:.2f} median of the rounds' ratios (goal <= 0.80)"
-        )
+        against_safetensors(times)
         keys = ("dcnn native", "dcnn native, threads=2", "safetensors load_file")
         cpu_table({k: methods[k] for k in keys}, rounds)
+
+
+def bench_loaders(title: str, dense_file: Path, path: Path, rounds: int, dense_bytes: int) -> None:
+    """dcnn (1 and 2 threads) and safetensors ``load_file`` alone: no other method's allocations
+    (the numpy path, zstd's frames, the memcpy buffers) come between their calls. On MiniLM the
+    full run's medians of dcnn's two-thread time varied more from run to run (see the README)."""
+    if not native.AVAILABLE:
+        raise SystemExit("--loaders-only compares the native reader: build the extension")
+    methods = {
+        "dcnn native": with_env(False, lambda: dcformat.load_file(path)),
+        "dcnn native, threads=2": with_env(False, lambda: dcformat.load_file(path, threads=2)),
+        "safetensors load_file": lambda: safetensors.numpy.load_file(str(dense_file)),
+    }
+    timed = {name: "load_file" for name in methods}
+    times = measure(methods, rounds)
+    title = f"{title}, loaders only, best of {rounds}"
+    print_table(title, dense_bytes, times, timed, "safetensors load_file")
+    against_safetensors(times)
+
+
+def against_safetensors(times: dict[str, list[float]]) -> None:
+    ours, theirs = times["dcnn native, threads=2"], times["safetensors load_file"]
+    rounds_ratio = float(np.median([a / b for a, b in zip(ours, theirs, strict=True)]))
+    print(
+        f"\ndcnn threads=2 / safetensors load_file: {min(ours) / min(theirs):.2f} best of each, "
+        f"{rounds_ratio:.2f} median of the rounds' ratios (goal <= 0.80)"
+    )
 
 
 def thread_cpu() -> dict[str, int]:
@@ -208,6 +237,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--model", choices=("minilm", "synthetic", "all"), default="all")
     parser.add_argument("--dcnn", type=Path, help="time this file instead of the models")
+    parser.add_argument(
+        "--loaders-only", action="store_true", help="time dcnn and safetensors load_file alone"
+    )
     args = parser.parse_args()
     built = "built" if native.AVAILABLE else "NOT built"
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -216,14 +248,16 @@ def main() -> None:
         if args.dcnn:
             dense = Path(tmp) / "dense.safetensors"
             safetensors.numpy.save_file(dcformat.load_file(args.dcnn), str(dense))
-            bench(str(args.dcnn), dense, args.dcnn, args.rounds, False)
+            bench(str(args.dcnn), dense, args.dcnn, args.rounds, False, args.loaders_only)
             return
         if args.model in ("minilm", "all"):
             original, path = minilm(Path(tmp))
-            bench("all-MiniLM-L6-v2, dcnn-convert defaults", original, path, args.rounds, True)
+            title = "all-MiniLM-L6-v2, dcnn-convert defaults"
+            bench(title, original, path, args.rounds, True, args.loaders_only)
         if args.model in ("synthetic", "all"):
             dense, path = synthetic(Path(tmp))
-            bench("Synthetic 100M weights, 90% sparse, 5-bit codes", dense, path, args.rounds, False)
+            title = "Synthetic 100M weights, 90% sparse, 5-bit codes"
+            bench(title, dense, path, args.rounds, False, args.loaders_only)
 
 
 if __name__ == "__main__":
