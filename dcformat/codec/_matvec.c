@@ -15,7 +15,8 @@
  * Safety: every buffer size and the row pointers are checked before the hot loop (O(rows));
  * the codebook is copied into a zero-padded 256-entry table, so a uint8 code cannot read
  * past it; each row's column indices are checked before the row is computed (or, on AVX-512 at
- * p == 1, as they are loaded, before any gather), and a row with one out of range is skipped (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
+ * p == 1, as they are loaded, before any gather), and a row with one out of range is skipped
+ * (written as zeros) and reported as an error. Whatever the input, no read or write leaves the
  * caller's buffers. The GIL is released while computing; rows are split between threads
  * (a persistent pthread pool), which take blocks of rows balanced by stored entries in turn.
  */
