@@ -14,9 +14,11 @@ distills from the dense model, with dropout off: the loss sums, over the embeddi
 every layer, the student's token states' mean squared error to the teacher's (scaled by their
 variance), plus ten times one minus the cosine of the mean-pooled sentence embeddings.
 
-Training text is English from the docstrings of installed packages (numpy, torch and the
-standard library), with ``--wordnet`` also WordNet's 35,000 usage examples (everyday English;
-Debian's wordnet-base); the sentences scored are held out: docstrings of other standard-library
+Training text is English from the docstrings of TRAIN_MODULES (numpy, torch and the standard
+library) and Python's reference documentation; ``--corpus packages`` takes the docstrings of
+every installed package and standard-library module instead (about 150,000 sentences, each
+seen at most once); ``--wordnet`` adds WordNet's 35,000 usage examples (everyday English;
+Debian's wordnet-base). The sentences scored are held out: docstrings of other standard-library
 modules (``zoo_models.EVAL_MODULES``, never trained on) and ``examples.minilm.SENTENCES``
 (everyday English, a different domain). The scores are those of the written file, decoded
 and loaded into sentence-transformers.
@@ -83,10 +85,38 @@ def wordnet_examples() -> list[str]:
     return found
 
 
-def training_sentences(exclude: set[str], wordnet: bool = False) -> list[str]:
+DOCSTRING = re.compile(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', re.S)
+
+
+def package_sentences(excluded: tuple[str, ...]) -> list[str]:
+    """English sentences from the triple-quoted strings (docstrings, almost all) of every
+    Python file of the standard library and the installed packages, except the files of the
+    ``excluded`` standard-library modules (a package's whole folder)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    stdlib = Path(paths["stdlib"])
+    skip = [stdlib / (name.split(".")[0] + ".py") for name in excluded]
+    skip += [stdlib / name.split(".")[0] for name in excluded]
+    found: set[str] = set()
+    for root in sorted({stdlib, Path(paths["purelib"]), Path(paths["platlib"])}):
+        for path in sorted(root.rglob("*.py")):
+            if any(path == s or s in path.parents for s in skip):
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            for match in DOCSTRING.finditer(text):
+                found.update(english_sentences(match.group(1) or match.group(2) or ""))
+    return sorted(found)
+
+
+def training_sentences(exclude: set[str], wordnet: bool = False, packages: bool = False) -> list[str]:
     """English sentences from the docstrings of TRAIN_MODULES and from Python's reference
-    documentation (``pydoc_data``), with ``wordnet`` WordNet's usage examples too, none of
-    them in ``exclude``."""
+    documentation (``pydoc_data``); with ``packages`` from every installed package's and
+    standard-library module's docstrings but those of EVAL_MODULES and CALIBRATION_MODULES;
+    with ``wordnet`` WordNet's usage examples too; none of them in ``exclude``."""
     from pydoc_data.topics import topics
 
     assert not set(TRAIN_MODULES) & set(EVAL_MODULES + CALIBRATION_MODULES)
@@ -96,9 +126,12 @@ def training_sentences(exclude: set[str], wordnet: bool = False) -> list[str]:
             found += doc_sentences((name,), 1_000_000)
         except ImportError:  # a module this Python lacks (e.g. built without sqlite3)
             continue
+    if packages:
+        found += package_sentences(EVAL_MODULES + CALIBRATION_MODULES)
     if wordnet:
         found += wordnet_examples()
-    return sorted(set(found) - exclude)
+    # every sentence of EVAL_MODULES' docstrings, not only the ones scored: a few recur elsewhere
+    return sorted(set(found) - exclude - set(doc_sentences(EVAL_MODULES, 1_000_000)))
 
 
 def held_out_sentences() -> list[str]:
@@ -131,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wordnet", action="store_true", help="train on WordNet's usage examples too (apt wordnet-base)"
     )
+    parser.add_argument(
+        "--corpus",
+        choices=("modules", "packages"),
+        default="modules",
+        help="training docstrings: TRAIN_MODULES', or every installed package's (160,000 sentences)",
+    )
     parser.add_argument("--checkpoint-dir", type=Path, help="save each stage there; resume from it")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -161,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     original = {k: v.clone() for k, v in bert.state_dict().items()}
     held_out = held_out_sentences()
     reference = st.encode(held_out, normalize_embeddings=True, batch_size=64)
-    train_text = training_sentences(set(held_out), args.wordnet)
+    train_text = training_sentences(set(held_out), args.wordnet, args.corpus == "packages")
     print(f"{len(train_text)} training sentences, {len(held_out)} held-out sentences")
 
     device = torch.device(args.device)
