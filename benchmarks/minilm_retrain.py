@@ -134,6 +134,9 @@ def training_sentences(exclude: set[str], wordnet: bool = False, packages: bool 
     return sorted(set(found) - exclude - set(doc_sentences(EVAL_MODULES, 1_000_000)))
 
 
+TRAIN_SCORED = 300  # training sentences scored beside the held-out ones
+
+
 def held_out_sentences() -> list[str]:
     """Docstrings of other modules, then the everyday English of ``SENTENCES``."""
     return doc_sentences(EVAL_MODULES, 64) + list(SENTENCES)
@@ -202,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = st.encode(held_out, normalize_embeddings=True, batch_size=64)
     train_text = training_sentences(set(held_out), args.wordnet, args.corpus == "packages")
     print(f"{len(train_text)} training sentences, {len(held_out)} held-out sentences")
+    # a sample of the training text, scored like the held-out sentences: fit against generalization
+    train_sample = random.Random(args.seed + 1).sample(train_text, min(TRAIN_SCORED, len(train_text)))
+    train_reference = st.encode(train_sample, normalize_embeddings=True, batch_size=64)
 
     device = torch.device(args.device)
     student = copy.deepcopy(bert).to(device)
@@ -298,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     decoded = dcformat.load_file(target)
     bert.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in decoded.items()}, strict=False)
     cos = (st.encode(held_out, normalize_embeddings=True, batch_size=64) * reference).sum(1)
+    fit = (st.encode(train_sample, normalize_embeddings=True, batch_size=64) * train_reference).sum(1)
     bert.load_state_dict(original)
 
     groups: dict[str, list] = {}
@@ -331,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         f"held-out cosine of the written file: docstrings of other modules {cos[:everyday].mean():.4f} "
         f"(min {cos[:everyday].min():.4f}), everyday English {cos[everyday:].mean():.4f} "
         f"(min {cos[everyday:].min():.4f})"
+    )
+    print(
+        f"cosine of the written file on {len(train_sample)} training sentences (what it fits): "
+        f"mean {fit.mean():.4f}, min {fit.min():.4f}"
     )
     ratio = source.stat().st_size / size
     print(
