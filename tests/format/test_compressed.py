@@ -386,13 +386,37 @@ def test_close_call_goes_to_the_form_timed_faster(scratch, monkeypatch, ratios, 
     monkeypatch.setattr(compressed, "time_forms", timer)
     module = net(512, 512)
     dcnn_torch.load_into(module, path, compressed=True)
-    assert seen == [compressed.MAX_BATCH]
+    # a loss is timed again (TIMED_WINDOWS), a win at once
+    assert seen == [compressed.MAX_BATCH] * (1 if kept else compressed.TIMED_WINDOWS)
     assert isinstance(module.fc, compressed.SparseCodedLinear) == kept
     x = torch.randn(3, 512)
     with torch.no_grad():
         torch.testing.assert_close(
             module.fc(x), torch.from_numpy(x.numpy() @ weight.T + bias), rtol=1e-4, atol=1e-4
         )
+
+
+@pytest.mark.parametrize(
+    ("windows", "kept"),
+    [
+        ([(1.6, 0.5, 0.5), (0.6, 0.9, 0.9)], True),  # a spoilt batch-1 time; the best of both wins
+        ([(1.2, 1.2, 1.2), (1.1, 1.1, 1.1)], False),  # slower in every window
+    ],
+)
+def test_a_lost_close_call_is_timed_again_on_the_best_of_both(scratch, monkeypatch, windows, kept):
+    rng = np.random.default_rng(8)
+    path = scratch / "fc.dcnn"
+    save_linear(path, rng, 512, 512, 0.25, 5)
+    calls = iter(windows)
+
+    def timer(new, dense_weight, layer_bias, max_batch):
+        return {b: (r * 1e-3, 1e-3) for b, r in zip((1, 4, 16), next(calls), strict=True)}
+
+    monkeypatch.setattr(compressed, "time_forms", timer)
+    module = net(512, 512)
+    dcnn_torch.load_into(module, path, compressed=True)
+    assert isinstance(module.fc, compressed.SparseCodedLinear) == kept
+    assert next(calls, None) is None  # both windows were timed
 
 
 def test_time_forms_times_both_forms_at_each_batch():
