@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "--corpus",
         choices=("modules", "packages"),
         default="modules",
-        help="training docstrings: TRAIN_MODULES', or every installed package's (160,000 sentences)",
+        help="training docstrings: TRAIN_MODULES', or every installed package's (about 150,000 sentences)",
     )
     parser.add_argument("--checkpoint-dir", type=Path, help="save each stage there; resume from it")
     parser.add_argument("--device", default="cpu")
