@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import dcformat
 from dcformat.codec import matvec
@@ -236,9 +238,10 @@ def net(rows: int, cols: int) -> torch.nn.Module:
     bits=st.integers(1, 8),
     batch=st.integers(1, 20),
     kind=st.sampled_from([compressed.SPARSE, compressed.LUT]),
+    layout=st.sampled_from(["2-D", "3-D", "strided"]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_compressed_linear_matches_dense(scratch, rows, cols, density, bits, batch, kind, seed):
+def test_compressed_linear_matches_dense(scratch, rows, cols, density, bits, batch, kind, layout, seed):
     rng = np.random.default_rng(seed)
     path = scratch / "fc.dcnn"
     weight, bias = save_linear(path, rng, rows, cols, density, bits, dense_codes=kind == compressed.LUT)
@@ -247,7 +250,12 @@ def test_compressed_linear_matches_dense(scratch, rows, cols, density, bits, bat
         module = compressed.from_codes(layer, f.get_codes("fc.weight"), kind)
     module.bias.data.copy_(torch.from_numpy(bias))
     x = rng.standard_normal((batch, cols)).astype(np.float32)
-    got = module(torch.from_numpy(x)).numpy()
+    given_x = {
+        "2-D": torch.from_numpy(x),
+        "3-D": torch.from_numpy(x).view(1, batch, cols),
+        "strided": torch.from_numpy(np.ascontiguousarray(x.T)).t(),  # not contiguous
+    }[layout]
+    got = module(given_x).reshape(batch, rows).numpy()
     expect = (x.astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
     bound = np.abs(x).astype(np.float64) @ np.abs(weight.T) + np.abs(bias)
     assert np.all(np.abs(got - expect) <= 1e-5 * bound + 1e-30)
@@ -428,6 +436,27 @@ def test_time_forms_times_both_forms_at_each_batch():
         times = compressed.time_forms(new, torch.from_numpy(weight), None, max_batch)
         assert sorted(times) == batches
         assert all(0 < t < 1 for pair in times.values() for t in pair)
+
+
+def test_time_forms_warms_both_forms_up_before_timing(monkeypatch):
+    rng = np.random.default_rng(3)
+    weight, positions, codes, book = sparse_weight(rng, 100, 200, 0.2, 16)
+    indptr, cols = matvec.csr_of(positions, 100, 200)
+    inner = compressed.SparseCodedLinear(200, 100, indptr, cols, codes.astype(np.uint8), book)
+    calls: list[float] = []
+
+    class Counting(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(time.perf_counter())
+            return inner(x)
+
+    monkeypatch.setattr(compressed, "TIMED_WARMUP_S", 0.05)
+    start = time.perf_counter()
+    times = compressed.time_forms(Counting(), torch.from_numpy(weight), None, 4)
+    timed_calls = 2 * compressed.TIMED_ROUNDS * len(times)  # an untimed and a timed call each
+    warm_up = len(calls) - timed_calls
+    assert warm_up > len(times)  # more than one call a batch: it ran for its time
+    assert calls[warm_up] >= start + 0.05  # the rounds start after the warm-up
 
 
 @pytest.mark.parametrize("stream", ["codes", "gaps"])
