@@ -217,7 +217,7 @@ typedef struct {
         } else {                                                                                \
             memcpy(o[j] + (i) * vsize, vals + ((e_ >> 8) & 0xFFFFu) * vsize, vsize);            \
         }                                                                                       \
-        if (what & COUNT_NZ) nz += (e_ >> 7) & 1;                                               \
+        if (what & COUNT_NZ) nz += e_ & NZ_FLAG; /* NZ_FLAG (128) a nonzero: divided out below */  \
         if (what & SUM) sum += (e_ >> 8) & 0xFFFFu;                                             \
     } while (0)
 
@@ -275,7 +275,7 @@ INLINE void decode_lanes(const Lut *t, const Stream *s, const uint8_t *vals, uin
             EMIT(j, k, e);
         }
     }
-    *nz_out += nz;
+    *nz_out += (what & COUNT_NZ) ? nz / NZ_FLAG : nz;
     *sum_out += sum;
 }
 
