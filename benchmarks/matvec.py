@@ -2,6 +2,7 @@
 
     python benchmarks/matvec.py [--rounds 30] [--threads 2] [--models alexnet,vgg16,lenet,minilm]
     python benchmarks/matvec.py --sweep     # the measurements behind dcformat.interop.compressed.choose
+    python benchmarks/matvec.py --loads 10  # the form each close call takes over 10 loads
 
 For each model, its fully connected layers are written to a .dcnn file (random weights at the
 stated densities, random masks, codebook codes; LeNet-300-100's masks are random at the
@@ -291,12 +292,56 @@ def sweep(rounds: int, rng: np.random.Generator) -> None:
         print(f"| {batch} | " + " | ".join(cells) + " |")
 
 
+def decisions(model: str, loads: int, rng: np.random.Generator, tmp: Path) -> None:
+    """Load the model compressed ``loads`` times (one process, one file) and print, for each
+    layer that load_into times as a close call (``compressed.contender``), the form it took each
+    time and the ratios timed (compressed / dense at each batch, per window)."""
+    layers = MODELS[model]
+    path = tmp / f"{model}.dcnn"
+    make_file(path, layers, rng)
+    with dcformat.safe_open(path) as f:
+        close = [
+            name
+            for name, rows, cols, density, *_ in layers
+            if compressed.contender(
+                rows, cols, f.info(f"{name}.weight").nonzeros, dense_codes=density is None
+            )
+        ]
+    print(f"\n### {model}: close calls over {loads} loads (compressed / dense time at batch {BATCHES})\n")
+    if not close:
+        print("no close calls: the cost model decides every layer")
+        return
+    windows: dict[int, list[str]] = {}  # per compressed module timed, in the order timed
+    untimed = compressed.time_forms
+
+    def recording(new: nn.Module, *args: object) -> dict[int, tuple[float, float]]:
+        times = untimed(new, *args)
+        windows.setdefault(id(new), []).append(" ".join(f"{a / d:.2f}" for a, d in times.values()))
+        return times
+
+    verdicts: dict[str, list[str]] = {name: [] for name in close}
+    compressed.time_forms = recording  # replace_coded looks it up at each call
+    try:
+        for _ in range(loads):
+            windows.clear()
+            module = skeleton(layers)
+            dcnn_torch.load_into(module, path, compressed=True)
+            for name, timed in zip(close, windows.values(), strict=True):
+                verdicts[name].append(f"{form(module[name])} ({' | '.join(timed)})")
+    finally:
+        compressed.time_forms = untimed
+    for name, seen in verdicts.items():
+        kept = sum(not v.startswith("dense") for v in seen)
+        print(f"- {name}: compressed in {kept} of {loads} loads: " + "; ".join(seen))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--loads", type=int, help="only the close calls' forms over this many loads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -306,6 +351,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {native}; {machine}")
     if args.sweep:
         sweep(args.rounds, rng)
+        return
+    if args.loads:
+        with tempfile.TemporaryDirectory() as tmp:
+            for model in args.models.split(","):
+                decisions(model, args.loads, rng, Path(tmp))
         return
     worst = []
     with tempfile.TemporaryDirectory() as tmp:
