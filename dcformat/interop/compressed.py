@@ -312,17 +312,12 @@ class SparseCodedLinear(_SparseForm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
-        arrays = _native_arrays(self, _SPARSE_BUFFERS) if _cpu_float32(x) else None
-        if arrays is not None:  # the hot path of a batch-1 call, a few microseconds: kept lean
-            x2 = _numpy(x)
-            if x2.ndim != 2 or not x2.flags.c_contiguous:
-                x2 = np.ascontiguousarray(x2.reshape(-1, self.in_features))
-            y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
-            if y.size:
-                args = (self.in_features, x2.shape[0], 1, True, _threads(), arrays[4], True)
-                _call(matvec._matvec.spmm, *arrays[:4], x2, y, *args)
-            out = torch.from_numpy(y)
-            return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
+        if _cpu_float32(x):
+            x2 = np.ascontiguousarray(_numpy(x).reshape(-1, self.in_features))
+            y = self._spmm_native(x2, x2.shape[0], 1, linear=True)
+            if y is not None:
+                y = torch.from_numpy(y)
+                return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         y = self._spmm_torch(x.detach().reshape(-1, self.in_features).t().unsqueeze(0), transposed_out=True)
         return y.view(*x.shape[:-1], self.out_features)
 
