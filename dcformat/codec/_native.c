@@ -5,8 +5,9 @@
  * of at most 16 bits, cut into chunks of chunk_size symbols. Decoding is table
  * driven: an 11-bit root table whose entries hold a symbol and its length (in the low bits: a
  * shift count as it is, off the critical path of the next lookup), with
- * second-level tables for longer codes. Several chunks are decoded interleaved, and
- * each 64-bit peek yields three symbols. Every read is bounds checked (bits past the
+ * second-level tables for longer codes; where at least half of the root entries begin with two
+ * complete codes, a table of code pairs decodes both in one lookup. Several chunks are decoded
+ * interleaved, and each 64-bit peek makes three lookups. Every read is bounds checked (bits past the
  * end of the buffer read as zero) and every write lands inside the caller's buffer,
  * whatever the input; a chunk that does not end exactly where the next one starts is
  * reported to the caller. The GIL is released while decoding (short calls excepted), so
@@ -315,14 +316,189 @@ INLINE void decode_range(const Lut *t, const Stream *s, Sink *sink, uint64_t fir
         if (decode_group(t, s, sink, c, 1, vsize, what)) return;
 }
 
+/* Two codes a lookup, as zstd's double-symbol Huffman tables: the pair entry of root index i
+ * holds the values of the one or two codes that the root_bits bits i begin with (two when the
+ * second is complete within them too), so a lookup decodes both. Root indices whose first code
+ * is longer than root_bits keep the root entry (SUB_FLAG) and go on to its subtable. For values
+ * of 2 and 4 bytes. */
+typedef struct {
+    uint64_t vals; /* the first value in the low vsize bytes, the second in the next vsize */
+    uint64_t info; /* bits consumed | SUB_FLAG | nonzeros << 7 | symbol sum << 32 | symbols << 56 */
+} Pair;
+
+#define PAIR_NZ_MASK (3u << 7) /* nonzeros (0-2) times NZ_FLAG: counted as EMIT counts them */
+#define PAIR_SUM(info) (((info) >> 32) & 0x1FFFFu)
+
+/* Fill the pair table of t; returns the number of entries with two codes. A stream's bits are
+ * close to uniform, so their share of the table is the share of lookups that yield two codes. */
+static uint64_t build_pairs(const Lut *t, Pair *p, int vsize) {
+    uint64_t two = 0;
+    const uint64_t size = (uint64_t)1 << t->root_bits, vmask = vsize == 4 ? 0xFFFFFFFFu : 0xFFFFu;
+    for (uint64_t i = 0; i < size; i++) {
+        const uint64_t e0 = t->root[i];
+        if (e0 & SUB_FLAG) {
+            p[i].vals = e0;
+            p[i].info = SUB_FLAG;
+            continue;
+        }
+        const unsigned l0 = e0 & 63;
+        uint64_t vals = (e0 >> 32) & vmask, bits = l0, n = 1, nz = (e0 & NZ_FLAG) != 0;
+        uint64_t sum = (e0 >> 8) & 0xFFFFu;
+        const uint64_t e1 = t->root[i >> l0]; /* its low root_bits - l0 bits are i's next bits */
+        if (!(e1 & SUB_FLAG) && l0 + (e1 & 63) <= t->root_bits) {
+            vals |= ((e1 >> 32) & vmask) << (8 * vsize);
+            bits += e1 & 63;
+            n = 2;
+            nz += (e1 & NZ_FLAG) != 0;
+            sum += (e1 >> 8) & 0xFFFFu;
+            two++;
+        }
+        p[i].vals = vals;
+        p[i].info = bits | nz << 7 | sum << 32 | n << 56;
+    }
+    return two;
+}
+
+/* One pair lookup on the bits w of lane j: writes one or two values at o[j] + k, then advances
+ * k, w and used (the bits consumed). */
+#define PAIR_STEP(j, w, k, used)                                                                   \
+    do {                                                                                           \
+        const Pair *p_ = pairs + ((w) & root_mask);                                                \
+        const uint64_t info_ = p_->info;                                                           \
+        if (__builtin_expect(info_ & SUB_FLAG, 0)) {                                               \
+            const uint64_t e1_ = sub[((p_->vals >> 8) & 0xFFFFFFu) + (((w) >> root_bits) & sub_mask)]; \
+            EMIT(j, k, e1_);                                                                       \
+            (k) += 1;                                                                              \
+            (w) >>= e1_ & 63;                                                                      \
+            (used) += e1_ & 63;                                                                    \
+        } else {                                                                                   \
+            if (vsize == 4) {                                                                      \
+                memcpy(o[j] + (k) * 4, &p_->vals, 8);                                              \
+            } else {                                                                               \
+                const uint32_t v2_ = (uint32_t)p_->vals;                                           \
+                memcpy(o[j] + (k) * 2, &v2_, 4);                                                   \
+            }                                                                                      \
+            (k) += info_ >> 56;                                                                    \
+            (w) >>= info_ & 63;                                                                    \
+            (used) += info_ & 63;                                                                  \
+            if (what & COUNT_NZ) nz += info_ & PAIR_NZ_MASK;                                       \
+            if (what & SUM) sum += PAIR_SUM(info_);                                                \
+        }                                                                                          \
+    } while (0)
+
+/* Decode g interleaved lanes with pair lookups (lane j: bits from pos[j], symbols at[j] ..
+ * end[j]-1 to o[j]), three lookups a 64-bit peek, while every lane has room for STEPS steps of
+ * six symbols and is far enough from the end of the data. Lanes stop wherever they are. */
+INLINE void pair_lanes(const Lut *t, const Pair *pairs, const Stream *s, uint64_t *pos, uint8_t **o, uint64_t *at,
+                       const uint64_t *end, const int g, const int vsize, const int what, uint64_t *nz_out,
+                       uint64_t *sum_out) {
+    uint64_t nz = 0, sum = 0;
+    const uint8_t *const data = s->data, *const vals = NULL;
+    const uint64_t *const sub = t->sub;
+    const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
+    const unsigned root_bits = t->root_bits;
+    const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
+    (void)vals;
+    for (;;) {
+        int stop = 0;
+        for (int j = 0; j < g; j++)
+            stop |= pos[j] > fast_limit || fast_limit - pos[j] < 48 * STEPS || end[j] - at[j] < 6 * STEPS;
+        if (stop) break;
+        for (int step = 0; step < STEPS; step++) {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 4
+#endif
+            for (int j = 0; j < g; j++) {
+                uint64_t w = load64(data + (pos[j] >> 3)) >> (pos[j] & 7);
+                uint64_t k = at[j], used = 0;
+                PAIR_STEP(j, w, k, used);
+                PAIR_STEP(j, w, k, used);
+                PAIR_STEP(j, w, k, used);
+                pos[j] += used;
+                at[j] = k;
+            }
+        }
+    }
+    *nz_out += nz;
+    *sum_out += sum;
+}
+
+/* Lane j alone to its end: pair lookups while two symbols are left and a 64-bit load stays in
+ * the data, then one symbol at a time with reads past the data as zeros. */
+INLINE void finish_lane(const Lut *t, const Pair *pairs, const Stream *s, uint64_t *pos, uint8_t **o, uint64_t *at,
+                        const uint64_t *end, const int j, const int vsize, const int what, uint64_t *nz_out,
+                        uint64_t *sum_out) {
+    uint64_t nz = 0, sum = 0, k = at[j], p = pos[j];
+    const uint8_t *const data = s->data, *const vals = NULL;
+    const uint64_t *const sub = t->sub;
+    const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
+    const unsigned root_bits = t->root_bits;
+    const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
+    (void)vals;
+    while (end[j] - k >= 2 && p <= fast_limit) {
+        uint64_t w = load64(data + (p >> 3)) >> (p & 7), used = 0;
+        PAIR_STEP(j, w, k, used);
+        p += used;
+    }
+    for (; k < end[j]; k++) {
+        const uint64_t e = lookup(t, peek_safe(s, p));
+        p += e & 63;
+        EMIT(j, k, e);
+    }
+    at[j] = k;
+    pos[j] = p;
+    *nz_out += nz;
+    *sum_out += sum;
+}
+
+/* decode_group with pair lookups (value sizes 2 and 4). */
+INLINE int pair_group(const Lut *t, const Pair *pairs, const Stream *s, Sink *sink, uint64_t c, const int g,
+                      const int vsize, const int what) {
+    uint64_t pos[GROUP], at[GROUP], end[GROUP];
+    uint8_t *o[GROUP];
+    uint64_t nz = 0, sum = 0, total = 0;
+    for (int j = 0; j < g; j++) {
+        pos[j] = chunk_start(s, c + j);
+        o[j] = sink->out + (c + j) * s->chunk_size * vsize;
+        at[j] = 0;
+        end[j] = chunk_count(s, c + j);
+        total += end[j];
+    }
+    pair_lanes(t, pairs, s, pos, o, at, end, g, vsize, what, &nz, &sum);
+    if (g > 1 && end[g - 1] < end[0]) { /* the stream's short last chunk ends first: the rest go on */
+        finish_lane(t, pairs, s, pos, o, at, end, g - 1, vsize, what, &nz, &sum);
+        pair_lanes(t, pairs, s, pos, o, at, end, g - 1, vsize, what, &nz, &sum);
+    }
+    for (int j = 0; j < g; j++) finish_lane(t, pairs, s, pos, o, at, end, j, vsize, what, &nz, &sum);
+    sink->nonzeros += what & COUNT_NZ ? nz / NZ_FLAG : total;
+    sink->symbol_sum += sum;
+    for (int j = 0; j < g; j++) {
+        if (pos[j] != chunk_end(s, c + j)) {
+            sink->bad_chunk = (int64_t)(c + j);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+INLINE void pair_range(const Lut *t, const Pair *pairs, const Stream *s, Sink *sink, uint64_t first, uint64_t last,
+                       const int vsize, const int what) {
+    uint64_t c = first;
+    for (; c + GROUP <= last; c += GROUP)
+        if (pair_group(t, pairs, s, sink, c, GROUP, vsize, what)) return;
+    for (; c < last; c++)
+        if (pair_group(t, pairs, s, sink, c, 1, vsize, what)) return;
+}
+
 /* One kernel per value size and per `what`: nonzeros are counted only where some used symbol's
  * value is zero (else each decoded symbol counts), symbol sums only when asked for. On x86-64 a
  * second set is compiled for CPUs with BMI2 (shifts by a register count in one operation, not
  * three: about 7% faster) and chosen when the module loads. */
 #define RANGE(v, w, attr, suffix)                                                                \
-    attr static void decode_range_##v##_##w##suffix(const Lut *t, const Stream *s, Sink *k, uint64_t a, \
-                                                    uint64_t b) {                                \
-        decode_range(t, s, k, a, b, v, w);                                                       \
+    attr static void decode_range_##v##_##w##suffix(const Lut *t, const Pair *p, const Stream *s, Sink *k, \
+                                                    uint64_t a, uint64_t b) {                    \
+        if (p && v != 8) pair_range(t, p, s, k, a, b, v == 8 ? 4 : v, w); /* (no 8-byte pairs) */ \
+        else decode_range(t, s, k, a, b, v, w);                                                  \
     }
 #define RANGES(v, attr, suffix) \
     RANGE(v, 0, attr, suffix) RANGE(v, 1, attr, suffix) RANGE(v, 2, attr, suffix) RANGE(v, 3, attr, suffix)
@@ -333,7 +509,7 @@ INLINE void decode_range(const Lut *t, const Stream *s, Sink *sink, uint64_t fir
         {decode_range_4_0##suffix, decode_range_4_1##suffix, decode_range_4_2##suffix, decode_range_4_3##suffix}, \
         {decode_range_8_0##suffix, decode_range_8_1##suffix, decode_range_8_2##suffix, decode_range_8_3##suffix}, \
     }
-typedef void (*RangeFn)(const Lut *, const Stream *, Sink *, uint64_t, uint64_t);
+typedef void (*RangeFn)(const Lut *, const Pair *, const Stream *, Sink *, uint64_t, uint64_t);
 KERNELS(, )
 static const RangeFn RANGE_FNS[3][4] = TABLE();
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -410,7 +586,17 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         const uint8_t *len = lengths.buf;
         for (Py_ssize_t i = 0; i < k && !(what & COUNT_NZ); i++)
             if (len[i] && !sink.nonzero[i]) what |= COUNT_NZ;
-        range_fns[vsize == 2 ? 0 : vsize == 4 ? 1 : 2][what](t, &s, &sink, first, last);
+        /* Pair tables where the range has more symbols than the table has entries. */
+        const uint64_t symbols = (last * chunk_size < count ? last * chunk_size : count) - first * chunk_size;
+        Pair *pairs = vsize != 8 && first < last && symbols >= (uint64_t)1 << t->root_bits
+                          ? malloc(sizeof(Pair) << t->root_bits)
+                          : NULL;
+        if (pairs && build_pairs(t, pairs, (int)vsize) < (uint64_t)1 << (t->root_bits - 1)) {
+            free(pairs); /* under half the lookups would yield two codes: one code a lookup is faster */
+            pairs = NULL;
+        }
+        range_fns[vsize == 2 ? 0 : vsize == 4 ? 1 : 2][what](t, pairs, &s, &sink, first, last);
+        free(pairs);
         if (!nonzero.buf) sink.nonzeros = 0;
     }
     free(t->sub);

@@ -130,6 +130,71 @@ def test_decode_large_stream_on_threads(path_mode) -> None:
             assert nonzeros == int(np.count_nonzero(values[symbols]))
 
 
+def pair_share(lengths: np.ndarray) -> float:
+    """The share of the native decoder's 11-bit (or max-length) root indices that begin with two
+    complete codes: above one half, it decodes with a table of code pairs."""
+    root_bits = min(int(lengths.max()), 11)
+    first = np.full(1 << root_bits, 99)  # the length of the code each index begins with (99: longer)
+    index = np.arange(1 << root_bits)
+    reversed_codes = huffman.reverse_bits(huffman.canonical_codes(lengths), lengths)
+    for code, length in zip(reversed_codes.tolist(), lengths.tolist(), strict=True):
+        if 0 < length <= root_bits:
+            first[(index & ((1 << length) - 1)) == code] = length
+    short = first <= root_bits
+    second = first[index[short] >> first[short]]
+    return float(np.count_nonzero(first[short] + second <= root_bits)) / index.size
+
+
+@pytest.mark.parametrize(
+    ("count", "chunk_size"), [(50_000, 4096), (12_345, 1000), (70_001, 333), (9_000, 9_000)]
+)
+def test_pair_table_decoding(path_mode, count: int, chunk_size: int) -> None:
+    """Streams of mostly short codes decode two codes a lookup in the native kernel (values of 2
+    and 4 bytes, nonzeros counted, symbol sums), codes longer than the root table included."""
+    rng = np.random.default_rng(count)
+    symbols = skewed_symbols(rng, 60, count, 0.45)
+    freqs = np.bincount(symbols, minlength=60)
+    freqs[freqs == 0] = 1  # every symbol coded: the rarest take more than 11 bits
+    stream = make_stream(symbols, freqs, chunk_size)
+    assert stream.lengths.max() > 11 and pair_share(stream.lengths) > 0.5
+    values = rng.normal(size=60)
+    values[[0, 2, 59]] = 0.0  # zeros among the common and the long codes: nonzeros are counted
+    flags = (values != 0).astype(np.uint8)
+    for dtype in ("<f4", "<f2"):
+        typed = values.astype(dtype)
+        for path in PATHS:
+            for threads in (1, 3):
+                out, nonzeros = path_mode(
+                    path, lambda t=threads, v=typed: codec.decode_values(stream, v, flags, t)
+                )
+                np.testing.assert_array_equal(out, typed[symbols])
+                assert nonzeros == int(np.count_nonzero(flags[symbols]))
+                got = path_mode(path, lambda t=threads: codec.decode_symbols(stream, t))
+                np.testing.assert_array_equal(got, symbols)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(2500, 9000), flips=st.integers(0, 4))
+def test_pair_table_corrupt_stream_property(path_mode, seed: int, count: int, flips: int) -> None:
+    """Flipped bits in a stream that the pair tables decode: both paths give the same error or the
+    same (wrong) values."""
+    rng = np.random.default_rng(seed)
+    symbols = skewed_symbols(rng, 40, count, rng.uniform(0.4, 0.8))
+    freqs = np.bincount(symbols, minlength=40)
+    freqs[freqs == 0] = 1
+    stream = make_stream(symbols, freqs, int(rng.integers(100, 3000)))
+    assert pair_share(stream.lengths) > 0.5  # every example runs the pair tables
+    data = stream.data.copy()
+    for _ in range(flips):
+        data[rng.integers(data.size)] ^= np.uint8(1 << rng.integers(8))
+    bad = dataclasses.replace(stream, data=data)
+    values = rng.normal(size=40).astype(np.float32)
+    flags = (rng.random(40) < 0.7).astype(np.uint8)
+    results = both(path_mode, lambda: codec.decode_values(bad, values, flags, 2))
+    for r in results[1:]:
+        assert_same(results[0], r)
+
+
 @pytest.mark.parametrize("value_dtype", ["<f2", "<f4", "<f8", "<u2"])
 def test_decode_values_of_each_width(path_mode, value_dtype: str) -> None:
     rng = np.random.default_rng(1)
