@@ -276,44 +276,8 @@ INLINE void decode_lanes(const Lut *t, const Stream *s, const uint8_t *vals, uin
             EMIT(j, k, e);
         }
     }
-    *nz_out += (what & COUNT_NZ) ? nz / NZ_FLAG : nz;
+    *nz_out += nz;
     *sum_out += sum;
-}
-
-/* Decode chunks c .. c+g-1 (all but the stream's last chunk hold chunk_size symbols) interleaved;
- * returns 0, or 1 when one ends badly. */
-INLINE int decode_group(const Lut *t, const Stream *s, Sink *sink, uint64_t c, const int g, const int vsize,
-                        const int what) {
-    uint64_t pos[GROUP];
-    uint8_t *o[GROUP];
-    uint64_t nz = 0, sum = 0, total = 0;
-    for (int j = 0; j < g; j++) {
-        pos[j] = chunk_start(s, c + j);
-        o[j] = sink->out + (c + j) * s->chunk_size * vsize;
-        total += chunk_count(s, c + j);
-    }
-    const uint64_t n = chunk_count(s, c + g - 1); /* the fewest */
-    decode_lanes(t, s, sink->values, pos, o, g, 0, n, vsize, what, &nz, &sum);
-    if (g > 1 && n < s->chunk_size) /* the stream's last chunk is short: the full ones go on */
-        decode_lanes(t, s, sink->values, pos, o, g - 1, n, s->chunk_size, vsize, what, &nz, &sum);
-    sink->nonzeros += what & COUNT_NZ ? nz : total;
-    sink->symbol_sum += sum;
-    for (int j = 0; j < g; j++) {
-        if (pos[j] != chunk_end(s, c + j)) {
-            sink->bad_chunk = (int64_t)(c + j);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-INLINE void decode_range(const Lut *t, const Stream *s, Sink *sink, uint64_t first, uint64_t last,
-                         const int vsize, const int what) {
-    uint64_t c = first;
-    for (; c + GROUP <= last; c += GROUP)
-        if (decode_group(t, s, sink, c, GROUP, vsize, what)) return;
-    for (; c < last; c++)
-        if (decode_group(t, s, sink, c, 1, vsize, what)) return;
 }
 
 /* Two codes a lookup, as zstd's double-symbol Huffman tables: the pair entry of root index i
@@ -451,9 +415,10 @@ INLINE void finish_lane(const Lut *t, const Pair *pairs, const Stream *s, uint64
     *sum_out += sum;
 }
 
-/* decode_group with pair lookups (value sizes 2 and 4). */
-INLINE int pair_group(const Lut *t, const Pair *pairs, const Stream *s, Sink *sink, uint64_t c, const int g,
-                      const int vsize, const int what) {
+/* Decode chunks c .. c+g-1 (all but the stream's last chunk hold chunk_size symbols) interleaved,
+ * with the pair table where there is one; returns 0, or 1 when one ends badly. */
+INLINE int decode_group(const Lut *t, const Pair *pairs, const Stream *s, Sink *sink, uint64_t c, const int g,
+                        const int vsize, const int what) {
     uint64_t pos[GROUP], at[GROUP], end[GROUP];
     uint8_t *o[GROUP];
     uint64_t nz = 0, sum = 0, total = 0;
@@ -464,12 +429,18 @@ INLINE int pair_group(const Lut *t, const Pair *pairs, const Stream *s, Sink *si
         end[j] = chunk_count(s, c + j);
         total += end[j];
     }
-    pair_lanes(t, pairs, s, pos, o, at, end, g, vsize, what, &nz, &sum);
-    if (g > 1 && end[g - 1] < end[0]) { /* the stream's short last chunk ends first: the rest go on */
-        finish_lane(t, pairs, s, pos, o, at, end, g - 1, vsize, what, &nz, &sum);
-        pair_lanes(t, pairs, s, pos, o, at, end, g - 1, vsize, what, &nz, &sum);
+    const int short_last = g > 1 && end[g - 1] < end[0]; /* the stream's last chunk: the rest go on */
+    if (vsize != 8 && pairs) {
+        pair_lanes(t, pairs, s, pos, o, at, end, g, vsize, what, &nz, &sum);
+        if (short_last) {
+            finish_lane(t, pairs, s, pos, o, at, end, g - 1, vsize, what, &nz, &sum);
+            pair_lanes(t, pairs, s, pos, o, at, end, g - 1, vsize, what, &nz, &sum);
+        }
+        for (int j = 0; j < g; j++) finish_lane(t, pairs, s, pos, o, at, end, j, vsize, what, &nz, &sum);
+    } else {
+        decode_lanes(t, s, sink->values, pos, o, g, 0, end[g - 1], vsize, what, &nz, &sum);
+        if (short_last) decode_lanes(t, s, sink->values, pos, o, g - 1, end[g - 1], end[0], vsize, what, &nz, &sum);
     }
-    for (int j = 0; j < g; j++) finish_lane(t, pairs, s, pos, o, at, end, j, vsize, what, &nz, &sum);
     sink->nonzeros += what & COUNT_NZ ? nz / NZ_FLAG : total;
     sink->symbol_sum += sum;
     for (int j = 0; j < g; j++) {
@@ -481,13 +452,13 @@ INLINE int pair_group(const Lut *t, const Pair *pairs, const Stream *s, Sink *si
     return 0;
 }
 
-INLINE void pair_range(const Lut *t, const Pair *pairs, const Stream *s, Sink *sink, uint64_t first, uint64_t last,
-                       const int vsize, const int what) {
+INLINE void decode_range(const Lut *t, const Pair *pairs, const Stream *s, Sink *sink, uint64_t first,
+                         uint64_t last, const int vsize, const int what) {
     uint64_t c = first;
     for (; c + GROUP <= last; c += GROUP)
-        if (pair_group(t, pairs, s, sink, c, GROUP, vsize, what)) return;
+        if (decode_group(t, pairs, s, sink, c, GROUP, vsize, what)) return;
     for (; c < last; c++)
-        if (pair_group(t, pairs, s, sink, c, 1, vsize, what)) return;
+        if (decode_group(t, pairs, s, sink, c, 1, vsize, what)) return;
 }
 
 /* One kernel per value size and per `what`: nonzeros are counted only where some used symbol's
@@ -497,8 +468,7 @@ INLINE void pair_range(const Lut *t, const Pair *pairs, const Stream *s, Sink *s
 #define RANGE(v, w, attr, suffix)                                                                \
     attr static void decode_range_##v##_##w##suffix(const Lut *t, const Pair *p, const Stream *s, Sink *k, \
                                                     uint64_t a, uint64_t b) {                    \
-        if (p && v != 8) pair_range(t, p, s, k, a, b, v == 8 ? 4 : v, w); /* (no 8-byte pairs) */ \
-        else decode_range(t, s, k, a, b, v, w);                                                  \
+        decode_range(t, p, s, k, a, b, v, w);                                                    \
     }
 #define RANGES(v, attr, suffix) \
     RANGE(v, 0, attr, suffix) RANGE(v, 1, attr, suffix) RANGE(v, 2, attr, suffix) RANGE(v, 3, attr, suffix)
