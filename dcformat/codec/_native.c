@@ -399,7 +399,7 @@ INLINE void finish_lane(const Lut *t, const Pair *pairs, const Stream *s, uint64
     const unsigned root_bits = t->root_bits;
     const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
     (void)vals;
-    while (end[j] - k >= 2 && p <= fast_limit) {
+    while (end[j] - k >= 2 && s->size >= 8 && p <= fast_limit) { /* a load of 8 bytes stays inside */
         uint64_t w = load64(data + (p >> 3)) >> (p & 7), used = 0;
         PAIR_STEP(j, w, k, used);
         p += used;

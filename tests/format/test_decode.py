@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,6 +194,54 @@ def test_pair_table_corrupt_stream_property(path_mode, seed: int, count: int, fl
     results = both(path_mode, lambda: codec.decode_values(bad, values, flags, 2))
     for r in results[1:]:
         assert_same(results[0], r)
+
+
+GUARDED_DECODES = """
+import ctypes, dataclasses, mmap, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_decode import make_stream, skewed_symbols
+from dcformat.codec import decode as codec
+
+page = mmap.PAGESIZE
+buffer = mmap.mmap(-1, 2 * page)
+base = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.mprotect(ctypes.c_void_p(base + page), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+rng = np.random.default_rng(0)
+decoded = 0
+for count in [*range(1, 80), 200, 1000, 5000]:
+    for lengths in ([1, 2, 3, 3], [1, 1], [2, 2, 2, 2], [1, 2, 4, 4, 4, 4, 5, 5]):
+        lengths = np.array(lengths, np.uint8)
+        freqs = (2.0 ** -lengths.astype(float) * 1e6).astype(np.int64)
+        symbols = rng.choice(len(lengths), size=count, p=freqs / freqs.sum())
+        stream = make_stream(symbols, freqs, int(rng.integers(1, 300)))
+        for flip in (False, True):
+            data = stream.data.copy()
+            if flip and data.size:
+                data[rng.integers(data.size)] ^= np.uint8(1 << rng.integers(8))
+            guarded = np.frombuffer(buffer, np.uint8, count=data.size, offset=page - data.size)
+            guarded[:] = data  # the stream's last byte is the last readable one
+            values = np.arange(1, len(lengths) + 1, dtype=np.float32)
+            try:
+                codec.decode_values(dataclasses.replace(stream, data=guarded), values, None)
+                codec.decode_symbols(dataclasses.replace(stream, data=guarded))
+            except Exception as exc:
+                assert flip, exc
+            decoded += 1
+print(decoded)
+"""
+
+
+@pytest.mark.skipif(not NATIVE_WANTED or sys.platform != "linux", reason="native kernels on Linux")
+def test_kernels_read_nothing_past_the_stream_data() -> None:
+    """Streams whose last byte ends a readable page (the next page unreadable: a read past the
+    data crashes) decode, valid and corrupt, pair tables included: regression of a tail loop
+    that loaded 8 bytes from data shorter than 8."""
+    here = str(Path(__file__).resolve().parent)
+    run = subprocess.run([sys.executable, "-c", GUARDED_DECODES, here], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout) == 82 * 4 * 2
 
 
 @pytest.mark.parametrize("value_dtype", ["<f2", "<f4", "<f8", "<u2"])
