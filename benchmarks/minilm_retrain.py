@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         help="codebook value times a trained float16 scale per row (format 1.1 scales)",
     )
     parser.add_argument(
+        "--token-counts",
+        action="store_true",
+        help="word embedding rows as precise as their tokens are common in the training text (--row-scales)",
+    )
+    parser.add_argument(
         "--wordnet", action="store_true", help="train on WordNet's usage examples too (apt wordnet-base)"
     )
     parser.add_argument(
@@ -279,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
             *([LayerRule(ffn_out, bits=args.ffn_out_bits)] if args.ffn_out_bits else []),
         ),
     )
+    row_counts = None
+    if args.token_counts:  # each vocabulary entry's count in the training text
+        counts = np.zeros(bert.config.vocab_size, dtype=np.int64)
+        for i in range(0, len(train_text), 512):
+            for ids in st.tokenizer(train_text[i : i + 512], truncation=True, max_length=256)["input_ids"]:
+                np.add.at(counts, ids, 1)
+        row_counts = {"embeddings.word_embeddings.weight": counts}
+        print(f"{np.count_nonzero(counts):,} of {counts.size:,} tokens occur in the training text")
     result = deep_compress(
         student,
         train,
@@ -287,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         distill=True,
         reassign=not args.fixed_codes,
         row_scales=args.row_scales,
+        row_counts=row_counts,
         checkpoint_dir=args.checkpoint_dir,
     )
     # Tensors of the file that the module does not hold (position_ids) are stored exactly.

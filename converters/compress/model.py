@@ -130,14 +130,34 @@ def shared_weights(
 
 
 def scaled_weights(
-    model: Any, plans: Mapping[str, TensorPlan], config: CompressionConfig, *, row_scales: bool
+    model: Any,
+    plans: Mapping[str, TensorPlan],
+    config: CompressionConfig,
+    *,
+    row_scales: bool,
+    row_counts: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, SharedTensor], dict[str, np.ndarray]]:
     """Each planned tensor of a module weight-shared by k-means, and with ``row_scales`` the
     float16 row scales of the float32 tensors of 2 dimensions or more, shared under them
-    (:func:`~converters.compress.finetune.scaled_sharing`)."""
+    (:func:`~converters.compress.finetune.scaled_sharing`). The tensors named in ``row_counts``
+    (with row scales, not pruned) are shared by how often each row is used
+    (:func:`~converters.compress.row_usage.usage_sharing`)."""
     current = model_weights(model)
     shared, scales = {}, {}
+    for name, counts in (row_counts or {}).items():
+        weight, plan = current.get(name), plans.get(name)
+        if weight is None or plan is None or not row_scales or weight.array.ndim < 2 or plan.prunes:
+            raise ValueError(
+                f"row counts need an unpruned compressed tensor of 2+ dimensions and row scales: {name}"
+            )
+        from .row_usage import usage_sharing
+
+        kmeans = {"init": plan.init, "max_iter": config.kmeans_iters, "seed": config.seed}
+        values = weight.values().reshape(-1)
+        shared[name], scales[name] = usage_sharing(values, weight.array.shape[0], plan.bits, counts, **kmeans)
     for name, plan in plans.items():
+        if name in shared:
+            continue
         weight = current[name]
         kmeans = {"init": plan.init, "max_iter": config.kmeans_iters, "seed": config.seed}
         if row_scales and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +104,7 @@ def deep_compress(
     distill: bool = False,
     reassign: bool = False,
     row_scales: bool = False,
+    row_counts: Mapping[str, np.ndarray] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> CompressionResult:
@@ -127,12 +128,17 @@ def deep_compress(
     centroids alone cannot recover. ``row_scales`` (k-means): each float32 weight tensor of 2
     dimensions or more is ``codebook[code] * scale[row]``, the k-means clustering the
     scale-normalized rows and the quantize stage training the float16 row scales with the
-    centroids (format 1.1 scales). ``checkpoint_dir``: save after each stage and resume from the
+    centroids (format 1.1 scales). ``row_counts`` (with ``row_scales``): for lookup tables such
+    as word embeddings, how often each row is used (e.g. each token's count in your text), by
+    tensor name: a row's precision then follows its use at the bits' file size
+    (:mod:`converters.compress.row_usage`). ``checkpoint_dir``: save after each stage and resume from the
     last saved one (same arguments and model shapes required). ``progress``: the TrainLoop's
     tqdm bar (stage, epoch, loss); custom loops see it as ``stage.progress``.
     """
     if quantizer not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
+    if row_counts and (quantizer != "kmeans" or not row_scales):
+        raise ValueError("row_counts need the k-means quantizer with row_scales=True")
     config = config or PAPER  # retraining recovers what the paper's bits lose
     if not callable(train):
         if not isinstance(train, Iterable):
@@ -145,6 +151,12 @@ def deep_compress(
     pruner = Pruner(model, to_prune, steps=config.prune_steps) if to_prune else None
     n_prune = pruner.steps if pruner is not None else 0
     settings = (config.to_dict(), quantizer, threshold, distill, reassign) + ((True,) if row_scales else ())
+    if row_counts:
+        digests = {
+            n: hashlib.sha256(np.ascontiguousarray(c, np.float64).tobytes()).hexdigest()
+            for n, c in row_counts.items()
+        }
+        settings += (digests,)
     fingerprint = _fingerprint(*settings, model=model)
     checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
     teacher = None
@@ -208,7 +220,9 @@ def deep_compress(
     others = [p for name, p in params.items() if name not in trained and p.requires_grad]
     q: TrainedQuantizer | LowBitQuantizer
     if quantizer == "kmeans":
-        shared, scales = shared_state or scaled_weights(model, trained, config, row_scales=row_scales)
+        shared, scales = shared_state or scaled_weights(
+            model, trained, config, row_scales=row_scales, row_counts=row_counts
+        )
         q = TrainedQuantizer(model, shared, reassign=reassign, scales=scales)
     else:
         q = LowBitQuantizer(model, list(trained), quantizer, threshold)
