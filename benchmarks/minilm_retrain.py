@@ -286,10 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     row_counts = None
     if args.token_counts:  # each vocabulary entry's count in the training text
-        counts = np.zeros(bert.config.vocab_size, dtype=np.int64)
-        for i in range(0, len(train_text), 512):
-            for ids in st.tokenizer(train_text[i : i + 512], truncation=True, max_length=256)["input_ids"]:
-                np.add.at(counts, ids, 1)
+        ids = st.tokenizer(train_text, truncation=True, max_length=256)["input_ids"]
+        counts = np.bincount(np.concatenate(ids), minlength=bert.config.vocab_size)
         row_counts = {"embeddings.word_embeddings.weight": counts}
         print(f"{np.count_nonzero(counts):,} of {counts.size:,} tokens occur in the training text")
     result = deep_compress(

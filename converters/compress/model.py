@@ -143,24 +143,26 @@ def scaled_weights(
     (with row scales, not pruned) are shared by how often each row is used
     (:func:`~converters.compress.row_usage.usage_sharing`)."""
     current = model_weights(model)
+    row_counts = row_counts or {}
+    unusable = [
+        name
+        for name in row_counts
+        if name not in plans or not row_scales or current[name].array.ndim < 2 or plans[name].prunes
+    ]
+    if unusable:
+        raise ValueError(
+            f"row counts need an unpruned compressed tensor of 2+ dimensions and row scales: {unusable}"
+        )
     shared, scales = {}, {}
-    for name, counts in (row_counts or {}).items():
-        weight, plan = current.get(name), plans.get(name)
-        if weight is None or plan is None or not row_scales or weight.array.ndim < 2 or plan.prunes:
-            raise ValueError(
-                f"row counts need an unpruned compressed tensor of 2+ dimensions and row scales: {name}"
-            )
-        from .row_usage import usage_sharing
-
-        kmeans = {"init": plan.init, "max_iter": config.kmeans_iters, "seed": config.seed}
-        values = weight.values().reshape(-1)
-        shared[name], scales[name] = usage_sharing(values, weight.array.shape[0], plan.bits, counts, **kmeans)
     for name, plan in plans.items():
-        if name in shared:
-            continue
         weight = current[name]
         kmeans = {"init": plan.init, "max_iter": config.kmeans_iters, "seed": config.seed}
-        if row_scales and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
+        if name in row_counts:
+            from .row_usage import usage_sharing
+
+            values, rows = weight.values().reshape(-1), weight.array.shape[0]
+            shared[name], scales[name] = usage_sharing(values, rows, plan.bits, row_counts[name], **kmeans)
+        elif row_scales and weight.dtype == "float32" and weight.array.ndim >= 2 and weight.array.size:
             from .finetune import scaled_sharing
 
             shared[name], scales[name] = scaled_sharing(

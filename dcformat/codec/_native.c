@@ -184,6 +184,11 @@ INLINE uint64_t peek_safe(const Stream *s, uint64_t pos) {
     return w >> (pos & 7);
 }
 
+/* The last bit position from which load64 reads inside the data: (size - 8) * 8. Data shorter
+ * than 8 bytes has none; it gives 0, so a caller must also check size >= 8 or, as the
+ * interleaved loops do, demand room past the limit. */
+INLINE uint64_t fast_limit_of(const Stream *s) { return s->size >= 8 ? (s->size - 8) * 8 : 0; }
+
 INLINE uint64_t chunk_start(const Stream *s, uint64_t c) { return c ? s->offsets[c - 1] : 0; }
 
 INLINE uint64_t chunk_end(const Stream *s, uint64_t c) {
@@ -243,7 +248,7 @@ INLINE void decode_lanes(const Lut *t, const Stream *s, const uint8_t *vals, uin
     const uint64_t *const root = t->root, *const sub = t->sub;
     const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
     const unsigned root_bits = t->root_bits;
-    const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
+    const uint64_t fast_limit = fast_limit_of(s);
     for (; i + 3 * STEPS <= n; i += 3 * STEPS) {
         int near_end = 0;
         for (int j = 0; j < g; j++) near_end |= pos[j] > fast_limit || fast_limit - pos[j] < 48 * STEPS;
@@ -357,11 +362,11 @@ INLINE void pair_lanes(const Lut *t, const Pair *pairs, const Stream *s, uint64_
                        const uint64_t *end, const int g, const int vsize, const int what, uint64_t *nz_out,
                        uint64_t *sum_out) {
     uint64_t nz = 0, sum = 0;
-    const uint8_t *const data = s->data, *const vals = NULL;
+    const uint8_t *const data = s->data, *const vals = NULL; /* EMIT's 8-byte values: no pairs */
     const uint64_t *const sub = t->sub;
     const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
     const unsigned root_bits = t->root_bits;
-    const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
+    const uint64_t fast_limit = fast_limit_of(s);
     (void)vals;
     for (;;) {
         int stop = 0;
@@ -393,11 +398,11 @@ INLINE void finish_lane(const Lut *t, const Pair *pairs, const Stream *s, uint64
                         const uint64_t *end, const int j, const int vsize, const int what, uint64_t *nz_out,
                         uint64_t *sum_out) {
     uint64_t nz = 0, sum = 0, k = at[j], p = pos[j];
-    const uint8_t *const data = s->data, *const vals = NULL;
+    const uint8_t *const data = s->data, *const vals = NULL; /* EMIT's 8-byte values: no pairs */
     const uint64_t *const sub = t->sub;
     const uint64_t root_mask = t->root_mask, sub_mask = t->sub_mask;
     const unsigned root_bits = t->root_bits;
-    const uint64_t fast_limit = s->size >= 8 ? (s->size - 8) * 8 : 0;
+    const uint64_t fast_limit = fast_limit_of(s);
     (void)vals;
     while (end[j] - k >= 2 && s->size >= 8 && p <= fast_limit) { /* a load of 8 bytes stays inside */
         uint64_t w = load64(data + (p >> 3)) >> (p & 7), used = 0;
