@@ -142,6 +142,17 @@ def held_out_sentences() -> list[str]:
     return doc_sentences(EVAL_MODULES, 64) + list(SENTENCES)
 
 
+def bits_rule(text: str) -> object:
+    """``PATTERN=BITS`` as a LayerRule (an argparse type: a bad one is a usage error)."""
+    from converters.compress.config import LayerRule
+
+    pattern, _, bits = text.rpartition("=")
+    try:
+        return LayerRule(pattern, bits=int(bits))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=BITS ({error})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for minilm.dcnn")
@@ -151,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, default=4, help="encoder and other layers (4)")
     parser.add_argument("--embedding-bits", type=int, default=3, help="word embedding table (3)")
     parser.add_argument("--ffn-out-bits", type=int, help="feed-forward output layers (default: --bits)")
+    parser.add_argument(
+        "--bits-for",
+        action="append",
+        default=[],
+        metavar="PATTERN=BITS",
+        type=bits_rule,
+        help="bits of the layers a pattern matches, e.g. 'encoder.layer.*.attention.self.query=4'",
+    )
     parser.add_argument("--prune-steps", type=int, default=300, help="optimizer steps per pruning round")
     parser.add_argument("--quantize-steps", type=int, default=300, help="trained quantization steps")
     parser.add_argument("--batch", type=int, default=64)
@@ -282,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             LayerRule("embeddings.word_embeddings", bits=args.embedding_bits),
             LayerRule("encoder.layer.*", sparsity=args.sparsity or None),
             *([LayerRule(ffn_out, bits=args.ffn_out_bits)] if args.ffn_out_bits else []),
+            *args.bits_for,
         ),
     )
     row_counts = None
