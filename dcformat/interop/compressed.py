@@ -17,7 +17,6 @@ elsewhere a torch fallback does.
 
 from __future__ import annotations
 
-import operator
 import time
 import warnings
 from collections.abc import Callable, Collection
@@ -34,6 +33,7 @@ from ..tensors import Codes
 
 SPARSE, LUT, DENSE = "sparse", "lut", "dense"
 _SPARSE_BUFFERS = ("indptr", "cols", "codes", "codebook")
+MAX_THREADS = 64  # the native kernels' pool
 MAX_BATCH = 16  # the batch range load_into(compressed=True) chooses for
 
 # The cost model of choose(), from `python benchmarks/matvec.py --sweep` (random matrices of
@@ -193,33 +193,34 @@ def choose_conv(rows: int, cols: int, nnz: int, pixels: int) -> str:
     return SPARSE if ok else DENSE
 
 
-def _threads() -> int:
-    return max(1, min(torch.get_num_threads(), 64))
-
-
 def _native_arrays(module: nn.Module, names: tuple[str, ...]) -> tuple[np.ndarray | None, ...] | None:
     """numpy views of the module's form buffers and its bias (None when it has none) for the
     native kernels, or None where they cannot run (no kernels, tensors off the CPU or not
     float32 values). The views share the tensors' memory, so in-place changes show through;
     they are cached while the very same tensors (the cache holds them, so their ids stay
     theirs) keep their data pointers (``.data =`` and ``set_`` move them). DCNN_NO_NATIVE is
-    read when the views are made (a module's first call, or after its tensors change)."""
+    read when the views are made (a module's first call, or after its tensors change). The
+    check runs on every call of a layer that may take microseconds: one loop, no lists."""
     buffers = module._buffers
-    tensors = [buffers[name] for name in names]
-    tensors.append(module._parameters.get("bias"))
+    bias = module._parameters.get("bias")
     cached = module.__dict__.get("_arrays")
-    if (
-        cached is not None
-        and all(map(operator.is_, cached[0], tensors))
-        and cached[2] == [t.data_ptr() for t in tensors if t is not None]
-    ):
-        return cached[1]
-    bias = tensors[-1]
+    if cached is not None:
+        tensors, arrays, pointers = cached
+        fresh = tensors[-1] is bias and (bias is None or bias.data_ptr() == pointers[-1])
+        for name, tensor, pointer in zip(names, tensors, pointers, strict=False):  # + the bias
+            if not fresh:
+                break
+            now = buffers[name]
+            fresh = now is tensor and now.data_ptr() == pointer
+        if fresh:
+            return arrays
+    tensors = [*(buffers[name] for name in names), bias]
     ready = matvec.enabled() and all(t.is_cpu for t in tensors if t is not None)
     ready = ready and tensors[-2].dtype == torch.float32
     ready = ready and (bias is None or bias.dtype == torch.float32)
     arrays = tuple(t.detach().numpy() if t is not None else None for t in tensors) if ready else None
-    module.__dict__["_arrays"] = (tensors, arrays, [t.data_ptr() for t in tensors if t is not None])
+    pointers = [t.data_ptr() if t is not None else 0 for t in tensors]
+    module.__dict__["_arrays"] = (tensors, arrays, pointers)
     return arrays
 
 
@@ -231,11 +232,9 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy() if x.requires_grad else x.numpy()
 
 
-def _call(kernel: Any, *args: Any) -> None:
-    try:
-        kernel(*args)
-    except ValueError as exc:
-        raise DcnnError(f"the compressed weight is inconsistent: {exc}", rule="usage") from None
+def _inconsistent(error: ValueError) -> DcnnError:
+    """What a kernel's refusal of the module's buffers (edited into disagreement) raises."""
+    return DcnnError(f"the compressed weight is inconsistent: {error}", rule="usage")
 
 
 class _SparseForm(nn.Module):
@@ -266,8 +265,11 @@ class _SparseForm(nn.Module):
             return None
         y = np.empty((p, self._rows) if linear else (n, self._rows, p), dtype=np.float32)
         if y.size:
-            args = (self._cols, p, n, linear, _threads(), arrays[4], linear)
-            _call(matvec._matvec.spmm, *arrays[:4], x, y, *args)
+            threads = min(torch.get_num_threads(), MAX_THREADS)
+            try:
+                matvec._matvec.spmm(*arrays[:4], x, y, self._cols, p, n, linear, threads, arrays[4], linear)
+            except ValueError as exc:
+                raise _inconsistent(exc) from None
         return y
 
     def _spmm_torch(self, x3: torch.Tensor, transposed_out: bool) -> torch.Tensor:
@@ -313,7 +315,9 @@ class SparseCodedLinear(_SparseForm):
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"expected {self.in_features} input features, got {x.shape[-1]}")
         if _cpu_float32(x):
-            x2 = np.ascontiguousarray(_numpy(x).reshape(-1, self.in_features))
+            x2 = _numpy(x)
+            if x2.ndim != 2 or not x2.flags.c_contiguous:
+                x2 = np.ascontiguousarray(x2.reshape(-1, self.in_features))
             y = self._spmm_native(x2, x2.shape[0], 1, linear=True)
             if y is not None:
                 y = torch.from_numpy(y)
@@ -385,11 +389,17 @@ class LutCodedLinear(nn.Module):
         lead = x.shape[:-1]
         arrays = _native_arrays(self, ("codes", "codebook")) if _cpu_float32(x) else None
         if arrays is not None:
-            x2 = np.ascontiguousarray(_numpy(x).reshape(-1, self.in_features))
+            x2 = _numpy(x)
+            if x2.ndim != 2 or not x2.flags.c_contiguous:
+                x2 = np.ascontiguousarray(x2.reshape(-1, self.in_features))
             y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
             if y.size:
-                args = (self.out_features, self.in_features, x2.shape[0], _threads())
-                _call(matvec._matvec.lut, *arrays[:2], x2, y, *args)
+                threads = min(torch.get_num_threads(), MAX_THREADS)
+                try:
+                    sizes = (self.out_features, self.in_features, x2.shape[0])
+                    matvec._matvec.lut(*arrays[:2], x2, y, *sizes, threads)
+                except ValueError as exc:
+                    raise _inconsistent(exc) from None
             if arrays[2] is not None:
                 y += arrays[2]
             return torch.from_numpy(y).view(*lead, self.out_features)

@@ -569,3 +569,6 @@ def test_changes_to_the_buffers_are_seen(scratch):
         torch.testing.assert_close(module.fc(x) - module.fc.bias, before, rtol=1e-4, atol=1e-4)
         module.fc.codebook.data = module.fc.codebook * 3  # the same object, new memory
         torch.testing.assert_close(module.fc(x) - module.fc.bias, 3 * before, rtol=1e-4, atol=1e-4)
+        bias = module.fc.bias.clone()
+        module.fc.bias.data = bias + 1  # the bias too
+        torch.testing.assert_close(module.fc(x) - bias, 3 * before + 1, rtol=1e-4, atol=1e-4)
