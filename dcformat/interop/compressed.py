@@ -206,14 +206,13 @@ def _native_arrays(module: nn.Module, names: tuple[str, ...]) -> tuple[np.ndarra
     cached = module.__dict__.get("_arrays")
     if cached is not None:
         tensors, arrays, pointers = cached
-        fresh = tensors[-1] is bias and (bias is None or bias.data_ptr() == pointers[-1])
-        for name, tensor, pointer in zip(names, tensors, pointers, strict=False):  # + the bias
-            if not fresh:
-                break
+        for name, tensor, pointer in zip(names, tensors, pointers, strict=False):  # the bias last
             now = buffers[name]
-            fresh = now is tensor and now.data_ptr() == pointer
-        if fresh:
-            return arrays
+            if now is not tensor or now.data_ptr() != pointer:
+                break
+        else:
+            if tensors[-1] is bias and (bias is None or bias.data_ptr() == pointers[-1]):
+                return arrays
     tensors = [*(buffers[name] for name in names), bias]
     ready = matvec.enabled() and all(t.is_cpu for t in tensors if t is not None)
     ready = ready and tensors[-2].dtype == torch.float32
@@ -232,9 +231,17 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy() if x.requires_grad else x.numpy()
 
 
-def _inconsistent(error: ValueError) -> DcnnError:
-    """What a kernel's refusal of the module's buffers (edited into disagreement) raises."""
-    return DcnnError(f"the compressed weight is inconsistent: {error}", rule="usage")
+def _call(kernel: Any, *args: Any) -> None:
+    """A native product; its refusal of the module's buffers (edited into disagreement) is a
+    DcnnError."""
+    try:
+        kernel(*args)
+    except ValueError as exc:
+        raise DcnnError(f"the compressed weight is inconsistent: {exc}", rule="usage") from None
+
+
+def _threads() -> int:
+    return min(torch.get_num_threads(), MAX_THREADS)
 
 
 class _SparseForm(nn.Module):
@@ -265,11 +272,8 @@ class _SparseForm(nn.Module):
             return None
         y = np.empty((p, self._rows) if linear else (n, self._rows, p), dtype=np.float32)
         if y.size:
-            threads = min(torch.get_num_threads(), MAX_THREADS)
-            try:
-                matvec._matvec.spmm(*arrays[:4], x, y, self._cols, p, n, linear, threads, arrays[4], linear)
-            except ValueError as exc:
-                raise _inconsistent(exc) from None
+            args = (self._cols, p, n, linear, _threads(), arrays[4], linear)
+            _call(matvec._matvec.spmm, *arrays[:4], x, y, *args)
         return y
 
     def _spmm_torch(self, x3: torch.Tensor, transposed_out: bool) -> torch.Tensor:
@@ -394,12 +398,8 @@ class LutCodedLinear(nn.Module):
                 x2 = np.ascontiguousarray(x2.reshape(-1, self.in_features))
             y = np.empty((x2.shape[0], self.out_features), dtype=np.float32)
             if y.size:
-                threads = min(torch.get_num_threads(), MAX_THREADS)
-                try:
-                    sizes = (self.out_features, self.in_features, x2.shape[0])
-                    matvec._matvec.lut(*arrays[:2], x2, y, *sizes, threads)
-                except ValueError as exc:
-                    raise _inconsistent(exc) from None
+                args = (self.out_features, self.in_features, x2.shape[0], _threads())
+                _call(matvec._matvec.lut, *arrays[:2], x2, y, *args)
             if arrays[2] is not None:
                 y += arrays[2]
             return torch.from_numpy(y).view(*lead, self.out_features)
