@@ -1,0 +1,149 @@
+"""Which tensors take fewer bits best: each tensor's measured output error per byte saved.
+
+Tensors differ widely in what a bit less costs: in MiniLM, one bit less on a feed-forward
+output or on the last layer's value projection costs about 30 times the output error per byte
+saved that most query and key projections cost. :func:`measure_sensitivity` measures it:
+every tensor the config compresses is pruned to its plan's sparsity and weight-shared at its
+plan's bits as trained quantization starts (data-free k-means, with the row scales and row
+counts :func:`~converters.compress.recipe.deep_compress` is given), then each in turn at one
+bit less, with the others unchanged, and ``error(model)`` is called for each. The result's
+:meth:`Sensitivities.fewer_bits` turns the measurements into one rule per chosen tensor,
+the cheapest increase per byte saved first, to append to the config before retraining.
+
+The measurements are of one-shot pruning and sharing without retraining, and the increases
+are added as if independent: the ranking is what they are for. Measure ``error`` on inputs
+that are not those you judge the compressed model on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .config import CompressionConfig, LayerRule, TensorPlan
+from .model import model_plans, model_weights, scaled_weights
+from .prune import prune_array
+from .tensor import encode_shared
+
+ModelError = Callable[[Any], float]
+"""``error(model)``: the model's output error on sample inputs, lower is better (for example
+1 - the mean cosine of its outputs with the dense model's)."""
+
+
+@dataclass(frozen=True)
+class TensorSensitivity:
+    """One tensor at one bit less than its plan's bits: the bytes its codes save in the file
+    and the increase of the model's error."""
+
+    name: str
+    bits: int  # the plan's bits; the measurement is at bits - 1
+    saved_bytes: int
+    increase: float
+
+    @property
+    def cost_per_byte(self) -> float:
+        """The error increase per byte saved (infinite where nothing is saved)."""
+        return self.increase / self.saved_bytes if self.saved_bytes > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Sensitivities:
+    """The model's error with every tensor at its plan's bits, and each tensor's measurement."""
+
+    error: float
+    tensors: tuple[TensorSensitivity, ...]
+
+    def fewer_bits(self, max_increase: float) -> list[LayerRule]:
+        """Rules giving tensors one bit less, the cheapest error increase per byte saved first,
+        while the increases (a negative one counted as 0) add up to at most ``max_increase``."""
+        if not max_increase >= 0:
+            raise ValueError(f"max_increase must be a number >= 0, got {max_increase!r}")
+        rules, total = [], 0.0
+        for t in sorted(self.tensors, key=lambda t: t.cost_per_byte):
+            total += max(t.increase, 0.0)
+            if t.saved_bytes <= 0 or total > max_increase:
+                break
+            rules.append(LayerRule(_exact_pattern(t.name), bits=t.bits - 1))
+        return rules
+
+
+def measure_sensitivity(
+    model: Any,
+    error: ModelError,
+    config: CompressionConfig,
+    *,
+    row_scales: bool = False,
+    row_counts: Mapping[str, np.ndarray] | None = None,
+    progress: bool = True,
+) -> Sensitivities:
+    """Measure, for each trainable tensor that ``config`` compresses at 2 bits or more, what
+    one bit less costs (see the module doc). ``row_scales`` and ``row_counts`` as for
+    :func:`~converters.compress.recipe.deep_compress`. The model's weights are restored after."""
+    import torch
+
+    params = dict(model.named_parameters())
+    plans = {n: p for n, p in model_plans(model, config).items() if n in params and p.bits > 1}
+    fewer = {n: replace(p, bits=p.bits - 1) for n, p in plans.items()}
+    original = {n: params[n].detach().clone() for n in plans}
+    from .retrain import _bar
+
+    bar = _bar(len(plans) + 1, "sensitivity", progress)
+    try:
+        with torch.no_grad():
+            weights = model_weights(model)
+            for name, plan in plans.items():
+                if plan.prunes:
+                    pruned = prune_array(weights[name].values(), plan)
+                    params[name].copy_(torch.from_numpy(pruned))
+            at_plan = _coded(model, plans, config, row_scales, row_counts)
+            at_fewer = _coded(model, fewer, config, row_scales, row_counts)
+            for name, (values, _) in at_plan.items():
+                params[name].copy_(torch.from_numpy(values))
+            base = float(error(model))
+            _advance(bar)
+            rows = []
+            for name, (values, size) in at_fewer.items():
+                params[name].copy_(torch.from_numpy(values))
+                increase = float(error(model)) - base
+                params[name].copy_(torch.from_numpy(at_plan[name][0]))
+                rows.append(TensorSensitivity(name, plans[name].bits, at_plan[name][1] - size, increase))
+                _advance(bar)
+    finally:
+        with torch.no_grad():
+            for name, value in original.items():
+                params[name].copy_(value)
+        if bar is not None:
+            bar.close()
+    return Sensitivities(base, tuple(rows))
+
+
+def _coded(
+    model: Any,
+    plans: Mapping[str, TensorPlan],
+    config: CompressionConfig,
+    row_scales: bool,
+    row_counts: Mapping[str, np.ndarray] | None,
+) -> dict[str, tuple[np.ndarray, int]]:
+    """Each planned tensor's decoded values and stored bytes, shared as trained quantization starts."""
+    counts = {n: c for n, c in (row_counts or {}).items() if n in plans}
+    shared, scales = scaled_weights(model, plans, config, row_scales=row_scales, row_counts=counts)
+    weights = model_weights(model)
+    coded = {}
+    for name in plans:
+        tensor = encode_shared(weights[name], shared[name], plans[name].bits, scales=scales.get(name))
+        coded[name] = (np.ascontiguousarray(tensor.values(weights[name])), tensor.encoded.stored_bytes)
+    return coded
+
+
+def _exact_pattern(name: str) -> str:
+    """An fnmatch pattern matching ``name`` only."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _advance(bar: Any) -> None:
+    if bar is not None:
+        bar.update()
