@@ -34,6 +34,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATTERN=BITS",
         type=bits_rule,
         help="bits of the layers a pattern matches, e.g. 'encoder.layer.*.attention.self.query=4'",
+    )
+    parser.add_argument(
+        "--fewer-bits",
+        type=float,
+        metavar="MAX_INCREASE",
+        help="one bit less on the tensors where it costs least per byte saved, measured before "
+        "training as 1 - mean cosine on training sentences, while the increases add up to at most "
+        "this (converters.compress.sensitivity)",
     )
     parser.add_argument("--prune-steps", type=int, default=300, help="optimizer steps per pruning round")
     parser.add_argument("--quantize-steps", type=int, default=300, help="trained quantization steps")
@@ -310,6 +319,28 @@ def main(argv: list[str] | None = None) -> int:
         counts = np.bincount(np.concatenate(ids), minlength=bert.config.vocab_size)
         row_counts = {"embeddings.word_embeddings.weight": counts}
         print(f"{np.count_nonzero(counts):,} of {counts.size:,} tokens occur in the training text")
+    if args.fewer_bits is not None:
+        from converters.compress.sensitivity import measure_sensitivity
+
+        sample_features = tokens(train_sample)
+
+        @torch.no_grad()
+        def train_error(model: torch.nn.Module) -> float:
+            model.eval()
+            _, emb = pooled(model, sample_features)
+            return 1 - float((emb.cpu() * torch.from_numpy(train_reference)).sum(1).mean())
+
+        measured = measure_sensitivity(
+            student, train_error, config, row_scales=args.row_scales, row_counts=row_counts
+        )
+        fewer = measured.fewer_bits(args.fewer_bits)
+        print(
+            f"sensitivity: error {measured.error:.4f} before training at the config's bits; one bit "
+            f"less on {len(fewer)} of {len(measured.tensors)} tensors:"
+        )
+        for rule in fewer:
+            print(f"  {rule.pattern} -> {rule.bits} bits")
+        config = replace(config, rules=config.rules + tuple(fewer))
     result = deep_compress(
         student,
         train,
