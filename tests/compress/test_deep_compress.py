@@ -184,6 +184,29 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys, small_mni
     assert len(list((tmp_path / "ckpt").glob("stage-*.pt"))) == 4
 
 
+def test_readme_sensitivity_example_runs_in_the_example(tmp_path, monkeypatch, capsys, small_mnist) -> None:
+    """The README's second block, put where it says (before deep_compress), runs and sets bits."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Compress with retraining") :]
+    blocks = section.split("```python\n")[1:3]
+    example, sensitivity = (block[: block.index("```\n")] for block in blocks)
+    call = example.index("result = converters.deep_compress(")
+    code = example[:call] + sensitivity + example[call:]
+    monkeypatch.setattr("examples.mnist.load_mnist", lambda: small_mnist)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    measured, config = namespace["measured"], namespace["config"]
+    bits = {t.name: t.bits for t in measured.tensors}
+    assert bits == {"fc1.weight": 4, "fc2.weight": 4, "fc3.weight": 5}
+    added = config.rules[2:]
+    assert added and all(r.bits == bits[r.pattern] - 1 for r in added)
+    assert sum(max(t.increase, 0) for t in measured.tensors if t.name in {r.pattern for r in added}) <= 0.5
+    file_bits = {row.name: row.weight_bits for row in namespace["result"].report.tensors}
+    assert all(file_bits[r.pattern] == r.bits for r in added)
+    assert "fine-tuned" in capsys.readouterr().out
+
+
 def test_row_scales_are_trained_and_the_file_holds_the_trained_weights(tmp_path) -> None:
     train, _ = shuffled_loop()
     plain = deep_compress(tiny_model(), train, config=CONFIG, reassign=True, progress=False)
