@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -336,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         fewer = measured.fewer_bits(args.fewer_bits)
         print(
             f"sensitivity: error {measured.error:.4f} before training at the config's bits; one bit "
-            f"less on {len(fewer)} of {len(measured.tensors)} tensors:"
+            f"less on the {len(fewer)} of {len(measured.tensors)} tensors marked *, cheapest per byte first:"
         )
-        for rule in fewer:
-            print(f"  {rule.pattern} -> {rule.bits} bits")
+        print(f"    {'tensor':<48} {'bits':>4} {'saved B':>9} {'increase':>9}")
+        for t in sorted(measured.tensors, key=lambda t: t.cost_per_byte):
+            mark = "*" if any(fnmatchcase(t.name, rule.pattern) for rule in fewer) else " "
+            print(f"  {mark} {t.name:<48} {t.bits:>4} {t.saved_bytes:>9,} {t.increase:>9.5f}")
         config = replace(config, rules=config.rules + tuple(fewer))
     result = deep_compress(
         student,

@@ -59,15 +59,16 @@ class Sensitivities:
 
     def fewer_bits(self, max_increase: float) -> list[LayerRule]:
         """Rules giving tensors one bit less, the cheapest error increase per byte saved first,
-        while the increases (a negative one counted as 0) add up to at most ``max_increase``."""
+        with the increases (a negative one counted as 0) adding up to at most ``max_increase``:
+        a tensor that would pass the budget is left out and the next ones are still tried."""
         if not max_increase >= 0:
             raise ValueError(f"max_increase must be a number >= 0, got {max_increase!r}")
         rules, total = [], 0.0
         for t in sorted(self.tensors, key=lambda t: t.cost_per_byte):
-            total += max(t.increase, 0.0)
-            if t.saved_bytes <= 0 or total > max_increase:
-                break
-            rules.append(LayerRule(_exact_pattern(t.name), bits=t.bits - 1))
+            increase = max(t.increase, 0.0)
+            if t.saved_bytes > 0 and total + increase <= max_increase:
+                total += increase
+                rules.append(LayerRule(_exact_pattern(t.name), bits=t.bits - 1))
         return rules
 
 

@@ -101,6 +101,10 @@ def test_the_cheapest_per_byte_come_first_and_the_budget_holds() -> None:
     result = Sensitivities(0.1, rows)
     assert [(r.pattern, r.bits) for r in result.fewer_bits(0.0049)] == [("b.weight", 4), ("c.weight", 3)]
     assert len(result.fewer_bits(0.005)) == 3
+    # a tensor past the budget is passed over, a dearer-per-byte one that fits is still taken
+    rows += (TensorSensitivity("e.weight", 5, 10, 0.0005),)  # 5e-5 a byte
+    picked = [r.pattern for r in Sensitivities(0.1, rows).fewer_bits(0.0049)]
+    assert picked == ["b.weight", "c.weight", "e.weight"]
     assert len(result.fewer_bits(1.0)) == 3
     with pytest.raises(ValueError, match="max_increase"):
         result.fewer_bits(-1.0)
