@@ -176,9 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         "--fewer-bits",
         type=float,
         metavar="MAX_INCREASE",
-        help="one bit less on the tensors where it costs least per byte saved, measured before "
+        help="fewer bits on the tensors where it costs least per byte saved, measured before "
         "training as 1 - mean cosine on training sentences, while the increases add up to at most "
         "this (converters.compress.sensitivity)",
+    )
+    parser.add_argument(
+        "--down-by",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --fewer-bits: measure each tensor at 1 to N bits fewer (1)",
     )
     parser.add_argument("--prune-steps", type=int, default=300, help="optimizer steps per pruning round")
     parser.add_argument("--quantize-steps", type=int, default=300, help="trained quantization steps")
@@ -332,16 +339,27 @@ def main(argv: list[str] | None = None) -> int:
             return 1 - float((emb.cpu() * torch.from_numpy(train_reference)).sum(1).mean())
 
         measured = measure_sensitivity(
-            student, train_error, config, row_scales=args.row_scales, row_counts=row_counts
+            student,
+            train_error,
+            config,
+            down_by=args.down_by,
+            row_scales=args.row_scales,
+            row_counts=row_counts,
         )
         fewer = measured.fewer_bits(args.fewer_bits)
         print(
-            f"sensitivity: error {measured.error:.4f} before training at the config's bits; one bit "
-            f"less on the {len(fewer)} of {len(measured.tensors)} tensors marked *, cheapest per byte first:"
+            f"sensitivity: error {measured.error:.4f} before training at the config's bits; fewer bits "
+            f"for {len(fewer)} tensors, at the bits marked *; measurements cheapest per byte first:"
         )
+        chosen = {
+            (t.name, t.bits)
+            for t in measured.tensors
+            for r in fewer
+            if fnmatchcase(t.name, r.pattern) and t.bits == r.bits
+        }
         print(f"    {'tensor':<48} {'bits':>4} {'saved B':>9} {'increase':>9}")
-        for t in sorted(measured.tensors, key=lambda t: t.cost_per_byte):
-            mark = "*" if any(fnmatchcase(t.name, rule.pattern) for rule in fewer) else " "
+        for t in sorted(measured.tensors, key=lambda t: t.increase / max(t.saved_bytes, 1)):
+            mark = "*" if (t.name, t.bits) in chosen else " "
             print(f"  {mark} {t.name:<48} {t.bits:>4} {t.saved_bytes:>9,} {t.increase:>9.5f}")
         config = replace(config, rules=config.rules + tuple(fewer))
     result = deep_compress(

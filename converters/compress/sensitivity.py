@@ -6,9 +6,11 @@ saved that most query and key projections cost. :func:`measure_sensitivity` meas
 every tensor the config compresses is pruned to its plan's sparsity and weight-shared at its
 plan's bits as trained quantization starts (data-free k-means, with the row scales and row
 counts :func:`~converters.compress.recipe.deep_compress` is given), then each in turn at one
-bit less, with the others unchanged, and ``error(model)`` is called for each. The result's
-:meth:`Sensitivities.fewer_bits` turns the measurements into one rule per chosen tensor,
-the cheapest increase per byte saved first, to append to the config before retraining.
+bit less (and, with ``down_by``, two, three... bits less), with the others unchanged, and
+``error(model)`` is called for each. The result's :meth:`Sensitivities.fewer_bits` turns the
+measurements into one rule per chosen tensor, the cheapest increase per byte saved first, to
+append to the config before retraining. A tensor the error does not see at all (a head the
+use does not read) shows an increase of 0 and goes down to the fewest bits measured.
 
 The measurements are of one-shot pruning and sharing without retraining, and the increases
 are added as if independent: the ranking is what they are for. Measure ``error`` on inputs
@@ -36,40 +38,44 @@ ModelError = Callable[[Any], float]
 
 @dataclass(frozen=True)
 class TensorSensitivity:
-    """One tensor at one bit less than its plan's bits: the bytes its codes save in the file
-    and the increase of the model's error."""
+    """One tensor at fewer bits than its plan's, the others at theirs: the bytes its codes save
+    in the file and the increase of the model's error."""
 
     name: str
-    bits: int  # the plan's bits; the measurement is at bits - 1
+    bits: int  # the bits measured at, fewer than the plan's
     saved_bytes: int
     increase: float
-
-    @property
-    def cost_per_byte(self) -> float:
-        """The error increase per byte saved (infinite where nothing is saved)."""
-        return self.increase / self.saved_bytes if self.saved_bytes > 0 else float("inf")
 
 
 @dataclass(frozen=True)
 class Sensitivities:
-    """The model's error with every tensor at its plan's bits, and each tensor's measurement."""
+    """The model's error with every tensor at its plan's bits, and each tensor's measurements."""
 
     error: float
     tensors: tuple[TensorSensitivity, ...]
 
     def fewer_bits(self, max_increase: float) -> list[LayerRule]:
-        """Rules giving tensors one bit less, the cheapest error increase per byte saved first,
-        with the increases (a negative one counted as 0) adding up to at most ``max_increase``:
-        a tensor that would pass the budget is left out and the next ones are still tried."""
+        """Rules giving tensors fewer bits while the increases (a negative one counted as 0)
+        add up to at most ``max_increase``. Greedy, the cheapest error per byte saved first: each
+        turn takes, over every tensor, the measured step down from where the tensor stands that
+        costs least per byte (on a tie, the one that saves most) among the steps that fit."""
         if not max_increase >= 0:
             raise ValueError(f"max_increase must be a number >= 0, got {max_increase!r}")
-        rules, total = [], 0.0
-        for t in sorted(self.tensors, key=lambda t: t.cost_per_byte):
-            increase = max(t.increase, 0.0)
-            if t.saved_bytes > 0 and total + increase <= max_increase:
-                total += increase
-                rules.append(LayerRule(_exact_pattern(t.name), bits=t.bits - 1))
-        return rules
+        at: dict[str, TensorSensitivity | None] = {t.name: None for t in self.tensors}
+        total = 0.0
+        while True:
+            steps = []
+            for t in self.tensors:
+                now = at[t.name]
+                saved = t.saved_bytes - (now.saved_bytes if now else 0)
+                added = max(t.increase, 0.0) - (max(now.increase, 0.0) if now else 0.0)
+                if (now is None or t.bits < now.bits) and saved > 0 and total + added <= max_increase:
+                    steps.append((added / saved, -saved, t.name, t.bits, t, added))
+            if not steps:
+                break
+            *_, chosen, added = min(steps)
+            at[chosen.name], total = chosen, total + added
+        return [LayerRule(_exact_pattern(n), bits=t.bits) for n, t in at.items() if t is not None]
 
 
 def measure_sensitivity(
@@ -77,22 +83,29 @@ def measure_sensitivity(
     error: ModelError,
     config: CompressionConfig,
     *,
+    down_by: int = 1,
     row_scales: bool = False,
     row_counts: Mapping[str, np.ndarray] | None = None,
     progress: bool = True,
 ) -> Sensitivities:
-    """Measure, for each trainable tensor that ``config`` compresses at 2 bits or more, what
-    one bit less costs (see the module doc). ``row_scales`` and ``row_counts`` as for
-    :func:`~converters.compress.recipe.deep_compress`. The model's weights are restored after."""
+    """Measure, for each trainable tensor that ``config`` compresses at 2 bits or more, what 1
+    to ``down_by`` bits fewer (down to 1 bit) cost, one tensor at a time (see the module doc).
+    ``row_scales`` and ``row_counts`` as for :func:`~converters.compress.recipe.deep_compress`.
+    The model's weights are restored after."""
     import torch
 
+    if down_by < 1:
+        raise ValueError(f"down_by must be at least 1, got {down_by!r}")
     params = dict(model.named_parameters())
     plans = {n: p for n, p in model_plans(model, config).items() if n in params and p.bits > 1}
-    fewer = {n: replace(p, bits=p.bits - 1) for n, p in plans.items()}
+    levels = [
+        {n: replace(p, bits=p.bits - k) for n, p in plans.items() if p.bits - k >= 1}
+        for k in range(1, down_by + 1)
+    ]
     original = {n: params[n].detach().clone() for n in plans}
     from .retrain import _bar
 
-    bar = _bar(len(plans) + 1, "sensitivity", progress)
+    bar = _bar(1 + sum(map(len, levels)), "sensitivity", progress)
     try:
         with torch.no_grad():
             weights = model_weights(model)
@@ -101,18 +114,19 @@ def measure_sensitivity(
                     pruned = prune_array(weights[name].values(), plan)
                     params[name].copy_(torch.from_numpy(pruned))
             at_plan = _coded(model, plans, config, row_scales, row_counts)
-            at_fewer = _coded(model, fewer, config, row_scales, row_counts)
+            at_fewer = [_coded(model, fewer, config, row_scales, row_counts) for fewer in levels]
             for name, (values, _) in at_plan.items():
                 params[name].copy_(torch.from_numpy(values))
             base = float(error(model))
             _advance(bar)
             rows = []
-            for name, (values, size) in at_fewer.items():
-                params[name].copy_(torch.from_numpy(values))
-                increase = float(error(model)) - base
-                params[name].copy_(torch.from_numpy(at_plan[name][0]))
-                rows.append(TensorSensitivity(name, plans[name].bits, at_plan[name][1] - size, increase))
-                _advance(bar)
+            for fewer, coded in zip(levels, at_fewer, strict=True):
+                for name, (values, size) in coded.items():
+                    params[name].copy_(torch.from_numpy(values))
+                    increase = float(error(model)) - base
+                    params[name].copy_(torch.from_numpy(at_plan[name][0]))
+                    rows.append(TensorSensitivity(name, fewer[name].bits, at_plan[name][1] - size, increase))
+                    _advance(bar)
     finally:
         with torch.no_grad():
             for name, value in original.items():

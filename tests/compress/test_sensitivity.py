@@ -43,7 +43,7 @@ def test_the_tensor_that_barely_matters_is_the_cheap_one(dtype: torch.dtype) -> 
     result = measure_sensitivity(model, relative_error(reference), CONFIG, progress=False)
     rows = {t.name: t for t in result.tensors}
     assert set(rows) == {"loud.weight", "quiet.weight"}  # biases are stored exactly by this config
-    assert all(t.bits == 4 and t.saved_bytes > 0 for t in rows.values())
+    assert all(t.bits == 3 and t.saved_bytes > 0 for t in rows.values())
     assert 0 < rows["quiet.weight"].increase < rows["loud.weight"].increase / 100
     assert result.error > 0.01  # pruned a quarter and shared at 4 bits
     cheapest = result.fewer_bits(rows["quiet.weight"].increase)
@@ -93,24 +93,61 @@ def test_one_bit_plans_are_not_measured() -> None:
 
 def test_the_cheapest_per_byte_come_first_and_the_budget_holds() -> None:
     rows = (
-        TensorSensitivity("a.weight", 5, 1000, 0.004),  # 4e-6 a byte
-        TensorSensitivity("b.weight", 5, 100, -0.001),  # free
-        TensorSensitivity("c.weight", 4, 1000, 0.001),  # 1e-6 a byte
-        TensorSensitivity("d.weight", 4, 0, 0.0),  # saves nothing
+        TensorSensitivity("a.weight", 4, 1000, 0.004),  # 4e-6 a byte
+        TensorSensitivity("b.weight", 4, 100, -0.001),  # free
+        TensorSensitivity("c.weight", 3, 1000, 0.001),  # 1e-6 a byte
+        TensorSensitivity("d.weight", 3, 0, 0.0),  # saves nothing
     )
     result = Sensitivities(0.1, rows)
     assert [(r.pattern, r.bits) for r in result.fewer_bits(0.0049)] == [("b.weight", 4), ("c.weight", 3)]
     assert len(result.fewer_bits(0.005)) == 3
-    # a tensor past the budget is passed over, a dearer-per-byte one that fits is still taken
-    rows += (TensorSensitivity("e.weight", 5, 10, 0.0005),)  # 5e-5 a byte
-    picked = [r.pattern for r in Sensitivities(0.1, rows).fewer_bits(0.0049)]
-    assert picked == ["b.weight", "c.weight", "e.weight"]
     assert len(result.fewer_bits(1.0)) == 3
+    # a tensor past the budget is passed over, a dearer-per-byte one that fits is still taken
+    rows += (TensorSensitivity("e.weight", 4, 10, 0.0005),)  # 5e-5 a byte
+    picked = [r.pattern for r in Sensitivities(0.1, rows).fewer_bits(0.0049)]
+    assert sorted(picked) == ["b.weight", "c.weight", "e.weight"]
     with pytest.raises(ValueError, match="max_increase"):
         result.fewer_bits(-1.0)
 
 
+def test_steps_down_are_taken_by_their_own_cost() -> None:
+    rows = (
+        TensorSensitivity("a.weight", 4, 1000, 0.001),  # 1e-6 a byte
+        TensorSensitivity("a.weight", 3, 1800, 0.009),  # the second bit: 1e-5 a byte more
+        TensorSensitivity("b.weight", 4, 1000, 0.002),  # 2e-6 a byte
+        TensorSensitivity("head.weight", 4, 500, 0.0),  # not seen by the error: down to the last
+        TensorSensitivity("head.weight", 3, 900, 0.0),
+        TensorSensitivity("head.weight", 2, 1200, 0.0),
+    )
+    result = Sensitivities(0.1, rows)
+    bits = lambda budget: {r.pattern: r.bits for r in result.fewer_bits(budget)}  # noqa: E731
+    assert bits(0.0) == {"head.weight": 2}
+    assert bits(0.0025) == {"head.weight": 2, "a.weight": 4}
+    assert bits(0.0035) == {"head.weight": 2, "a.weight": 4, "b.weight": 4}
+    assert bits(0.011) == {"head.weight": 2, "a.weight": 3, "b.weight": 4}
+    # after b, a's second bit (0.008 more) no longer fits
+    assert bits(0.0095) == {"head.weight": 2, "a.weight": 4, "b.weight": 4}
+
+
+def test_measured_down_by_several_bits() -> None:
+    model = TwoBranches()
+    with torch.no_grad():
+        reference = model(INPUTS)
+    result = measure_sensitivity(model, relative_error(reference), CONFIG, down_by=3, progress=False)
+    rows = {(t.name, t.bits): t for t in result.tensors}
+    assert set(rows) == {(n, b) for n in ("loud.weight", "quiet.weight") for b in (3, 2, 1)}
+    for name in ("loud.weight", "quiet.weight"):
+        saved = [rows[name, b].saved_bytes for b in (3, 2, 1)]
+        assert saved == sorted(saved) and saved[0] > 0
+    assert rows["loud.weight", 1].increase > rows["loud.weight", 3].increase
+    # with the budget of the quiet branch at 1 bit, it goes there and the loud one stays
+    rules = result.fewer_bits(rows["quiet.weight", 1].increase)
+    assert [(r.pattern, r.bits) for r in rules] == [("quiet.weight", 1)]
+    with pytest.raises(ValueError, match="down_by"):
+        measure_sensitivity(model, relative_error(reference), CONFIG, down_by=0, progress=False)
+
+
 def test_a_rule_matches_its_tensor_only() -> None:
-    rules = Sensitivities(0.0, (TensorSensitivity("layer[1]*.weight", 3, 10, 0.0),)).fewer_bits(1.0)
+    rules = Sensitivities(0.0, (TensorSensitivity("layer[1]*.weight", 2, 10, 0.0),)).fewer_bits(1.0)
     assert fnmatchcase("layer[1]*.weight", rules[0].pattern)
     assert not fnmatchcase("layer1x.weight", rules[0].pattern)
