@@ -73,17 +73,22 @@ def decode_symbols(stream: Stream, threads: int = 1) -> np.ndarray:
 
 
 def decode_values(
-    stream: Stream, values: np.ndarray, nonzero: np.ndarray | None, threads: int = 1
+    stream: Stream,
+    values: np.ndarray,
+    nonzero: np.ndarray | None,
+    threads: int = 1,
+    new: Callable[[int, np.dtype], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """``values[symbol]`` for every symbol, and how many of those ``nonzero`` flags (0 if None)."""
+    """``values[symbol]`` for every symbol, and how many of those ``nonzero`` flags (0 if None).
+    ``new(count, dtype)`` gives the output array of the native path (default: ``output``)."""
     one = _prologue(stream)
-    if one is not None:
-        flagged = stream.count * int(nonzero[one]) if nonzero is not None else 0
-        return np.full(stream.count, values[one], dtype=values.dtype), flagged
-    if not enabled():
+    if one is None and not enabled():  # a new array: indexing into ``out`` takes a temporary
         symbols = huffman_numpy.decode(stream)
         return values[symbols], huffman_numpy.count_flagged(symbols, nonzero)
-    out = output(stream.count, values.dtype)
+    out = (new or output)(stream.count, values.dtype)
+    if one is not None:
+        out.fill(values[one])
+        return out, stream.count * int(nonzero[one]) if nonzero is not None else 0
     parts = _native_decode(stream, values, nonzero, out, threads, sums=False)
     return out, sum(p.nonzeros for p in parts)
 
@@ -96,9 +101,11 @@ def decode_sparse(
     nonzero: np.ndarray | None,
     threads: int = 1,
     row_scales: np.ndarray | None = None,
+    new: Callable[[int, np.dtype], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Dense flat output of a SPARSE_CODES tensor from its decoded codes and its gaps stream,
     and how many entries ``nonzero`` flags. Gap errors come before positions past the end.
+    ``new(count, dtype)`` gives the output array, which is then zeroed (default: ``np.zeros``).
 
     ``row_scales`` (format 1.1: float32, one per row; ``values`` float32) multiplies each
     entry by its row's scale; the count is then of the products that are not zero.
@@ -112,7 +119,11 @@ def decode_sparse(
         stop(
             FormatError(f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions")
         )
-    out = np.zeros(numel, dtype=values.dtype)
+    if new is None:
+        out = np.zeros(numel, dtype=values.dtype)
+    else:
+        out = new(numel, values.dtype)
+        out.fill(0)
     row_len = numel // row_scales.size if row_scales is not None and row_scales.size else 0
     if not enabled():
         huffman_numpy.scatter(gap_symbols, code_symbols, values, out)
@@ -155,6 +166,34 @@ def output(count: int, dtype: np.dtype) -> np.ndarray:
     base = np.empty(size + HUGE_PAGE, dtype=np.uint8)
     start = -base.ctypes.data % HUGE_PAGE
     return base[start : start + size].view(dtype)
+
+
+class Arena:
+    """One allocation (see ``output``) that hands out consecutive, 64-byte aligned arrays, for
+    the outputs of a whole file's load: written in full, a few huge pages take the page faults
+    of thousands of small ones (a fresh 4 KiB page costs a fault and its zeroing, more than
+    decoding the page's values). Thread safe; past ``size`` bytes it allocates separately. The
+    memory returns when every array it handed out is gone."""
+
+    ALIGN = 64
+
+    def __init__(self, size: int) -> None:
+        buffer = output(size + self.ALIGN, np.dtype(np.uint8))
+        start = -buffer.ctypes.data % self.ALIGN
+        self._buffer = buffer[start : start + size]
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def new(self, count: int, dtype: np.dtype) -> np.ndarray:
+        """An uninitialized 1-D array of ``count`` ``dtype`` values."""
+        dtype = np.dtype(dtype)
+        size = count * dtype.itemsize
+        with self._lock:
+            start = self._used
+            if start + size > self._buffer.size:
+                return output(count, dtype)
+            self._used = -(-(start + size) // self.ALIGN) * self.ALIGN
+        return self._buffer[start : start + size].view(dtype)
 
 
 def scale_rows(out: np.ndarray, row_scales: np.ndarray) -> int:

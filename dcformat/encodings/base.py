@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +14,7 @@ import zstandard
 
 from .. import dcnn_pb2 as pb
 from .. import dtypes
+from ..codec.decode import Arena
 from ..codec.huffman import Stream
 from ..errors import EncodeError
 from ..layout import EXPANSION_SLACK, MAX_EXPANSION, align_up
@@ -75,6 +76,7 @@ class SectionSource(Protocol):
 
     verify: bool
     threads: int
+    arena: Arena | None  # where decoded values go, if set (load_file sets one)
 
     def section(self, section: pb.Section) -> np.ndarray:
         """A copy of a section's bytes, its checksum verified."""
@@ -87,6 +89,11 @@ class SectionSource(Protocol):
     def symbols(self, stream: pb.HuffmanStream) -> np.ndarray:
         """A Huffman stream's decoded symbols."""
         ...
+
+
+def new_in(source: SectionSource) -> Callable[[int, np.dtype], np.ndarray] | None:
+    """The source's arena allocator for decoded values, or None (the decoder's own)."""
+    return source.arena.new if source.arena is not None else None
 
 
 class Encoding(Protocol):

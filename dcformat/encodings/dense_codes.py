@@ -10,7 +10,7 @@ from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded
-from .base import EncodedTensor, SectionSource, expansion_ok
+from .base import EncodedTensor, SectionSource, expansion_ok, new_in
 
 ENUM = pb.DENSE_CODES
 NAME = "DENSE_CODES"
@@ -39,7 +39,7 @@ def check(record: pb.Tensor, dtype: str, numel: int, decoded_bytes: int) -> None
 
 def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.ndarray, int]:
     values, flags = coded.values_and_flags(source, record, out_kind)
-    return codec.decode_values(source.stream(record.codes), values, flags, source.threads)
+    return codec.decode_values(source.stream(record.codes), values, flags, source.threads, new_in(source))
 
 
 def nonzero_entries(source: SectionSource, record: pb.Tensor) -> None:

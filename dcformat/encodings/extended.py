@@ -22,7 +22,16 @@ from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded, dense_codes, sparse_codes
-from .base import EncodedTensor, SectionSource, cast, expansion_ok, numel_of, section, zstd_decompressor
+from .base import (
+    EncodedTensor,
+    SectionSource,
+    cast,
+    expansion_ok,
+    new_in,
+    numel_of,
+    section,
+    zstd_decompressor,
+)
 
 ZSTD_LEVEL = 19  # outlier sections are small; the best level costs little
 
@@ -78,13 +87,14 @@ class Extended:
         if record.HasField("scales"):
             book = coded.codebook(record).astype(np.float32)
             row_scales = np.repeat(scales_of(record), record.scales.rows_per_scale)[: record.shape[0]]
+            new = new_in(source) if kind == out_kind == "float32" else None  # else converted: a copy
             if self.base is dense_codes:
-                out = codec.decode_values(source.stream(record.codes), book, None, source.threads)[0]
+                out = codec.decode_values(source.stream(record.codes), book, None, source.threads, new)[0]
                 nonzeros = codec.scale_rows(out, row_scales)
             else:
                 symbols, stream = source.symbols(record.codes), source.stream(record.gaps)
                 out, nonzeros = codec.decode_sparse(
-                    symbols, stream, numel_of(record), book, None, source.threads, row_scales
+                    symbols, stream, numel_of(record), book, None, source.threads, row_scales, new
                 )
             if kind != "float32":
                 out = dtypes.convert_floats(out, kind)

@@ -13,7 +13,7 @@ from ..errors import EncodeError, FormatError, fail, stop
 from ..layout import MAX_CODE_LENGTH, MAX_EXPANSION
 from ..tensors import Codes, Quantized, Raw
 from . import coded
-from .base import EncodedTensor, Payloads, SectionSource, expansion_ok, numel_of
+from .base import EncodedTensor, Payloads, SectionSource, expansion_ok, new_in, numel_of
 
 ENUM = pb.SPARSE_CODES
 NAME = "SPARSE_CODES"
@@ -77,6 +77,7 @@ def decode(source: SectionSource, record: pb.Tensor, out_kind: str) -> tuple[np.
         values,
         flags,
         source.threads,
+        new=new_in(source),
     )
 
 

@@ -77,6 +77,7 @@ class DcnnFile:
         # not: each drop is a TLB shootdown on the other threads' CPUs, and with two threads it
         # made MiniLM's load 1.7x slower at the median (33 ms against 59), varying from run to run.
         self._drops_pages = self.threads == 1
+        self.arena: codec.Arena | None = None  # where decoded values go (load_file's)
         self._map: mmap.mmap | None = None
         try:
             with open(self.path, "rb") as f:
@@ -318,16 +319,22 @@ def load_file(
     """Every tensor of a .dcnn file, dense. ``dtype`` converts the float tensors (others come
     as stored); ``device`` places torch tensors (see DcnnFile.get_tensor). ``threads`` > 1
     decodes the largest tensors' chunks on that many threads, and the other tensors side by
-    side; the tensors and errors are those of ``threads=1``."""
+    side; the tensors and errors are those of ``threads=1``.
+
+    The coded tensors are decoded into one allocation (``codec.Arena``: huge pages where the
+    system has them, a fault per 2 MiB), whose memory returns when the last of them is gone; to
+    free tensors one by one, read them with ``safe_open``."""
     if dtype is not None and dtype not in dtypes.FLOAT_NAMES:
         raise DcnnError(f"dtype must be one of {dtypes.FLOAT_NAMES}, not {dtype!r}", rule="usage")
     with safe_open(path, framework, verify, threads) as f:
+        names = f.keys()
+        records = [f._record(name) for name in names]
+        asked = {r.name: dtype if dtypes.from_enum(r.dtype) in dtypes.FLOAT_NAMES else None for r in records}
 
         def get(name: str, source: DcnnFile = f) -> Any:
-            kind = dtype if f.info(name).dtype in dtypes.FLOAT_NAMES else None
-            return source.get_tensor(name, dtype=kind, device=device)
+            return source.get_tensor(name, dtype=asked[name], device=device)
 
-        names = f.keys()
+        f.arena = codec.Arena(sum(_output_bytes(r, asked[r.name]) for r in records))
         tensors = _get_in_parallel(f, names, get) if f.threads > 1 else {}
         return {name: tensors[name] if name in tensors else get(name) for name in names}
 
@@ -388,6 +395,13 @@ def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> 
         first = min(names.index(name) for name in failed)
         return {name: done[name] for name in names[:first] if name in done}
     return done
+
+
+def _output_bytes(record: pb.Tensor, dtype: str | None) -> int:
+    """The bytes of a tensor's decoded values (in ``dtype``'s stored form, or its own dtype's),
+    rounded up as the arena places them."""
+    size = numel_of(record) * dtypes.storage(dtype or dtypes.from_enum(record.dtype)).itemsize
+    return -(-size // codec.Arena.ALIGN) * codec.Arena.ALIGN
 
 
 def _drop_pages(buffer: mmap.mmap, start: int, stop: int) -> None:

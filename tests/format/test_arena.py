@@ -1,0 +1,113 @@
+"""load_file decodes every tensor into one allocation (codec.Arena): what it hands out, and that
+the tensors it gives are those get_tensor gives, on both decoders and any thread count."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import dcformat
+from dcformat.codec import decode as codec
+
+PATHS = ["numpy", "native"] if codec.enabled() else ["numpy"]
+
+
+def root_of(array: np.ndarray) -> object:
+    """The object that owns an array's memory (the end of its chain of bases)."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
+
+
+def test_arena_hands_out_aligned_disjoint_arrays() -> None:
+    arena = codec.Arena(1000)
+    sizes = [(3, np.float32), (10, np.float16), (1, np.float64), (0, np.float32), (7, np.uint8)]
+    arrays = [arena.new(count, dtype) for count, dtype in sizes]
+    for array, (count, dtype) in zip(arrays, sizes, strict=True):
+        assert array.shape == (count,) and array.dtype == dtype
+        assert array.ctypes.data % codec.Arena.ALIGN == 0
+        assert root_of(array) is root_of(arrays[0])
+    for i, array in enumerate(arrays):  # writing one leaves the others as they were
+        for other in arrays:
+            other.view(np.uint8)[:] = 0
+        array.view(np.uint8)[:] = 0xFF
+        assert all(not other.view(np.uint8).any() for j, other in enumerate(arrays) if j != i)
+
+
+def test_arena_allocates_separately_when_full() -> None:
+    arena = codec.Arena(128)
+    inside = arena.new(16, np.float32)  # 64 bytes
+    past = arena.new(32, np.float32)  # 128 more: does not fit
+    assert root_of(past) is not root_of(inside)
+    assert past.shape == (32,) and past.dtype == np.float32
+    assert root_of(arena.new(16, np.float32)) is root_of(inside)  # the room left is still used
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    """Dense codes (large enough for parallel chunks), sparse codes, row-scaled codes, and RAW."""
+    rng = np.random.default_rng(3)
+    book = np.concatenate(([0.0], rng.normal(size=15))).astype(np.float32)
+    positions = np.sort(rng.choice(300 * 200, size=6000, replace=False))
+    tensors = {
+        "big": dcformat.Quantized(book, rng.integers(0, 16, (600, 500)), (600, 500)),
+        "sparse": dcformat.Quantized(book, rng.integers(1, 16, 6000), (300, 200), positions=positions),
+        "scaled": dcformat.Quantized(
+            book,
+            rng.integers(0, 16, (64, 40)),
+            (64, 40),
+            scales=rng.uniform(0.5, 2.0, 64).astype(np.float32),
+        ),
+        "half": dcformat.Quantized(book, rng.integers(0, 16, (30, 20)), (30, 20), dtype="float16"),
+        "bias": rng.normal(size=200).astype(np.float32),
+        "ids": np.arange(6, dtype=np.int64),
+    }
+    path = tmp_path_factory.mktemp("arena") / "m.dcnn"
+    dcformat.save_file(tensors, path, chunk_size=256)
+    return path
+
+
+@pytest.mark.parametrize("decoder", PATHS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [None, "float16"])
+def test_load_file_gives_what_get_tensor_gives(
+    model, monkeypatch: pytest.MonkeyPatch, decoder: str, threads: int, dtype: str | None
+) -> None:
+    monkeypatch.setenv("DCNN_NO_NATIVE", "1" if decoder == "numpy" else "0")
+    loaded = dcformat.load_file(model, threads=threads, dtype=dtype)
+    with dcformat.safe_open(model) as f:
+        assert list(loaded) == f.keys()
+        for name, tensor in loaded.items():
+            kind = dtype if f.info(name).dtype.startswith("float") else None
+            want = f.get_tensor(name, dtype=kind)
+            assert tensor.dtype == want.dtype and tensor.shape == want.shape, name
+            np.testing.assert_array_equal(tensor, want, err_msg=name)
+            assert tensor.flags.writeable and tensor.flags.c_contiguous, name
+
+
+@pytest.mark.skipif(not codec.enabled(), reason="the arena serves the native decoder's outputs")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_load_file_decodes_coded_tensors_into_one_allocation(model, threads: int) -> None:
+    loaded = dcformat.load_file(model, threads=threads)
+    roots = {name: id(root_of(loaded[name])) for name in ("big", "sparse", "scaled", "half")}
+    assert len(set(roots.values())) == 1, roots
+    ranges = sorted((t.ctypes.data, t.ctypes.data + t.nbytes) for t in loaded.values())
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(ranges))
+    loaded["big"][...] = 7.0  # the tensors are independent arrays in it
+    with dcformat.safe_open(model) as f:
+        np.testing.assert_array_equal(loaded["sparse"], f.get_tensor("sparse"))
+
+
+def test_sparse_decode_zeroes_what_the_allocator_gives(model) -> None:
+    """decode_sparse writes only the stored entries: an output that comes with old bytes (an arena
+    need not be fresh memory) is zeroed first."""
+    dirty = codec.Arena(1 << 20)
+    dirty._buffer[:] = 0xAB
+    with dcformat.safe_open(model) as f:
+        want = f.get_tensor("sparse")
+        f.arena = dirty
+        got = f.get_tensor("sparse")
+    assert root_of(got) is root_of(dirty._buffer)
+    np.testing.assert_array_equal(got, want)
