@@ -347,7 +347,7 @@ def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> 
     thread is free; then it joins in. Returns what was decoded; after an error, only the tensors
     before it in the order given, so that the caller, decoding the rest in file order, raises
     the error ``threads=1`` raises."""
-    entries = {name: f.info(name).entries for name in names}
+    entries = {name: _entries(f._record(name)) for name in names}
     total = sum(entries.values())
     large = [name for name in names if entries[name] * 2 * f.threads > total]
     single = copy.copy(f)  # shares the map, decodes each tensor on one thread
@@ -395,6 +395,11 @@ def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> 
         first = min(names.index(name) for name in failed)
         return {name: done[name] for name in names[:first] if name in done}
     return done
+
+
+def _entries(record: pb.Tensor) -> int:
+    """A tensor's stored entries (TensorInfo.entries, without building the info)."""
+    return encodings.of(record).entries_and_bits(record)[0]
 
 
 def _output_bytes(record: pb.Tensor, dtype: str | None) -> int:
