@@ -12,13 +12,16 @@ of every tensor) on the native path with 1 and 2 threads and on the numpy path; 
 decompression (only) of one level-19 frame per tensor holding the raw bytes of the same
 dense tensors; safetensors ``load_file`` of the dense model (the original file for MiniLM;
 the file is in the page cache); copying the dense bytes (memcpy). Rounds are interleaved and
-the best of each is compared, so a loaded machine slows every method alike; the line after
-each table gives dcnn's threads=2 time over safetensors' (the reader's goal: at most 0.8), as
-the ratio of the bests and as the median of the ratios within each round; then the CPU time of
-dcnn (1 and 2 threads) and safetensors per call, all threads and the busiest thread (on a loaded
-machine the wall times include waits for a CPU; the busiest thread's CPU time bounds what a call
-takes on an idle one from below). ``--loaders-only`` times dcnn and safetensors alone (see
-bench_loaders).
+the best of each is compared, so a loaded machine slows every method alike; before each call the
+memory earlier calls freed goes back to the system (common.release_freed_memory: otherwise a
+loader that runs after another writes into pages the other paid for). The line after each table
+gives dcnn's threads=2 time over safetensors' (the reader's goal: at most 0.8), as the ratio of
+the bests and as the median of the ratios within each round; then the CPU time of dcnn (1 and 2
+threads) and safetensors per call, all threads and the busiest thread (on a loaded machine the
+wall times include waits for a CPU; the busiest thread's CPU time bounds what a call takes on an
+idle one from below); then dcnn and safetensors again, each load the only one of a new process
+(bench_cold: an app's start). ``--loaders-only`` times dcnn and safetensors alone (see
+bench_loaders), in one process and one load per process.
 MB/s is dense output bytes (10^6) per second. zstd frames are cached in $DCNN_BENCH_CACHE
 (default /tmp/dcnn-bench-cache): the first run spends minutes compressing at level 19, outside
 the timings.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -171,6 +175,7 @@ def bench(
         against_safetensors(times)
         keys = ("dcnn native", "dcnn native, threads=2", "safetensors load_file")
         cpu_table({k: methods[k] for k in keys}, rounds)
+        bench_cold(title, dense_file, path, rounds, dense_bytes)
 
 
 def bench_loaders(title: str, dense_file: Path, path: Path, rounds: int, dense_bytes: int) -> None:
@@ -186,8 +191,49 @@ def bench_loaders(title: str, dense_file: Path, path: Path, rounds: int, dense_b
     }
     timed = {name: "load_file" for name in methods}
     times = measure(methods, rounds)
-    title = f"{title}, loaders only, best of {rounds}"
-    print_table(title, dense_bytes, times, timed, "safetensors load_file")
+    print_table(
+        f"{title}, loaders only, best of {rounds}", dense_bytes, times, timed, "safetensors load_file"
+    )
+    against_safetensors(times)
+    bench_cold(title, dense_file, path, rounds, dense_bytes)
+
+
+# One load, the first of its process: the modules of both loaders imported, nothing else done.
+COLD_LOAD = """
+import sys, time
+import dcformat, safetensors.numpy
+loader, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+if loader == "safetensors":
+    tensors = safetensors.numpy.load_file(path)
+else:
+    tensors = dcformat.load_file(path, threads=threads)
+print(time.perf_counter() - start)
+"""
+
+
+def bench_cold(title: str, dense_file: Path, path: Path, rounds: int, dense_bytes: int) -> None:
+    """Each load the first and only one of a new Python process (its imports not timed): an
+    app's start, where every page of the output is fresh and the loader's one-time set-up (dcnn's
+    thread pool, safetensors' first call) counts. Processes interleaved as in ``measure``."""
+    commands = {
+        "dcnn native": ["dcnn", str(path), "1"],
+        "dcnn native, threads=2": ["dcnn", str(path), "2"],
+        "safetensors load_file": ["safetensors", str(dense_file), "1"],
+    }
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root, "DCNN_NO_NATIVE": "0"}
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, argv in commands.items():
+            run = subprocess.run(
+                [sys.executable, "-c", COLD_LOAD, *argv], env=env, capture_output=True, text=True, check=True
+            )
+            times[name].append(float(run.stdout))
+    timed = {name: "load_file, new process" for name in commands}
+    print_table(
+        f"{title}, one load per process, best of {rounds}", dense_bytes, times, timed, "safetensors load_file"
+    )
     against_safetensors(times)
 
 
