@@ -105,7 +105,7 @@ def decode_sparse(
 ) -> tuple[np.ndarray, int]:
     """Dense flat output of a SPARSE_CODES tensor from its decoded codes and its gaps stream,
     and how many entries ``nonzero`` flags. Gap errors come before positions past the end.
-    ``new(count, dtype)`` gives the output array, which is then zeroed (default: ``np.zeros``).
+    ``new(count, dtype)`` gives the output array, all zeros (default: ``np.zeros``).
 
     ``row_scales`` (format 1.1: float32, one per row; ``values`` float32) multiplies each
     entry by its row's scale; the count is then of the products that are not zero.
@@ -119,11 +119,7 @@ def decode_sparse(
         stop(
             FormatError(f"gaps run to position {last}, past the tensor's {numel} elements", rule="positions")
         )
-    if new is None:
-        out = np.zeros(numel, dtype=values.dtype)
-    else:
-        out = new(numel, values.dtype)
-        out.fill(0)
+    out = (new or np.zeros)(numel, values.dtype)
     row_len = numel // row_scales.size if row_scales is not None and row_scales.size else 0
     if not enabled():
         huffman_numpy.scatter(gap_symbols, code_symbols, values, out)
@@ -152,46 +148,49 @@ def decode_sparse(
     return out, sum(nonzeros for _, _, nonzeros in in_parallel(tasks, threads))
 
 
-def output(count: int, dtype: np.dtype) -> np.ndarray:
-    """A new 1-D array for ``count`` values that the decoder writes in full. One of HUGE_PAGE bytes
-    or more is a view that starts on a HUGE_PAGE boundary inside an allocation HUGE_PAGE bytes
-    larger (address space, not memory: the head is never touched): where the system backs large
-    allocations with 2 MiB pages (Linux transparent huge pages, which numpy asks for), writing it
-    takes one page fault per 2 MiB instead of one per 4 KiB, most of the cost of filling a fresh
-    array of a few MiB."""
+def output(count: int, dtype: np.dtype, zeroed: bool = False) -> np.ndarray:
+    """A new 1-D array for ``count`` values that the decoder writes in full (``zeroed``: all
+    zero, from calloc, whose fresh pages come zeroed by the system at no cost). One of
+    HUGE_PAGE bytes or more is a view that starts on a HUGE_PAGE boundary inside an allocation
+    HUGE_PAGE bytes larger (address space, not memory: the head is never touched): where the
+    system backs large allocations with 2 MiB pages (Linux transparent huge pages, which numpy
+    asks for), writing it takes one page fault per 2 MiB instead of one per 4 KiB, most of the
+    cost of filling a fresh array of a few MiB."""
     dtype = np.dtype(dtype)
     size = count * dtype.itemsize
+    allocate = np.zeros if zeroed else np.empty
     if size < HUGE_PAGE:
-        return np.empty(count, dtype=dtype)
-    base = np.empty(size + HUGE_PAGE, dtype=np.uint8)
+        return allocate(count, dtype=dtype)
+    base = allocate(size + HUGE_PAGE, dtype=np.uint8)
     start = -base.ctypes.data % HUGE_PAGE
     return base[start : start + size].view(dtype)
 
 
 class Arena:
-    """One allocation (see ``output``) that hands out consecutive, 64-byte aligned arrays, for
-    the outputs of a whole file's load: written in full, a few huge pages take the page faults
-    of thousands of small ones (a fresh 4 KiB page costs a fault and its zeroing, more than
-    decoding the page's values). Thread safe; past ``size`` bytes it allocates separately. The
-    memory returns when every array it handed out is gone."""
+    """One zeroed allocation (see ``output``) that hands out consecutive, 64-byte aligned,
+    all-zero arrays, each byte once, for the outputs of a whole file's load: a few huge pages
+    take the page faults of thousands of small ones (a fresh 4 KiB page costs a fault and its
+    zeroing, more than decoding the page's values). Thread safe; past ``size`` bytes it
+    allocates separately (zeroed too). The memory returns when every array it handed out is
+    gone."""
 
     ALIGN = 64
 
     def __init__(self, size: int) -> None:
-        buffer = output(size + self.ALIGN, np.dtype(np.uint8))
+        buffer = output(size + self.ALIGN, np.dtype(np.uint8), zeroed=True)
         start = -buffer.ctypes.data % self.ALIGN
         self._buffer = buffer[start : start + size]
         self._used = 0
         self._lock = threading.Lock()
 
     def new(self, count: int, dtype: np.dtype) -> np.ndarray:
-        """An uninitialized 1-D array of ``count`` ``dtype`` values."""
+        """A 1-D array of ``count`` ``dtype`` zeros."""
         dtype = np.dtype(dtype)
         size = count * dtype.itemsize
         with self._lock:
             start = self._used
             if start + size > self._buffer.size:
-                return output(count, dtype)
+                return output(count, dtype, zeroed=True)
             self._used = -(-(start + size) // self.ALIGN) * self.ALIGN
         return self._buffer[start : start + size].view(dtype)
 
