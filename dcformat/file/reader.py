@@ -334,7 +334,7 @@ def load_file(
         def get(name: str, source: DcnnFile = f) -> Any:
             return source.get_tensor(name, dtype=asked[name], device=device)
 
-        f.arena = codec.Arena(sum(_output_bytes(r, asked[r.name]) for r in records))
+        f.arena = _arena_for(sum(_output_bytes(r, asked[r.name]) for r in records))
         tensors = _get_in_parallel(f, names, get) if f.threads > 1 else {}
         return {name: tensors[name] if name in tensors else get(name) for name in names}
 
@@ -395,6 +395,15 @@ def _get_in_parallel(f: DcnnFile, names: list[str], get: Callable[..., Any]) -> 
         first = min(names.index(name) for name in failed)
         return {name: done[name] for name in names[:first] if name in done}
     return done
+
+
+def _arena_for(size: int) -> codec.Arena | None:
+    """An arena of ``size`` bytes (address space: only the pieces written take memory), or None
+    where the system refuses to map that much at once; the tensors then allocate one by one."""
+    try:
+        return codec.Arena(size)
+    except MemoryError:
+        return None
 
 
 def _entries(record: pb.Tensor) -> int:

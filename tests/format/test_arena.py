@@ -110,3 +110,22 @@ def test_arena_hands_out_zeros_whatever_was_freed_before(size: int) -> None:
     pieces = [arena.new(n, np.float32) for n in (1, 10, size // 8)]
     pieces.append(arena.new(size, np.float32))  # past the end: allocated separately
     assert all(not piece.any() for piece in pieces)
+
+
+def test_load_file_allocates_per_tensor_where_the_arena_is_refused(
+    model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header may declare more output than the system maps at once (zeros of tensors with no
+    stored bytes add up): the tensors then come one allocation each, as from get_tensor."""
+
+    def refused(self: codec.Arena, size: int) -> None:
+        raise MemoryError(f"cannot map {size} bytes")
+
+    with dcformat.safe_open(model) as f:
+        want = {name: f.get_tensor(name) for name in f.keys()}
+    monkeypatch.setattr(codec.Arena, "__init__", refused)
+    for threads in (1, 2):
+        loaded = dcformat.load_file(model, threads=threads)
+        assert list(loaded) == list(want)
+        for name, tensor in loaded.items():
+            np.testing.assert_array_equal(tensor, want[name], err_msg=name)
