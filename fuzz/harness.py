@@ -46,7 +46,21 @@ def exercise(path: str | os.PathLike[str], frameworks: tuple[str, ...] = ("numpy
             assert unverified is not None and verified.keys() == unverified.keys()
             for name, array in verified.items():
                 assert np.array_equal(_numpy(array), _numpy(unverified[name]), equal_nan=True), name
+        for threads in (1, 2):  # load_file decodes into one arena, on threads: the same arrays
+            loaded = _load_all(path, framework, threads)
+            if verified is not None:
+                assert loaded is not None and loaded.keys() == verified.keys()
+                for name, array in verified.items():
+                    assert np.array_equal(_numpy(array), _numpy(loaded[name]), equal_nan=True), name
     return report.ok
+
+
+def _load_all(path: str | os.PathLike[str], framework: str, threads: int) -> dict | None:
+    """``load_file``'s tensors; None on a DcnnError."""
+    try:
+        return dcformat.load_file(path, framework=framework, threads=threads)
+    except dcformat.DcnnError:
+        return None
 
 
 def _read_all(path: str | os.PathLike[str], framework: str, verify: bool) -> dict | None:
