@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DcnnError, FormatError, fail, stop
+from ..layout import align_up
 from . import huffman_numpy
 from .huffman import Stream
 
@@ -191,7 +192,7 @@ class Arena:
             start = self._used
             if start + size > self._buffer.size:
                 return output(count, dtype, zeroed=True)
-            self._used = -(-(start + size) // self.ALIGN) * self.ALIGN
+            self._used = align_up(start + size, self.ALIGN)
         return self._buffer[start : start + size].view(dtype)
 
 

@@ -19,7 +19,7 @@ from ..codec import decode as codec
 from ..codec.huffman import Stream
 from ..encodings.base import numel_of
 from ..errors import ChecksumError, DcnnError, DcnnIOError, FormatError, LimitError, ended_waived, fail
-from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE
+from ..layout import EXPANSION_SLACK, PREAMBLE_SIZE, align_up
 from ..tensors import Codes, Source
 from .header import (
     Preamble,
@@ -415,7 +415,7 @@ def _output_bytes(record: pb.Tensor, dtype: str | None) -> int:
     """The bytes of a tensor's decoded values (in ``dtype``'s stored form, or its own dtype's),
     rounded up as the arena places them."""
     size = numel_of(record) * dtypes.storage(dtype or dtypes.from_enum(record.dtype)).itemsize
-    return -(-size // codec.Arena.ALIGN) * codec.Arena.ALIGN
+    return align_up(size, codec.Arena.ALIGN)
 
 
 def _drop_pages(buffer: mmap.mmap, start: int, stop: int) -> None:
